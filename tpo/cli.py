@@ -1,0 +1,47 @@
+"""``tpo fit|validate --config FILE.yaml``: LightningCLI over TPOModule and PreferenceDataModule."""
+
+from __future__ import annotations
+
+import time
+
+from lightning.pytorch.cli import LightningCLI
+
+from tpo.data.datamodule import PreferenceDataModule
+from tpo.export import HFExport
+from tpo.module import TPOModule
+from tpo.throughput import ThroughputLogger
+
+
+class TPOCLI(LightningCLI):
+    """Every config value can be overridden on the command line (``--model.beta 0.3``); the
+    resolved config is saved as ``config.yaml`` next to the TensorBoard logs."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.model_path", "data.model_path")
+        parser.link_arguments("model.family", "data.family")
+        parser.add_lightning_class_args(HFExport, "export")
+        parser.add_lightning_class_args(ThroughputLogger, "throughput")
+
+    def before_fit(self) -> None:
+        self._started = time.perf_counter()
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero:
+            return
+        ckpt = trainer.checkpoint_callback
+        checkpoint = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else None
+        export = next((c.path for c in trainer.callbacks if isinstance(c, HFExport)), None)
+        metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
+                   if k in ("train/loss", "rewards/accuracy", "rewards/margin", "val/rewards/accuracy")}
+        print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s  {metrics}\n"
+              f"  logs:       {trainer.log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
+              f"  export:     {export or '(none)'}")
+
+
+def main(args: list[str] | None = None) -> TPOCLI:
+    return TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=args)

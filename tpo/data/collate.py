@@ -1,0 +1,55 @@
+"""Turning preference pairs into one padded model batch (chosen rows first, then rejected)."""
+
+from __future__ import annotations
+
+import torch
+
+from tpo.models import IGNORE_INDEX, ModelAdapter
+
+
+def _pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=rows[0].dtype)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+def _sequence(prompt_tokens: dict[str, torch.Tensor], response: list[int]) -> dict[str, torch.Tensor]:
+    """Prompt followed by response, with labels on the response tokens only."""
+    n = len(response)
+    response_t = torch.tensor(response, dtype=prompt_tokens["input_ids"].dtype)
+    seq = {}
+    for key, value in prompt_tokens.items():
+        tail = response_t if key == "input_ids" else torch.full((n,), 1 if key == "attention_mask" else 0,
+                                                                dtype=value.dtype)
+        seq[key] = torch.cat([value, tail])
+    seq["labels"] = torch.cat([torch.full_like(prompt_tokens["input_ids"], IGNORE_INDEX), response_t])
+    return seq
+
+
+class PairCollator:
+    """Encodes each pair's video and question once and builds the chosen and rejected rows.
+
+    The batch holds ``2B`` rows: rows ``[0, B)`` are prompt + chosen, rows ``[B, 2B)`` the same
+    prompts + rejected, with the vision tensors repeated to match. ``batch["inputs"]`` goes
+    straight into the model; ``batch["labels"]`` is ``IGNORE_INDEX`` outside response tokens.
+    """
+
+    def __init__(self, adapter: ModelAdapter, processor):
+        self.adapter = adapter
+        self.processor = processor
+        tokenizer = getattr(processor, "tokenizer", processor)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def __call__(self, items: list[dict]) -> dict:
+        prompts = [self.adapter.encode_prompt(self.processor, it["frames"], it["question"]) for it in items]
+        rows = []
+        for side in ("chosen", "rejected"):
+            for prompt, it in zip(prompts, items):
+                rows.append(_sequence(prompt.tokens, self.adapter.response_ids(self.processor, it[side])))
+        inputs = {k: _pad([r[k] for r in rows], self.pad_id if k == "input_ids" else 0) for k in rows[0] if k != "labels"}
+        for key in prompts[0].vision:
+            one_each = torch.cat([p.vision[key] for p in prompts])
+            inputs[key] = torch.cat([one_each, one_each])
+        return {"inputs": inputs, "labels": _pad([r["labels"] for r in rows], IGNORE_INDEX),
+                "ids": [it["id"] for it in items]}

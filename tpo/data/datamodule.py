@@ -1,0 +1,151 @@
+"""PreferenceDataModule: preference records -> decoded frames -> padded pair batches."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from tpo.data.collate import PairCollator
+from tpo.data.frames import read_frames
+from tpo.data.records import BadRecordsError, Record, read_records, summarize
+from tpo.models import get_adapter
+from tpo.synthetic import resolve
+
+log = logging.getLogger(__name__)
+SKIPPED_FILE = "skipped_records.jsonl"
+
+
+class PreferenceDataset(Dataset):
+    """Decodes exactly each record's ``frame_indices``; items feed :class:`PairCollator`."""
+
+    def __init__(self, records: list[Record]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        rec = self.records[i]
+        frames = read_frames(rec.video_path, rec["frame_indices"])
+        return {"id": rec["id"], "question": rec["question"], "chosen": rec["chosen"],
+                "rejected": rec["rejected"], "frames": frames}
+
+
+def split_by_video(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """Hold out ``val_fraction`` of the *videos* (all their pairs), so no video is on both sides."""
+    videos = sorted({str(r.video_path) for r in records})
+    random.Random(seed).shuffle(videos)
+    n_val = math.ceil(val_fraction * len(videos)) if val_fraction > 0 else 0
+    if n_val >= len(videos) and videos:
+        raise ValueError(f"val_fraction={val_fraction} leaves no training video (only {len(videos)} videos)")
+    held_out = set(videos[:n_val])
+    return ([r for r in records if str(r.video_path) not in held_out],
+            [r for r in records if str(r.video_path) in held_out])
+
+
+def select_pairs(records: list[Record], irrelevant_fraction: float | None, max_pairs: int | None,
+                 seed: int) -> list[Record]:
+    """The training subset: ``max_pairs`` pairs with ``irrelevant_fraction`` of them *irrelevant*.
+
+    The paper's mix-ratio (10:0 ... 0:10) and dataset-size ablations are these two settings.
+    """
+    rng = random.Random(seed)
+    size = len(records) if max_pairs is None else max_pairs
+    if size > len(records):
+        raise ValueError(f"max_pairs={max_pairs} but only {len(records)} training pairs are available")
+    if irrelevant_fraction is None:
+        return sorted(rng.sample(records, size), key=lambda r: r.line)
+    if not 0.0 <= irrelevant_fraction <= 1.0:
+        raise ValueError(f"irrelevant_fraction must lie in [0, 1], got {irrelevant_fraction}")
+    pools = {m: [r for r in records if r.data.get("manipulation") == m] for m in ("irrelevant", "incomplete")}
+    unlabeled = [r for r in records if r.data.get("manipulation") not in pools]
+    if unlabeled:
+        raise ValueError(f"irrelevant_fraction needs every record's 'manipulation'; line {unlabeled[0].line} "
+                         f"(id {unlabeled[0]['id']!r}) and {len(unlabeled) - 1} more have none")
+    want = {"irrelevant": round(size * irrelevant_fraction)}
+    want["incomplete"] = size - want["irrelevant"]
+    for kind, n in want.items():
+        if n > len(pools[kind]):
+            raise ValueError(f"irrelevant_fraction={irrelevant_fraction} with {size} pairs needs {n} {kind} "
+                             f"pairs; only {len(pools[kind])} are available")
+    chosen = rng.sample(pools["irrelevant"], want["irrelevant"]) + rng.sample(pools["incomplete"], want["incomplete"])
+    return sorted(chosen, key=lambda r: r.line)
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """Reads a preference-record JSONL file (ARCHITECTURE.md) for TPO training.
+
+    Args:
+        path: the ``preferences.jsonl`` file (or ``builtin:demo``).
+        video_root: directory record ``video`` paths are relative to (default: the file's directory).
+        model_path, family: the model whose processor encodes the batches (linked from ``model.*``).
+        batch_size: preference pairs per device per step.
+        irrelevant_fraction: share of *irrelevant* pairs in the training set (0.5 = the paper's 5:5);
+            ``None`` keeps the file's own mix.
+        max_pairs: training-set size (``None``: all pairs).
+        val_fraction: share of videos held out for validation.
+        on_bad_record: ``error`` stops before training with every problem listed; ``skip`` drops the
+            bad records, logs the count per reason and writes them to ``skipped_records.jsonl``.
+    """
+
+    def __init__(
+        self, path: str, video_root: str | None = None, model_path: str = "", family: str = "",
+        batch_size: int = 1, num_workers: int = 0, irrelevant_fraction: float | None = None,
+        max_pairs: int | None = None, val_fraction: float = 0.0, seed: int = 0,
+        on_bad_record: Literal["error", "skip"] = "error",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_set: PreferenceDataset | None = None
+        self.val_set: PreferenceDataset | None = None
+        self.skipped: list = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        h = self.hparams
+        adapter = get_adapter(h.family)
+        self.collator = PairCollator(adapter, adapter.load_processor(h.model_path))
+        records, bad = read_records(resolve(h.path), h.video_root)
+        if bad:
+            if h.on_bad_record == "error":
+                raise BadRecordsError(bad)
+            self._report_skipped(bad)
+        if not records:
+            raise ValueError(f"{h.path}: no usable preference records")
+        train, val = split_by_video(records, h.val_fraction, h.seed)
+        self.train_set = PreferenceDataset(select_pairs(train, h.irrelevant_fraction, h.max_pairs, h.seed))
+        self.val_set = PreferenceDataset(val) if val else None
+        log.info("preference pairs: %d train, %d validation", len(self.train_set), len(val))
+
+    def _report_skipped(self, bad) -> None:
+        self.skipped = bad
+        log.warning("skipping %d bad preference record(s): %s", len(bad), summarize(bad))
+        log_dir = self.trainer.log_dir if self.trainer is not None else None
+        if log_dir is None or (self.trainer is not None and self.trainer.global_rank != 0):
+            return
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(log_dir) / SKIPPED_FILE, "w") as f:
+            for b in bad:
+                f.write(json.dumps({"file": b.file, "line": b.line, "id": b.id, "reason": b.reason}) + "\n")
+
+    def _loader(self, dataset: PreferenceDataset, shuffle: bool) -> DataLoader:
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        # A seeded DistributedSampler (also for one process) gives an order that depends only on
+        # (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed)
+        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=self.collator,
+                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []

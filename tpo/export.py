@@ -1,0 +1,42 @@
+"""Hugging Face export of the trained policy, loadable with ``AutoModelForImageTextToText``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+def full_policy_state_dict(trainer: L.Trainer, module) -> dict[str, torch.Tensor]:
+    """The policy's full (unsharded) weights on CPU, gathered from any strategy."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if trainer.world_size > 1:
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state = get_model_state_dict(trainer.strategy.model, options=options)
+    else:
+        state = module.state_dict()
+    return {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+
+
+def export_dir(trainer: L.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir) / "export"
+
+
+class HFExport(L.Callback):
+    """At the end of fit, ``save_pretrained`` the policy and processor into ``<run dir>/export``."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.path: Path | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not self.enabled or trainer.interrupted:
+            return
+        state = full_policy_state_dict(trainer, pl_module)
+        self.path = export_dir(trainer)
+        if trainer.is_global_zero:
+            pl_module.policy.save_pretrained(self.path, state_dict=state)
+            pl_module.adapter.load_processor(pl_module.hparams.model_path).save_pretrained(self.path)
+        trainer.strategy.barrier("hf_export")

@@ -1,0 +1,70 @@
+"""The TPO objective: DPO on (chosen, rejected) plus an SFT term on the chosen response.
+
+    L = -log σ(β[(log πθ(r+) - log πref(r+)) - (log πθ(r-) - log πref(r-))]) + α · NLL(r+)
+
+(paper eq. 1-3). Sequence log-probabilities are sums over response tokens only.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from tpo.models import IGNORE_INDEX
+
+LossType = Literal["sigmoid", "ipo", "hinge"]
+
+
+def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(sum of log-probs of the response tokens, number of response tokens)``.
+
+    ``logits[:, t]`` predicts ``labels[:, t + 1]``; positions labelled ``IGNORE_INDEX`` (video,
+    prompt, padding) contribute nothing.
+    """
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    token_logps = -F.cross_entropy(
+        logits.float().transpose(1, 2), labels.masked_fill(~mask, 0), reduction="none"
+    )
+    return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def tpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, chosen_tokens: torch.Tensor,
+    beta: float, alpha: float, loss_type: LossType = "sigmoid",
+) -> dict[str, torch.Tensor]:
+    """The loss and its metrics from per-pair sequence log-probs (all of shape ``(B,)``).
+
+    The SFT term is the mean negative log-likelihood per chosen-response token over the batch
+    (total NLL of the chosen tokens / their number), i.e. the usual token-level cross-entropy,
+    so α weighs it independently of response length.
+    """
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    h = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        dpo = -F.logsigmoid(beta * h)
+    elif loss_type == "ipo":
+        dpo = (h - 1 / (2 * beta)) ** 2
+    elif loss_type == "hinge":
+        dpo = torch.relu(1 - beta * h)
+    else:
+        raise ValueError(f"unknown loss_type {loss_type!r}; choose sigmoid, ipo or hinge")
+    dpo = dpo.mean()
+    sft = -policy_chosen.sum() / chosen_tokens.sum().clamp(min=1)
+    chosen_rewards = (beta * chosen_ratio).detach()
+    rejected_rewards = (beta * rejected_ratio).detach()
+    return {
+        "loss": dpo + alpha * sft,
+        "loss_dpo": dpo.detach(),
+        "loss_sft": sft.detach(),
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+        "logps/chosen": policy_chosen.detach().mean(),
+        "logps/rejected": policy_rejected.detach().mean(),
+    }

@@ -1,0 +1,35 @@
+"""Supported video-LMM families. Add a family by adding one :class:`ModelAdapter` here."""
+
+from tpo.models.adapter import IGNORE_INDEX, PARTS, ModelAdapter, PromptEncoding
+
+_LLAVA_PARTS = {
+    "vision_tower": ("model.vision_tower",),
+    "projector": ("model.multi_modal_projector", "model.image_newline", "model.vision_resampler"),
+    "language_model": ("model.language_model", "lm_head"),
+}
+_QWEN_PARTS = {
+    "vision_tower": ("model.visual",),
+    "projector": ("model.visual.merger",),
+    "language_model": ("model.language_model", "lm_head"),
+}
+
+FAMILIES: dict[str, ModelAdapter] = {
+    a.family: a
+    for a in [
+        ModelAdapter("llava_onevision", ("llava_onevision",), _LLAVA_PARTS,
+                     "LLaVA-OneVision and LLaVA-Video (LlavaOnevisionForConditionalGeneration)"),
+        ModelAdapter("qwen2_vl", ("qwen2_vl",), _QWEN_PARTS, "Qwen2-VL"),
+        ModelAdapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN_PARTS, "Qwen2.5-VL"),
+        ModelAdapter("llava_next_video", ("llava_next_video",), _LLAVA_PARTS, "LLaVA-NeXT-Video"),
+    ]
+}
+
+
+def get_adapter(family: str) -> ModelAdapter:
+    if family not in FAMILIES:
+        known = ", ".join(f"{name} ({a.description})" for name, a in FAMILIES.items())
+        raise ValueError(f"unknown model family {family!r}; supported families: {known}")
+    return FAMILIES[family]
+
+
+__all__ = ["FAMILIES", "IGNORE_INDEX", "PARTS", "ModelAdapter", "PromptEncoding", "get_adapter"]

@@ -1,0 +1,113 @@
+"""Model adapters: everything the trainer needs to know about one video-LMM family.
+
+The trainer, the data pipeline and the evaluator talk to a model only through a
+:class:`ModelAdapter`; nothing else branches on a model name. An adapter loads model and
+processor, turns (frames, question, response) into model inputs with the family's chat
+template and a label mask over the response tokens only, names the trainable parts and
+the transformer-block classes FSDP wraps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+IGNORE_INDEX = -100
+# Processor outputs with one entry per token; everything else is a vision tensor.
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+PARTS = ("vision_tower", "projector", "language_model")
+_BLOCK_SUFFIXES = ("DecoderLayer", "EncoderLayer", "VisionBlock")
+
+
+def _resolve(path: str) -> str:
+    from tpo.synthetic import resolve  # lazy: the synthetic builders import transformers models
+
+    return str(resolve(path))
+
+
+@dataclass
+class PromptEncoding:
+    """A processed (video, question) prompt.
+
+    ``tokens`` holds per-token tensors of shape ``(L,)`` (``input_ids``, ``attention_mask`` and
+    any family-specific per-token ids); ``vision`` the vision tensors exactly as the processor
+    returned them for this one video.
+    """
+
+    tokens: dict[str, torch.Tensor]
+    vision: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelAdapter:
+    family: str
+    model_types: tuple[str, ...]  # `config.model_type` values this family loads
+    parts: dict[str, tuple[str, ...]]  # trainable part -> parameter-name prefixes
+    description: str = ""
+    processor_kwargs: dict = field(default_factory=lambda: {"do_sample_frames": False})
+
+    # ---- loading -------------------------------------------------------------------------
+    def load(self, path: str, dtype: torch.dtype | None = None):
+        """``(model, processor)`` from a local directory or hub id (``builtin:`` paths resolved)."""
+        from transformers import AutoConfig, AutoModelForImageTextToText
+
+        path = _resolve(path)
+        model_type = AutoConfig.from_pretrained(path).model_type
+        if model_type not in self.model_types:
+            raise ValueError(
+                f"{path} holds a {model_type!r} model, but model family {self.family!r} expects one of "
+                f"{list(self.model_types)}; set `family` to match the checkpoint"
+            )
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
+        return model, self.load_processor(path)
+
+    def load_processor(self, path: str):
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(_resolve(path))
+
+    # ---- inputs --------------------------------------------------------------------------
+    def prompt_text(self, processor, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode_prompt(self, processor, frames: np.ndarray, question: str) -> PromptEncoding:
+        """Process one video ``(T, H, W, 3)`` uint8 and its question into a prompt encoding."""
+        out = processor(text=[self.prompt_text(processor, question)], videos=[frames],
+                        return_tensors="pt", **self.processor_kwargs)
+        tokens = {k: v[0] for k, v in out.items() if k in PER_TOKEN_KEYS}
+        vision = {k: v for k, v in out.items() if k not in PER_TOKEN_KEYS}
+        return PromptEncoding(tokens, vision)
+
+    def response_ids(self, processor, response: str) -> list[int]:
+        """The response's tokens followed by the end-of-turn token the model must learn to emit."""
+        tok = getattr(processor, "tokenizer", processor)
+        return tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+    # ---- structure -----------------------------------------------------------------------
+    def part_of(self, param_name: str) -> str:
+        """The trainable part (see :data:`PARTS`) a parameter belongs to, by longest prefix."""
+        best, best_len = None, -1
+        for part, prefixes in self.parts.items():
+            for prefix in prefixes:
+                if (param_name == prefix or param_name.startswith(prefix + ".")) and len(prefix) > best_len:
+                    best, best_len = part, len(prefix)
+        if best is None:
+            raise ValueError(f"{self.family}: parameter {param_name!r} belongs to none of {list(self.parts)}")
+        return best
+
+    def set_trainable(self, model: nn.Module, trainable: list[str] | tuple[str, ...]) -> None:
+        unknown = set(trainable) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown trainable part(s) {sorted(unknown)}; choose from {list(PARTS)}")
+        for name, param in model.named_parameters():
+            param.requires_grad_(self.part_of(name) in trainable)
+
+    @staticmethod
+    def block_classes(model: nn.Module) -> set[type[nn.Module]]:
+        """Transformer-block classes (language and vision) for FSDP wrapping and checkpointing."""
+        names = {n for n in getattr(model, "_no_split_modules", None) or [] if n.endswith(_BLOCK_SUFFIXES)}
+        return {type(m) for m in model.modules() if type(m).__name__ in names}

@@ -1,0 +1,116 @@
+"""TPOModule: a trainable policy and a frozen reference copy, trained with DPO + SFT."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from tpo.loss import LossType, response_logps, tpo_loss
+from tpo.models import get_adapter
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+REFERENCE_PREFIX = "reference."
+
+
+class TPOModule(L.LightningModule):
+    """Post-trains a video-LMM on preference pairs with ``L = DPO(β) + α · SFT(chosen)``.
+
+    The reference model is a frozen copy of the starting policy: always in eval mode, without
+    gradients, outside the optimizer and left out of checkpoints (it is re-loaded from
+    ``model_path``). Both models are loaded in :meth:`configure_model`, so strategies such as
+    FSDP shard the reference like the policy.
+
+    Args:
+        model_path: checkpoint directory or hub id (``builtin:tiny-<family>`` for the tiny models).
+        family: model family (see ``tpo.models.FAMILIES``).
+        beta: DPO temperature β.  alpha: weight α of the SFT term (mean NLL per chosen token).
+        loss_type: ``sigmoid`` (DPO, default), ``ipo`` or ``hinge``.
+        lr, weight_decay, warmup_ratio: AdamW with a cosine schedule after linear warm-up.
+        trainable: parts that learn: any of ``vision_tower``, ``projector``, ``language_model``.
+        dtype: dtype the weights are loaded in (``float32``, ``bfloat16``, ``float16``).
+    """
+
+    def __init__(
+        self, model_path: str, family: str, beta: float = 0.1, alpha: float = 1.0,
+        loss_type: LossType = "sigmoid", lr: float = 1e-6, weight_decay: float = 0.0,
+        warmup_ratio: float = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
+        dtype: str = "float32",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.adapter = get_adapter(family)
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
+        self.policy = None
+        self.reference = None
+        self._register_state_dict_hook(_drop_reference)
+        self._register_load_state_dict_pre_hook(self._keep_reference)
+
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        dtype = DTYPES[self.hparams.dtype]
+        self.policy, _ = self.adapter.load(self.hparams.model_path, dtype)
+        self.adapter.set_trainable(self.policy, self.hparams.trainable)
+        self.policy.train()  # from_pretrained returns eval mode
+        self.reference, _ = self.adapter.load(self.hparams.model_path, dtype)
+        self.reference.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # the reference never leaves eval mode (no dropout)
+        return self
+
+    # ---- loss --------------------------------------------------------------------------------
+    @staticmethod
+    def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(**batch["inputs"], use_cache=False).logits
+        return response_logps(logits, batch["labels"])
+
+    def _step(self, batch: dict) -> dict[str, torch.Tensor]:
+        n = len(batch["ids"])
+        policy_logps, tokens = self.sequence_logps(self.policy, batch)
+        with torch.no_grad():
+            ref_logps, _ = self.sequence_logps(self.reference, batch)
+        h = self.hparams
+        return tpo_loss(policy_logps[:n], policy_logps[n:], ref_logps[:n], ref_logps[n:], tokens[:n],
+                        beta=h.beta, alpha=h.alpha, loss_type=h.loss_type)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self._step(batch)
+        n = len(batch["ids"])
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
+        self.log("train/loss_dpo", out["loss_dpo"], batch_size=n)
+        self.log("train/loss_sft", out["loss_sft"], batch_size=n)
+        self.log_dict({k: v for k, v in out.items() if "/" in k}, batch_size=n)
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n)
+        return out["loss"]
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        out = self._step(batch)
+        self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=len(batch["ids"]), sync_dist=True)
+
+    # ---- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self):
+        h = self.hparams
+        params = [p for p in self.policy.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(h.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- checkpoints: the reference is not saved, and comes back from memory on load -----------
+    def _keep_reference(self, state_dict, prefix, *args) -> None:
+        if self.reference is None:
+            return
+        for key, value in self.reference.state_dict().items():
+            state_dict.setdefault(prefix + REFERENCE_PREFIX + key, value)
+
+
+def _drop_reference(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + REFERENCE_PREFIX)]:
+        del state_dict[key]

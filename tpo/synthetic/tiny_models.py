@@ -1,0 +1,190 @@
+"""Tiny, randomly initialised models of the real video-LMM architectures, built offline.
+
+Each builder returns ``(model, processor)`` made only from ``transformers`` config classes,
+a byte-level BPE tokenizer trained here with ``tokenizers`` and the family's real processor
+classes, so every code path that loads a real checkpoint runs unchanged on them.
+``tiny_model_path(family)`` saves one once under the cache directory and returns its path.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from tpo.synthetic.world import CORPUS
+
+FRAME_SIZE = 32  # pixels; every tiny vision tower sees 32x32 frames in 8x8 patches
+PATCH = 8
+_BUILD_VERSION = "1"  # bump when a builder changes, so cached copies are rebuilt
+
+_QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+# Chat templates in the style of each family's released template (ours, simplified).
+_CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% for c in m['content'] %}{% if c['type'] == 'video' %}{{ VIDEO }}{% elif c['type'] == 'image' %}{{ IMAGE }}{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+_VICUNA_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<video>\n{% elif c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}</s>"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def cache_dir() -> Path:
+    """Where built-in assets (tiny models, the demo world) are cached: ``$TPO_CACHE`` or ~/.cache/tpo."""
+    return Path(os.environ.get("TPO_CACHE", Path.home() / ".cache" / "tpo"))
+
+
+def build_tokenizer(specials: list[str], eos: str, pad: str, extra: dict[str, str]) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the synthetic world's vocabulary (any text still encodes)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, extra_special_tokens=extra)
+
+
+def _text_config_kwargs(vocab_size: int) -> dict:
+    return dict(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+    )
+
+
+def build_llava_onevision():
+    from transformers import (
+        LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, Qwen2Config, SiglipVisionConfig,
+    )
+
+    tok = build_tokenizer(_QWEN_SPECIALS + ["<image>", "<video>"], "<|im_end|>", "<|endoftext|>",
+                          {"image_token": "<image>", "video_token": "<video>"})
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                num_attention_heads=2, image_size=FRAME_SIZE, patch_size=PATCH)
+    config = LlavaOnevisionConfig(
+        vision_config=vision, text_config=Qwen2Config(**_text_config_kwargs(len(tok))),
+        image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
+        image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]], vision_feature_layer=-1,
+    )
+    size = {"height": FRAME_SIZE, "width": FRAME_SIZE}
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]]),
+        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        tokenizer=tok, num_image_tokens=(FRAME_SIZE // PATCH) ** 2, vision_feature_select_strategy="full",
+        chat_template=_CHATML_TEMPLATE.replace("{{ VIDEO }}", "<video>\n").replace("{{ IMAGE }}", "<image>\n"),
+    )
+    return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def _build_qwen_vl(version: str):
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+
+    if version == "2":
+        from transformers import Qwen2VLConfig as Config, Qwen2VLForConditionalGeneration as Model
+        from transformers import Qwen2VLProcessor as Processor
+    else:
+        from transformers import Qwen2_5_VLConfig as Config, Qwen2_5_VLForConditionalGeneration as Model
+        from transformers import Qwen2_5_VLProcessor as Processor
+
+    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tok = build_tokenizer(_QWEN_SPECIALS + vision_tokens, "<|im_end|>", "<|endoftext|>",
+                          {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+    text = _text_config_kwargs(len(tok))
+    vision = dict(depth=1, num_heads=2, patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
+    if version == "2":
+        vision.update(embed_dim=32, hidden_size=text["hidden_size"], mlp_ratio=2)
+    else:
+        vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=text["hidden_size"],
+                      window_size=2 * PATCH * 2, fullatt_block_indexes=[0])
+    mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in zip(
+        ["vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"], vision_tokens)}
+    config = Config(text_config=dict(**text, rope_parameters=mrope), vision_config=vision, **ids)
+    pixels = {"shortest_edge": FRAME_SIZE * FRAME_SIZE, "longest_edge": FRAME_SIZE * FRAME_SIZE}
+    shape = dict(size=pixels, patch_size=PATCH, temporal_patch_size=2, merge_size=2)
+    template = _CHATML_TEMPLATE.replace("{{ VIDEO }}", "<|vision_start|><|video_pad|><|vision_end|>")
+    processor = Processor(
+        image_processor=Qwen2VLImageProcessor(**shape),
+        video_processor=Qwen2VLVideoProcessor(**shape, cap_pixels_per_frame=True),
+        tokenizer=tok, chat_template=template.replace("{{ IMAGE }}", "<|vision_start|><|image_pad|><|vision_end|>"),
+    )
+    return Model(config), processor
+
+
+def build_qwen2_vl():
+    return _build_qwen_vl("2")
+
+
+def build_qwen2_5_vl():
+    return _build_qwen_vl("2.5")
+
+
+def build_llava_next_video():
+    from transformers import (
+        CLIPVisionConfig, LlamaConfig, LlavaNextImageProcessor, LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor,
+    )
+
+    tok = build_tokenizer(["<unk>", "<s>", "</s>", "<image>", "<video>"], "</s>", "<unk>",
+                          {"image_token": "<image>", "video_token": "<video>"})
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                              num_attention_heads=2, image_size=FRAME_SIZE, patch_size=PATCH)
+    config = LlavaNextVideoConfig(
+        vision_config=vision, text_config=LlamaConfig(**_text_config_kwargs(len(tok))),
+        image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
+        image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]], vision_feature_layer=-1,
+        vision_feature_select_strategy="default", spatial_pool_stride=2,
+    )
+    crop = {"height": FRAME_SIZE, "width": FRAME_SIZE}
+    resize = {"shortest_edge": FRAME_SIZE}
+    processor = LlavaNextVideoProcessor(
+        image_processor=LlavaNextImageProcessor(size=resize, crop_size=crop, image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]]),
+        video_processor=LlavaNextVideoVideoProcessor(size=resize, crop_size=crop),
+        tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default", chat_template=_VICUNA_TEMPLATE,
+    )
+    return LlavaNextVideoForConditionalGeneration(config), processor
+
+
+BUILDERS = {
+    "llava_onevision": build_llava_onevision,
+    "qwen2_vl": build_qwen2_vl,
+    "qwen2_5_vl": build_qwen2_5_vl,
+    "llava_next_video": build_llava_next_video,
+}
+
+
+def build_tiny(family: str, seed: int = 0):
+    """A tiny random ``(model, processor)`` of ``family``, deterministic for a given seed."""
+    if family not in BUILDERS:
+        raise ValueError(f"no tiny builder for model family {family!r}; known: {sorted(BUILDERS)}")
+    torch.manual_seed(seed)
+    model, processor = BUILDERS[family]()
+    return model.eval(), processor
+
+
+def tiny_model_path(family: str) -> Path:
+    """Save the tiny model of ``family`` once under the cache directory and return its path."""
+    path = cache_dir() / f"tiny-{family}-v{_BUILD_VERSION}"
+    if not (path / "config.json").exists():
+        model, processor = build_tiny(family)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        if path.exists():  # another process built it meanwhile
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(path)
+    return path
