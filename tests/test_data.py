@@ -1,0 +1,70 @@
+from collections import Counter
+
+import pytest
+import torch
+
+from tpo.data.collate import PairCollator
+from tpo.data.datamodule import PreferenceDataModule, select_pairs, split_by_video
+from tpo.data.frames import read_frames, uniform_frame_indices
+from tpo.data.records import read_records
+from tpo.models import IGNORE_INDEX, get_adapter
+
+
+def test_uniform_frame_indices():
+    assert uniform_frame_indices(32, 4) == [4, 12, 20, 28]
+    assert uniform_frame_indices(3, 5) == [0, 0, 1, 2, 2]  # int((i + 0.5) * 3 / 5)
+
+
+def test_reads_exactly_the_requested_frames(pref_file):
+    records, _ = read_records(pref_file)
+    frames = read_frames(records[0].video_path, [0, 31, 5])
+    assert frames.shape == (3, 64, 64, 3) and frames.dtype.name == "uint8"
+    # The synthetic clip draws a different event per 8-frame segment: frame 0 and 31 differ.
+    assert abs(frames[0].astype(int) - frames[1].astype(int)).max() > 50
+
+
+def test_validation_split_holds_out_whole_videos(pref_file):
+    records, _ = read_records(pref_file)
+    train, val = split_by_video(records, 0.25, seed=3)
+    assert len(train) + len(val) == len(records)
+    assert {r.video_path for r in train}.isdisjoint({r.video_path for r in val})
+    assert len({r.video_path for r in val}) == 2  # 25% of 8 videos
+    assert split_by_video(records, 0.25, seed=3)[1] == val  # deterministic
+
+
+@pytest.mark.parametrize("fraction,size", [(1.0, 10), (0.8, 10), (0.5, 16), (0.2, 10), (0.0, 10), (None, 7)])
+def test_mix_ratio_and_size_are_config_changes(pref_file, fraction, size):
+    records, _ = read_records(pref_file)
+    chosen = select_pairs(records, fraction, size, seed=0)
+    assert len(chosen) == size and len({r["id"] for r in chosen}) == size
+    if fraction is not None:
+        counts = Counter(r["manipulation"] for r in chosen)
+        assert counts["irrelevant"] == round(size * fraction)
+        assert counts["incomplete"] == size - round(size * fraction)
+
+
+def test_mix_ratio_beyond_what_the_data_holds_is_an_error(pref_file):
+    records, _ = read_records(pref_file)
+    with pytest.raises(ValueError, match="needs 20 irrelevant pairs; only 16"):
+        select_pairs(records, 1.0, 20, seed=0)
+
+
+def test_collated_labels_cover_response_tokens_only(pref_file):
+    adapter = get_adapter("qwen2_5_vl")
+    processor = adapter.load_processor("builtin:tiny-qwen2_5_vl")
+    dm = PreferenceDataModule(str(pref_file), model_path="builtin:tiny-qwen2_5_vl", family="qwen2_5_vl", batch_size=2)
+    dm.setup("fit")
+    items = [dm.train_set[0], dm.train_set[1]]
+    batch = PairCollator(adapter, processor)(items)
+    ids, labels, mask = batch["inputs"]["input_ids"], batch["labels"], batch["inputs"]["attention_mask"]
+    assert ids.shape[0] == 4 and batch["ids"] == [items[0]["id"], items[1]["id"]]
+    for row, (item, side) in enumerate([(items[0], "chosen"), (items[1], "chosen"),
+                                        (items[0], "rejected"), (items[1], "rejected")]):
+        response = adapter.response_ids(processor, item[side])
+        labelled = labels[row][labels[row] != IGNORE_INDEX].tolist()
+        assert labelled == response  # every response token, the end-of-turn token included
+        length = int(mask[row].sum())
+        assert ids[row, length - len(response):length].tolist() == response
+        assert (labels[row, : length - len(response)] == IGNORE_INDEX).all()
+    # chosen and rejected rows of a pair share one prompt and one video
+    assert torch.equal(batch["inputs"]["video_grid_thw"][:2], batch["inputs"]["video_grid_thw"][2:])

@@ -1,0 +1,49 @@
+"""A tiny model of every supported family trains through the same TPOModule."""
+
+import pytest
+import torch
+
+from conftest import FAMILIES
+from tpo.data.datamodule import PreferenceDataModule
+from tpo.models import get_adapter
+from tpo.module import TPOModule
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_backward_through_tpo_module(family, pref_file):
+    module = TPOModule(f"builtin:tiny-{family}", family, beta=0.1, alpha=1.0)
+    module.configure_model()
+    dm = PreferenceDataModule(str(pref_file), model_path=f"builtin:tiny-{family}", family=family, batch_size=2)
+    dm.setup("fit")
+    batch = dm.collator([dm.train_set[0], dm.train_set[1]])
+    out = module._step(batch)
+    # policy == reference at the start: every reward is exactly zero, DPO loss is log 2
+    assert out["rewards/chosen"].item() == 0 and out["rewards/rejected"].item() == 0
+    assert out["loss_dpo"].item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-6)
+    out["loss"].backward()
+    adapter = get_adapter(family)
+    grads = {adapter.part_of(n): 0.0 for n, _ in module.policy.named_parameters()}
+    for name, p in module.policy.named_parameters():
+        part = adapter.part_of(name)
+        assert p.requires_grad == (part != "vision_tower"), name
+        if p.grad is not None:
+            grads[part] += p.grad.abs().sum().item()
+    assert grads["language_model"] > 0 and grads["projector"] > 0 and grads["vision_tower"] == 0
+    assert all(p.grad is None and not p.requires_grad for p in module.reference.parameters())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fsdp_wraps_language_and_vision_blocks(family):
+    model, _ = get_adapter(family).load(f"builtin:tiny-{family}")
+    names = {c.__name__ for c in get_adapter(family).block_classes(model)}
+    assert any(n.endswith("DecoderLayer") for n in names), names
+    assert any(n.endswith(("EncoderLayer", "VisionBlock")) for n in names), names
+
+
+def test_trainable_parts_are_configurable():
+    module = TPOModule("builtin:tiny-llava_onevision", "llava_onevision", trainable=("projector",))
+    module.configure_model()
+    trainable = {n.split(".")[1] for n, p in module.policy.named_parameters() if p.requires_grad}
+    assert trainable == {"multi_modal_projector", "image_newline"}
+    with pytest.raises(ValueError, match="unknown trainable part"):
+        get_adapter("qwen2_vl").set_trainable(module.policy, ["llm"])
