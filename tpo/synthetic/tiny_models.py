@@ -20,7 +20,7 @@ from tpo.synthetic.world import CORPUS
 
 FRAME_SIZE = 32  # pixels; every tiny vision tower sees 32x32 frames in 8x8 patches
 PATCH = 8
-_BUILD_VERSION = "1"  # bump when a builder changes, so cached copies are rebuilt
+_BUILD_VERSION = "2"  # bump when a builder changes, so cached copies are rebuilt
 
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -59,7 +59,7 @@ def build_tokenizer(specials: list[str], eos: str, pad: str, extra: dict[str, st
 
 def _text_config_kwargs(vocab_size: int) -> dict:
     return dict(
-        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
     )
 

@@ -87,13 +87,9 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
 
 
 def random_events(rng: random.Random, count: int) -> list[Event]:
-    """``count`` events, no two consecutive ones with the same colour and shape."""
-    events: list[Event] = []
-    while len(events) < count:
-        e = Event(rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(MOTIONS)))
-        if not events or (e.colour, e.shape) != (events[-1].colour, events[-1].shape):
-            events.append(e)
-    return events
+    """``count`` events with distinct (colour, shape), so questions about an event are unambiguous."""
+    objects = rng.sample([(c, s) for c in COLOURS for s in SHAPES], count)
+    return [Event(c, s, rng.choice(list(MOTIONS))) for c, s in objects]
 
 
 def _sentence(events: list[Event]) -> str:

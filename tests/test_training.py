@@ -1,0 +1,102 @@
+"""Training behaviour on the synthetic world: learning, frozen reference, resume, export."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from tpo.data.collate import PairCollator
+from tpo.data.datamodule import PreferenceDataModule
+from tpo.export import HFExport
+from tpo.loss import response_logps
+from tpo.module import TPOModule
+
+FAMILY = "llava_onevision"
+MODEL = f"builtin:tiny-{FAMILY}"
+EPOCHS = 14
+
+
+class Recorder(L.Callback):
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        m = trainer.callback_metrics
+        self.steps.append({"epoch": trainer.current_epoch, "loss": outputs["loss"].item(),
+                           "accuracy": m["rewards/accuracy"].item(), "margin": m["rewards/margin"].item()})
+
+
+def _fit(root, pref_file, max_epochs, ckpt_path=None, callbacks=(), **hparams):
+    L.seed_everything(0)
+    module = TPOModule(MODEL, FAMILY, **{"beta": 0.3, "alpha": 1.0, "lr": 3e-3, **hparams})
+    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0, val_fraction=0.25)
+    recorder = Recorder()
+    trainer = L.Trainer(default_root_dir=root, max_epochs=max_epochs, accelerator="cpu", log_every_n_steps=1,
+                        gradient_clip_val=1.0, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[recorder, *callbacks])
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    return trainer, module, dm, recorder
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, pref_file):
+    root = tmp_path_factory.mktemp("run")
+    ckpt = ModelCheckpoint(save_top_k=-1, every_n_epochs=1)
+    module = TPOModule(MODEL, FAMILY)
+    module.configure_model()
+    initial_reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    trainer, module, dm, recorder = _fit(root, pref_file, EPOCHS, callbacks=[ckpt, HFExport()])
+    return {"trainer": trainer, "module": module, "dm": dm, "steps": recorder.steps, "ckpt": ckpt,
+            "initial_reference": initial_reference, "root": root}
+
+
+def _checkpoints(run):
+    return sorted(Path(run["ckpt"].dirpath).glob("*.ckpt"))
+
+
+def test_preferences_are_learned(run):
+    steps = run["steps"]
+    last = [s for s in steps if s["epoch"] == EPOCHS - 1]
+    first = [s for s in steps if s["epoch"] == 0]
+    assert sum(s["accuracy"] for s in last) / len(last) > 0.9
+    assert sum(s["margin"] for s in last) / len(last) > sum(s["margin"] for s in first) / len(first) + 0.5
+    assert "val/rewards/accuracy" in run["trainer"].callback_metrics
+
+
+def test_reference_stays_bit_identical_and_out_of_checkpoints(run):
+    module = run["module"]
+    for key, value in module.reference.state_dict().items():
+        assert torch.equal(value, run["initial_reference"][key]), key
+    changed = [k for k, v in module.policy.state_dict().items() if not torch.equal(v, run["initial_reference"][k])]
+    assert changed  # the policy did move
+    assert not module.reference.training and all(not p.requires_grad for p in module.reference.parameters())
+    optimizer_params = {id(p) for g in run["trainer"].optimizers[0].param_groups for p in g["params"]}
+    assert optimizer_params.isdisjoint({id(p) for p in module.reference.parameters()})
+    state = torch.load(_checkpoints(run)[-1], weights_only=False)["state_dict"]
+    assert state and not any(k.startswith("reference.") for k in state)
+    assert all(k.startswith("policy.") for k in state)
+
+
+def test_resume_reproduces_the_uninterrupted_run(run, pref_file, tmp_path):
+    first_epoch_ckpt = next(p for p in _checkpoints(run) if "epoch=0-" in p.name)
+    _, _, _, resumed = _fit(tmp_path, pref_file, EPOCHS, ckpt_path=first_epoch_ckpt)
+    expected = [s["loss"] for s in run["steps"] if s["epoch"] >= 1]
+    got = [s["loss"] for s in resumed.steps]
+    assert len(got) == len(expected)
+    assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_hf_export_loads_back_with_the_same_logps(run):
+    export = run["trainer"].log_dir + "/export"
+    model = AutoModelForImageTextToText.from_pretrained(export).eval()
+    processor = AutoProcessor.from_pretrained(export)
+    module, dm = run["module"], run["dm"]
+    batch = PairCollator(module.adapter, processor)([dm.train_set[0], dm.train_set[1]])
+    with torch.no_grad():
+        exported, _ = response_logps(model(**batch["inputs"]).logits, batch["labels"])
+        trained, _ = response_logps(module.policy.eval()(**batch["inputs"]).logits, batch["labels"])
+    assert torch.allclose(exported, trained, atol=1e-5)
+    assert not torch.allclose(exported, module.sequence_logps(module.reference, batch)[0], atol=1e-3)
