@@ -36,12 +36,14 @@ class TPOCLI(LightningCLI):
         ckpt = trainer.checkpoint_callback
         checkpoint = (ckpt.last_model_path or ckpt.best_model_path) if ckpt else None
         export = next((c.path for c in trainer.callbacks if isinstance(c, HFExport)), None)
-        metrics = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
-                   if k in ("train/loss", "rewards/accuracy", "rewards/margin", "val/rewards/accuracy")}
-        print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s  {metrics}\n"
+        train = {k: round(v, 4) for k, v in self.model.last_epoch_means.items()}
+        val = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
+               if k in ("val/loss", "val/rewards/accuracy", "val/rewards/margin")}
+        print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s\n"
+              f"  last epoch (train mean): {train}\n  validation: {val}\n"
               f"  logs:       {trainer.log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
               f"  export:     {export or '(none)'}")
 
 
-def main(args: list[str] | None = None) -> TPOCLI:
-    return TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=args)
+def main(args: list[str] | None = None) -> None:
+    TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=args)

@@ -46,6 +46,8 @@ class TPOModule(L.LightningModule):
             raise ValueError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.policy = None
         self.reference = None
+        self.last_epoch_means: dict[str, float] = {}  # training metrics averaged over the last epoch
+        self._epoch_sums: dict[str, torch.Tensor] = {}
         self._register_state_dict_hook(_drop_reference)
         self._register_load_state_dict_pre_hook(self._keep_reference)
 
@@ -88,7 +90,16 @@ class TPOModule(L.LightningModule):
         self.log("train/loss_sft", out["loss_sft"], batch_size=n)
         self.log_dict({k: v for k, v in out.items() if "/" in k}, batch_size=n)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n)
+        for key in ("loss", "rewards/accuracy", "rewards/margin"):
+            self._epoch_sums[key] = self._epoch_sums.get(key, 0) + out[key].detach()
+        self._epoch_sums["steps"] = self._epoch_sums.get("steps", 0) + 1
         return out["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        steps = self._epoch_sums.pop("steps", 0)
+        if steps:
+            self.last_epoch_means = {k: float(v) / steps for k, v in self._epoch_sums.items()}
+        self._epoch_sums = {}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._step(batch)

@@ -20,7 +20,7 @@ from tpo.synthetic.world import CORPUS
 
 FRAME_SIZE = 32  # pixels; every tiny vision tower sees 32x32 frames in 8x8 patches
 PATCH = 8
-_BUILD_VERSION = "2"  # bump when a builder changes, so cached copies are rebuilt
+_BUILD_VERSION = "3"  # bump when a builder changes, so cached copies are rebuilt
 
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
@@ -109,7 +109,9 @@ def _build_qwen_vl(version: str):
     else:
         vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=text["hidden_size"],
                       window_size=2 * PATCH * 2, fullatt_block_indexes=[0])
-    mrope = {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+    half = text["hidden_size"] // text["num_attention_heads"] // 2  # rotary frequencies per head
+    sections = [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]  # (t, h, w) as 16:24:24
+    mrope = {"rope_type": "default", "mrope_section": sections, "rope_theta": 10000.0}
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in zip(
         ["vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"], vision_tokens)}
     config = Config(text_config=dict(**text, rope_parameters=mrope), vision_config=vision, **ids)

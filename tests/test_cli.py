@@ -1,0 +1,34 @@
+"""`tpo fit --config demo.yaml` end to end: everything a run writes lands under default_root_dir."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_fit_writes_logs_config_checkpoint_and_export_under_root_dir(tmp_path, pref_file):
+    root = tmp_path / "my_run"
+    cmd = [sys.executable, "-m", "tpo", "fit", "--config", str(REPO / "lightning_configs/demo.yaml"),
+           "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1", "--data.path", str(pref_file),
+           "--data.val_fraction", "0.25", "--model.beta", "0.25"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = root / "lightning_logs" / "version_0"
+    assert "export:" in done.stdout and str(run / "export") in done.stdout
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["model"]["beta"] == 0.25 and config["data"]["path"] == str(pref_file)
+    assert list((run / "checkpoints").glob("*.ckpt"))
+    assert list(run.glob("events.out.tfevents.*"))
+    assert (run / "export" / "config.json").exists() and (run / "export" / "processor_config.json").exists()
+    assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "runs").exists()
+
+
+def test_unknown_family_in_config_is_a_clear_error(tmp_path, pref_file):
+    cmd = [sys.executable, "-m", "tpo", "fit", "--config", str(REPO / "lightning_configs/demo.yaml"),
+           "--trainer.default_root_dir", str(tmp_path), "--data.path", str(pref_file), "--model.family", "longva"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode != 0
+    assert "unknown model family 'longva'" in done.stderr and "qwen2_5_vl" in done.stderr
