@@ -14,7 +14,7 @@ from pathlib import Path
 from tpo.synthetic.tiny_models import BUILDERS, build_tiny, cache_dir, tiny_model_path
 from tpo.synthetic.world import write_preference_dataset
 
-_DEMO_VERSION = "3"
+_DEMO_VERSION = "4"
 
 
 def demo_dataset_path() -> Path:
@@ -22,7 +22,7 @@ def demo_dataset_path() -> Path:
     root = cache_dir() / f"demo-v{_DEMO_VERSION}"
     if not (root / "preferences.jsonl").exists():
         tmp = root.with_name(root.name + f".tmp{os.getpid()}")
-        write_preference_dataset(tmp, num_videos=40, pairs_per_video=4, num_frames=32)
+        write_preference_dataset(tmp, num_videos=20, pairs_per_video=4, num_frames=32)
         if not root.exists():
             tmp.rename(root)
     return root / "preferences.jsonl"
