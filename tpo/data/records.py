@@ -113,7 +113,7 @@ def read_records(path: str | Path, video_root: str | Path | None = None) -> tupl
             rid = rec.get("id") if isinstance(rec.get("id"), str) else None
             problem = _field_problem(rec)
             if problem is None and seen[rid]:
-                problem = f"duplicate id (first seen on an earlier line)"
+                problem = "duplicate id (first seen on an earlier line)"
             if problem:
                 bad.append(BadRecord(str(path), number, rid, problem))
                 continue
