@@ -26,7 +26,8 @@ class TPOFSDPStrategy(FSDPStrategy):
         blocks = module.adapter.block_classes(module.policy)
         if not blocks:
             raise ValueError(f"found no transformer-block classes to wrap in {type(module.policy).__name__}")
-        self.kwargs["auto_wrap_policy"] = ModuleWrapPolicy(blocks)
+        policy = ModuleWrapPolicy(blocks)
+        self.kwargs["auto_wrap_policy"] = policy
         if self._checkpoint_blocks:
-            self._activation_checkpointing_kwargs = {"auto_wrap_policy": ModuleWrapPolicy(blocks)}
+            self._activation_checkpointing_kwargs = {"auto_wrap_policy": policy}
         super().setup(trainer)

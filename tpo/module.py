@@ -48,6 +48,7 @@ class TPOModule(L.LightningModule):
         self.reference = None
         self.last_epoch_means: dict[str, float] = {}  # training metrics averaged over the last epoch
         self._epoch_sums: dict[str, torch.Tensor] = {}
+        self._epoch_steps = 0
         self._register_state_dict_hook(_drop_reference)
         self._register_load_state_dict_pre_hook(self._keep_reference)
 
@@ -92,14 +93,13 @@ class TPOModule(L.LightningModule):
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n)
         for key in ("loss", "rewards/accuracy", "rewards/margin"):
             self._epoch_sums[key] = self._epoch_sums.get(key, 0) + out[key].detach()
-        self._epoch_sums["steps"] = self._epoch_sums.get("steps", 0) + 1
+        self._epoch_steps += 1
         return out["loss"]
 
     def on_train_epoch_end(self) -> None:
-        steps = self._epoch_sums.pop("steps", 0)
-        if steps:
-            self.last_epoch_means = {k: float(v) / steps for k, v in self._epoch_sums.items()}
-        self._epoch_sums = {}
+        if self._epoch_steps:
+            self.last_epoch_means = {k: float(v) / self._epoch_steps for k, v in self._epoch_sums.items()}
+        self._epoch_sums, self._epoch_steps = {}, 0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         out = self._step(batch)
