@@ -85,16 +85,29 @@ def _video_problem(record: Record) -> str | None:
     return None
 
 
+def _default_video_root(path: Path) -> Path:
+    manifest = path.parent / "manifest.json"
+    if manifest.is_file():
+        try:
+            root = json.loads(manifest.read_text()).get("video_root")
+        except (json.JSONDecodeError, AttributeError):
+            raise ValueError(f"{manifest}: not a valid manifest (expected a JSON object)") from None
+        if root:
+            return Path(root)
+    return path.parent
+
+
 def read_records(path: str | Path, video_root: str | Path | None = None) -> tuple[list[Record], list[BadRecord]]:
     """Parse and check a preference JSONL file; returns ``(good, bad)`` records.
 
-    ``video_root`` defaults to the file's directory; absolute video paths are used as they are.
+    ``video_root`` defaults to the ``video_root`` in a ``manifest.json`` beside the file (as
+    ``data_gen`` writes it), else to the file's directory; absolute video paths are used as they are.
     Every video is opened once to check that it decodes and holds the requested frames.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"preference file not found: {path}")
-    root = Path(video_root) if video_root is not None else path.parent
+    root = Path(video_root) if video_root is not None else _default_video_root(path)
     parsed: list[Record] = []
     bad: list[BadRecord] = []
     seen: Counter = Counter()

@@ -92,6 +92,19 @@ def random_events(rng: random.Random, count: int) -> list[Event]:
     return [Event(c, rng.choice(SHAPES), rng.choice(list(MOTIONS))) for c in rng.sample(list(COLOURS), count)]
 
 
+def write_clips(root: str | Path, num_videos: int, events_per_video: int = 4, frames_per_event: int = 16,
+                seed: int = 0, size: int = 64) -> list[Path]:
+    """Raw clips (no records) for the data pipeline: ``root/clip_<i>.mp4``, one event per segment."""
+    rng = random.Random(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for v in range(num_videos):
+        paths.append(root / f"clip_{v:04d}.mp4")
+        write_video(paths[-1], render_frames(random_events(rng, events_per_video), frames_per_event, size))
+    return paths
+
+
 def _sentence(events: list[Event]) -> str:
     text = ", then ".join(e.describe() for e in events)
     return text[0].upper() + text[1:] + "."

@@ -1,0 +1,85 @@
+"""``python -m data_gen run|merge|import``: see ``python -m data_gen <command> --help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from data_gen.client import FatalApiError
+from data_gen.config import ConfigError, load_config
+
+
+def _run(args) -> None:
+    from data_gen.pipeline import Pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    pipeline = Pipeline(cfg, args.num_shards, args.shard_index, progress=not args.no_progress)
+    if args.dry_run:
+        print(json.dumps(pipeline.dry_run(), indent=2))
+        return
+    manifest = pipeline.run()
+    counts, run = manifest["counts"], manifest["run"]
+    print(f"data_gen done in {run['seconds']:.1f}s -> {pipeline.out}")
+    print(f"  videos:   {counts['videos']['usable']} usable of {counts['videos']['found']} "
+          f"(skipped: {counts['videos']['skipped_by_reason'] or 0})")
+    print(f"  pairs:    {counts['pairs']['candidates']} answered, {counts['pairs']['identical_answers']} identical, "
+          f"{counts['pairs']['kept']} kept; dropped by rule: {counts['pairs']['dropped_by_rule'] or 0}")
+    print(f"  records:  {counts['records']['written']} {counts['records']['by_manipulation']}")
+    print(f"  calls:    {run['calls']}")
+    print(f"  items:    {run['items']}")
+    failures = sum(v.get("transient_failures", 0) for v in run["items"].values())
+    if failures:
+        print(f"  {failures} item(s) failed on transient errors; rerun the same command to retry them")
+
+
+def _merge(args) -> None:
+    from data_gen.merge import merge_shards
+
+    stats = merge_shards(args.output_dir)
+    print(f"merged {stats['records']['written']} records into {args.output_dir}")
+
+
+def _import(args) -> None:
+    from data_gen.importers import import_file
+
+    written, skipped = import_file(args.format, args.input, args.videos, args.output, args.num_frames)
+    print(f"imported {written} records into {args.output} ({skipped} skipped, see skipped.jsonl)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_gen", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="videos folder -> preference dataset directory")
+    run.add_argument("--config", help="YAML config (see data_gen/configs/)")
+    run.add_argument("overrides", nargs="*", help="key=value settings, e.g. answer.batch_size=4")
+    run.add_argument("--num-shards", type=int, default=1)
+    run.add_argument("--shard-index", type=int, default=0)
+    run.add_argument("--dry-run", action="store_true", help="print how many model calls each stage will make")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(fn=_run)
+
+    merge = commands.add_parser("merge", help="join the shard-*-of-* outputs inside OUTPUT_DIR")
+    merge.add_argument("output_dir")
+    merge.set_defaults(fn=_merge)
+
+    imp = commands.add_parser("import", help="convert a public preference format into our records")
+    imp.add_argument("--format", required=True, choices=["llava-hound", "trl"])
+    imp.add_argument("--input", required=True, help="JSON or JSONL file")
+    imp.add_argument("--videos", required=True, help="folder the file's video paths are relative to")
+    imp.add_argument("--output", required=True, help="dataset directory to write")
+    imp.add_argument("--num-frames", type=int, default=32)
+    imp.set_defaults(fn=_import)
+
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (ConfigError, FileNotFoundError, FatalApiError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Stage 6: the video-LMM being trained answers each question on ``S_a`` (r+) and on ``S_b`` (r-).
+
+Backends: ``local`` loads the model through the project's model adapters (the same chat
+template and frame processing training uses) and generates in batches; ``openai`` sends the
+frames as images to an OpenAI-compatible server (e.g. vLLM serving the same model).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache, partial
+
+from data_gen.cache import Outcome
+from data_gen.client import CallStats, ChatClient, jpeg_data_url, parse_text, user_message
+from data_gen.config import AnswerConfig, ApiConfig, fingerprint
+from data_gen.index import Video
+from data_gen.runner import Job, StageRunner
+from tpo.data.frames import VideoReadError, read_frames
+
+SIDES = {"chosen": "chosen_frames", "rejected": "rejected_frames"}
+
+
+def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConfig) -> list[Job]:
+    """Two jobs per question (``<question id>::chosen`` / ``::rejected``)."""
+    settings = {k: cfg[k] for k in ("backend", "model", "family", "base_url", "max_new_tokens", "temperature")}
+    jobs = []
+    for q in questions:
+        video = videos[q["segment"].video]
+        for side, field in SIDES.items():
+            frames = getattr(q["segment"], field)
+            key = fingerprint("answer", settings, video.identity, frames, q["question"])
+            jobs.append(Job(f"{q['id']}::{side}", key, payload=(video, frames, q["question"])))
+    return jobs
+
+
+@lru_cache(maxsize=8)  # jobs come grouped by segment, so a few decoded frame sets suffice
+def _frames(path, frames: tuple[int, ...]):
+    return read_frames(path, list(frames))
+
+
+class LocalAnswerer:
+    def __init__(self, cfg: AnswerConfig):
+        import torch
+
+        from tpo.models import get_adapter
+        from tpo.models.generate import resolve_device
+
+        self.cfg = cfg
+        self.adapter = get_adapter(cfg.family)
+        self.model, self.processor = self.adapter.load(cfg.model, getattr(torch, cfg.dtype))
+        self.model.to(resolve_device(cfg.device)).eval()
+
+    def run_batch(self, jobs: list[Job]) -> list[Outcome]:
+        from tpo.models.generate import answer_questions
+
+        outcomes, ready = [None] * len(jobs), []
+        for i, job in enumerate(jobs):
+            video, frames, question = job.payload
+            try:
+                ready.append((i, _frames(video.path, frames), question))
+            except VideoReadError as err:
+                outcomes[i] = Outcome(False, reason=str(err))
+        if ready:
+            # Seeded by the batch's first key: sampling (temperature > 0) is reproducible on resume.
+            answers = answer_questions(self.adapter, self.model, self.processor, [r[1] for r in ready],
+                                       [r[2] for r in ready], self.cfg.max_new_tokens, self.cfg.temperature,
+                                       seed=int(jobs[0].key[:8], 16))
+            for (i, _, _), text in zip(ready, answers):
+                outcomes[i] = Outcome(True, text) if text else Outcome(False, reason="empty answer")
+        return outcomes
+
+
+class ApiAnswerer:
+    def __init__(self, cfg: AnswerConfig, api: ApiConfig, stats: CallStats):
+        self.cfg = cfg
+        self.client = ChatClient(api, cfg.base_url, cfg.model, stats, "answer")
+
+    def __call__(self, video: Video, frames: tuple[int, ...], question: str) -> Outcome:
+        try:
+            images = _frames(video.path, frames)
+        except VideoReadError as err:
+            return Outcome(False, reason=str(err))
+        urls = [jpeg_data_url(im, 512, 90) for im in images]
+        return self.client.ask(user_message(question, urls), parse_text,
+                               max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature)
+
+
+def run_answers(jobs: list[Job], cfg: AnswerConfig, api: ApiConfig, stats: CallStats, runner: StageRunner) -> None:
+    if not runner.missing(jobs):
+        runner.pending(jobs)
+    elif cfg.backend == "local":
+        answerer = LocalAnswerer(cfg)
+        runner.run_batched(jobs, cfg.batch_size, answerer.run_batch, group=lambda job: len(job.payload[1]))
+    else:
+        answerer = ApiAnswerer(cfg, api, stats)
+        for job in jobs:
+            job.run = partial(answerer, *job.payload)
+        runner.run_concurrent(jobs, api.max_concurrency)

@@ -1,0 +1,108 @@
+"""Stage 4: a caption for every frame of every ``S_a``, by an image LMM.
+
+Backends: ``openai`` (any OpenAI-compatible vision chat endpoint; frames sent as JPEG data
+URLs) and ``transformers`` (a local image-text model, batched ``generate``). A frame shared by
+several segments of a video is captioned once.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from data_gen.cache import Outcome
+from data_gen.client import CallStats, ChatClient, jpeg_data_url, parse_text, user_message
+from data_gen.config import ApiConfig, CaptionConfig, fingerprint, prompt_template
+from data_gen.index import Video
+from data_gen.manipulate import Segment
+from data_gen.runner import Job, StageRunner
+from tpo.data.frames import VideoReadError, read_frames
+
+
+def frame_id(video: str, frame: int) -> str:
+    return f"{video}@{frame}"
+
+
+def _settings(cfg: CaptionConfig) -> dict:
+    """What changes a caption (not batch size or device)."""
+    return {"backend": cfg.backend, "model": cfg.model, "base_url": cfg.base_url, "prompt": prompt_template(cfg.prompt),
+            "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "image_size": cfg.image_size,
+            "jpeg_quality": cfg.jpeg_quality}
+
+
+def caption_jobs(segments: list[Segment], videos: dict[str, Video], cfg: CaptionConfig) -> list[Job]:
+    settings = _settings(cfg)
+    frames = sorted({(s.video, f) for s in segments for f in s.chosen_frames})
+    return [Job(frame_id(v, f), fingerprint("caption", settings, videos[v].identity, f), payload=(videos[v], f))
+            for v, f in frames]
+
+
+class ApiCaptioner:
+    def __init__(self, cfg: CaptionConfig, api: ApiConfig, stats: CallStats):
+        self.cfg = cfg
+        self.prompt = prompt_template(cfg.prompt)
+        self.client = ChatClient(api, cfg.base_url, cfg.model, stats, "caption")
+
+    def __call__(self, video: Video, frame: int) -> Outcome:
+        try:
+            image = read_frames(video.path, [frame])[0]
+        except VideoReadError as err:
+            return Outcome(False, reason=str(err))
+        url = jpeg_data_url(image, self.cfg.image_size, self.cfg.jpeg_quality)
+        return self.client.ask(user_message(self.prompt, [url]), parse_text,
+                               max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature)
+
+
+class LocalCaptioner:
+    """A local ``transformers`` image-text model (``AutoModelForImageTextToText``)."""
+
+    def __init__(self, cfg: CaptionConfig):
+        import torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from tpo.models.generate import resolve_device
+        from tpo.synthetic import resolve
+
+        path = str(resolve(cfg.model))
+        self.cfg = cfg
+        self.prompt = prompt_template(cfg.prompt)
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor.tokenizer.padding_side = "left"
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
+        self.model.to(resolve_device(cfg.device)).eval()
+
+    def run_batch(self, jobs: list[Job]) -> list[Outcome]:
+        from PIL import Image
+
+        from tpo.models.generate import generate_texts
+
+        images, outcomes = [], [None] * len(jobs)
+        for i, job in enumerate(jobs):
+            video, frame = job.payload
+            try:
+                images.append((i, Image.fromarray(read_frames(video.path, [frame])[0])))
+            except VideoReadError as err:
+                outcomes[i] = Outcome(False, reason=str(err))
+        if images:
+            message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
+            text = self.processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+            inputs = self.processor(text=[text] * len(images), images=[im for _, im in images],
+                                    return_tensors="pt", padding=True)
+            texts = generate_texts(self.model, self.processor.tokenizer, dict(inputs), self.cfg.max_tokens,
+                                   self.cfg.temperature, seed=0)
+            for (i, _), caption in zip(images, texts):
+                outcomes[i] = Outcome(True, caption) if caption else Outcome(False, reason="empty caption")
+        return outcomes
+
+
+def run_captions(jobs: list[Job], cfg: CaptionConfig, api: ApiConfig, stats: CallStats,
+                 runner: StageRunner) -> None:
+    """Caption every job's frame; models are loaded (or clients made) only if something is missing."""
+    if not runner.missing(jobs):
+        runner.pending(jobs)  # all cached: just read them back
+    elif cfg.backend == "transformers":
+        runner.run_batched(jobs, cfg.batch_size, LocalCaptioner(cfg).run_batch)
+    else:
+        captioner = ApiCaptioner(cfg, api, stats)
+        for job in jobs:
+            job.run = partial(captioner, *job.payload)
+        runner.run_concurrent(jobs, api.max_concurrency)

@@ -1,0 +1,188 @@
+"""Chat calls to an OpenAI-compatible endpoint: retries, backoff, output validation, accounting.
+
+The ``openai`` client's own retries are switched off so that every retry is ours: counted,
+bounded by ``api.max_retries``, spaced by exponential backoff or the server's ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections import Counter
+from email.utils import parsedate_to_datetime
+from typing import Callable
+
+import numpy as np
+import openai
+
+from data_gen.cache import Outcome
+from data_gen.config import ApiConfig, ConfigError
+
+
+class TransientFailure(RuntimeError):
+    """Retries ran out on 429 / 5xx / timeouts: not cached, so a rerun tries the item again."""
+
+
+class FatalApiError(RuntimeError):
+    """Bad key, unknown model or endpoint: no item can succeed, so the run stops."""
+
+
+class CallStats:
+    """Thread-safe counters for one run: calls, retries by cause, tokens."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.counts: Counter = Counter()
+
+    def add(self, **amounts: int) -> None:
+        with self._lock:
+            self.counts.update(amounts)
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return dict(sorted(self.counts.items()))
+
+
+def api_key(api: ApiConfig, base_url: str | None) -> str:
+    """The key from ``$<api.api_key_env>``; local servers (``base_url`` set) may go without one."""
+    key = os.environ.get(api.api_key_env)
+    if key:
+        return key
+    if base_url is None:
+        raise ConfigError(f"environment variable {api.api_key_env} is not set: it must hold the API key "
+                          "(or set api.base_url to a server that needs none)")
+    return "EMPTY"
+
+
+def _retry_after(err: openai.APIStatusError) -> float | None:
+    headers = err.response.headers
+    if headers.get("retry-after-ms"):
+        try:
+            return float(headers["retry-after-ms"]) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _retry_cause(err: Exception) -> str | None:
+    """Why a failed request is worth retrying (``None``: it is not)."""
+    if isinstance(err, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(err, openai.APIConnectionError):
+        return "connection"
+    if isinstance(err, openai.RateLimitError):
+        return "429"
+    if isinstance(err, openai.APIStatusError) and err.status_code >= 500:
+        return "5xx"
+    return None
+
+
+class ChatClient:
+    """One endpoint + model; ``ask`` returns an :class:`Outcome` with the parsed answer."""
+
+    def __init__(self, api: ApiConfig, base_url: str | None, model: str, stats: CallStats, stage: str):
+        self.api, self.model, self.stats, self.stage = api, model, stats, stage
+        self.client = openai.OpenAI(api_key=api_key(api, base_url), base_url=base_url,
+                                    timeout=api.timeout_s, max_retries=0)
+
+    def _complete(self, messages: list[dict], **params) -> tuple[str, dict]:
+        for attempt in range(self.api.max_retries + 1):
+            try:
+                self.stats.add(**{f"{self.stage}/requests": 1})
+                response = self.client.chat.completions.create(model=self.model, messages=messages, **params)
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as err:
+                raise FatalApiError(f"{self.stage}: the endpoint refused model {self.model!r}: {err.message}") from None
+            except (openai.APIError, json.JSONDecodeError) as err:  # a non-JSON body raises JSONDecodeError
+                cause = "bad_response" if isinstance(err, json.JSONDecodeError) else _retry_cause(err)
+                if cause is None:
+                    raise
+                if attempt == self.api.max_retries:
+                    raise TransientFailure(f"{cause} after {attempt + 1} attempts") from None
+                self.stats.add(**{f"{self.stage}/retries_{cause}": 1})
+                wait = _retry_after(err) if isinstance(err, openai.APIStatusError) else None
+                if wait is None:
+                    wait = self.api.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
+                time.sleep(min(wait, self.api.max_backoff_s))
+                continue
+            usage = response.usage
+            tokens = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
+            if not response.choices:
+                return "", tokens
+            return response.choices[0].message.content or "", tokens
+        raise AssertionError("unreachable")
+
+    def ask(self, messages: list[dict], parse: Callable[[str], object], **params) -> Outcome:
+        """Call, parse; re-ask on malformed output up to ``api.max_format_retries`` times."""
+        usage: Counter = Counter()
+        problem = ""
+        for attempt in range(self.api.max_format_retries + 1):
+            try:
+                text, tokens = self._complete(messages, **params)
+            except openai.APIStatusError as err:  # 400, 409, 422...: this request will not succeed
+                return Outcome(False, reason=f"request rejected ({err.status_code}): {err.message}"[:300],
+                               usage=dict(usage))
+            usage.update(tokens)
+            try:
+                return Outcome(True, parse(text), usage=dict(usage))
+            except ValueError as err:
+                problem = f"{err} (output: {text[:200]!r})"
+                if attempt < self.api.max_format_retries:
+                    self.stats.add(**{f"{self.stage}/retries_malformed": 1})
+        return Outcome(False, reason=f"malformed output after {self.api.max_format_retries + 1} attempts: {problem}",
+                       usage=dict(usage))
+
+
+# ---- message building and output parsing -------------------------------------------------------
+
+def jpeg_data_url(frame: np.ndarray, max_side: int, quality: int) -> str:
+    """An RGB frame as a ``data:image/jpeg;base64,...`` URL, downscaled to ``max_side``."""
+    from PIL import Image
+
+    image = Image.fromarray(frame)
+    image.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def user_message(text: str, image_urls: list[str] = ()) -> list[dict]:
+    content = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
+    return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
+
+
+def parse_json_object(text: str) -> dict:
+    """The JSON object in a model's reply (fenced in ``` or not); ValueError if there is none."""
+    fenced = re.search(r"```(?:json)?\s*(.*?)```", text, re.DOTALL)
+    body = fenced.group(1) if fenced else text
+    start, end = body.find("{"), body.rfind("}")
+    if start < 0 or end < start:
+        raise ValueError("no JSON object in the reply")
+    try:
+        value = json.loads(body[start:end + 1])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"invalid JSON ({err.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError("the reply's JSON is not an object")
+    return value
+
+
+def parse_text(text: str) -> str:
+    text = text.strip()
+    if not text:
+        raise ValueError("empty reply")
+    return text

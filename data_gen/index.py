@@ -1,0 +1,91 @@
+"""Stage 1: find the videos and probe each one (frame count, fps, duration) with decord.
+
+A file that cannot be opened, has no frames or whose last frame does not decode (a truncated
+download) is reported with the reason and left out; the run goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_gen.cache import Outcome
+from data_gen.config import ConfigError, fingerprint
+from data_gen.runner import Job, StageRunner
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
+
+
+@dataclass(frozen=True)
+class Video:
+    rel: str  # path relative to the videos folder: the record's `video` field
+    path: Path
+    num_frames: int
+    fps: float
+    duration_s: float
+    identity: str  # changes when the file changes: part of every later cache key
+
+
+def list_videos(root: str | Path) -> list[str]:
+    """Relative paths of all video files under ``root``, sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"videos folder not found: {root}")
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                  if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+
+
+def shard(rels: list[str], num_shards: int, shard_index: int) -> list[str]:
+    """This shard's videos: a stable hash of the path decides, so adding videos moves no others."""
+    if not 0 <= shard_index < num_shards:
+        raise ConfigError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+    return [r for r in rels if int(hashlib.sha1(r.encode()).hexdigest(), 16) % num_shards == shard_index]
+
+
+def probe(path: Path) -> dict:
+    """``{num_frames, fps, duration_s}``; raises ValueError with the reason a video is unusable."""
+    import decord
+
+    if path.stat().st_size == 0:
+        raise ValueError("empty file")
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+    except Exception as err:  # decord raises DECORDError with a C++ trace
+        raise ValueError(f"cannot open: {str(err).splitlines()[0][:200]}") from None
+    count = len(reader)
+    if count == 0:
+        raise ValueError("no video frames")
+    try:
+        reader[count - 1].asnumpy()
+    except Exception as err:
+        raise ValueError(f"truncated: the last of {count} frames does not decode ({str(err).splitlines()[0][:120]})") from None
+    fps = float(reader.get_avg_fps() or 0.0)
+    return {"num_frames": count, "fps": fps, "duration_s": count / fps if fps > 0 else 0.0}
+
+
+def _probe_outcome(path: Path) -> Outcome:
+    try:
+        return Outcome(True, probe(path))
+    except ValueError as err:
+        return Outcome(False, reason=str(err))
+
+
+def index_videos(root: str | Path, rels: list[str], runner: StageRunner) -> tuple[list[Video], list[dict]]:
+    """Probe every video (cached by path, size and mtime); returns ``(videos, skipped)``."""
+    root = Path(root)
+    identities = {}
+    jobs = []
+    for rel in rels:
+        stat = (root / rel).stat()
+        identities[rel] = fingerprint(rel, stat.st_size, stat.st_mtime_ns)
+        jobs.append(Job(rel, fingerprint("index", identities[rel]), lambda p=root / rel: _probe_outcome(p)))
+    runner.run_batched(jobs, batch_size=1, run_batch=lambda batch: [job.run() for job in batch])
+    videos, skipped = [], []
+    for rel in rels:
+        outcome = runner.outcomes[rel]
+        if outcome.ok:
+            videos.append(Video(rel, root / rel, identity=identities[rel], **outcome.value))
+        else:
+            skipped.append({"video": rel, "stage": "index", "reason": outcome.reason})
+    return videos, skipped

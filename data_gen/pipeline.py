@@ -1,0 +1,220 @@
+"""The whole pipeline: index → sample → manipulate → caption → questions → answer → post-filter → write.
+
+Each stage is a module of its own; this file only passes items from one to the next, keeps
+the counts and writes the dataset directory. Every model call goes through the result cache
+(``cache.sqlite`` in the output directory), so rerunning after a crash resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from data_gen.answer import answer_jobs, run_answers
+from data_gen.cache import ResultCache
+from data_gen.caption import caption_jobs, frame_id, run_captions
+from data_gen.client import CallStats
+from data_gen.config import to_dict
+from data_gen.index import index_videos, list_videos, shard
+from data_gen.manipulate import make_segments
+from data_gen.postfilter import RULES, filter_jobs, run_postfilter
+from data_gen.questions import format_captions, question_jobs, run_questions
+from data_gen.runner import StageRunner
+from data_gen.sample import sample_frames
+from data_gen.write import (SCHEMA_VERSION, build_record, category, count_by, package_versions, write_json,
+                            write_jsonl)
+
+
+def shard_dir(output_dir: str | Path, num_shards: int, shard_index: int) -> Path:
+    """Where one shard writes: the output directory itself, or ``shard-<i>-of-<n>`` inside it."""
+    out = Path(output_dir)
+    return out if num_shards == 1 else out / f"shard-{shard_index:03d}-of-{num_shards:03d}"
+
+
+class Pipeline:
+    def __init__(self, cfg, num_shards: int = 1, shard_index: int = 0, progress: bool = True):
+        self.cfg, self.num_shards, self.shard_index, self.progress = cfg, num_shards, shard_index, progress
+        self.out = shard_dir(cfg.output_dir, num_shards, shard_index)
+        self.stats = CallStats()
+        self.runners: dict[str, StageRunner] = {}
+        self.seconds: dict[str, float] = {}
+        self.skipped: list[dict] = []
+        self.failures: list[dict] = []
+
+    # ---- plumbing -------------------------------------------------------------------------------
+    def _runner(self, stage: str) -> StageRunner:
+        self.runners[stage] = StageRunner(self.cache, stage, self.progress)
+        return self.runners[stage]
+
+    def _fail(self, stage: str, item: str, reason: str, transient: bool = False) -> None:
+        self.failures.append({"id": item, "stage": stage, "reason": reason, "transient": transient})
+
+    def _collect(self, stage: str, jobs) -> dict:
+        """Ok values by item id; failures (cached or transient) recorded."""
+        runner = self.runners[stage]
+        values = {}
+        for job in jobs:
+            if job.id in runner.transient:
+                self._fail(stage, job.id, runner.transient[job.id], transient=True)
+            elif not runner.outcomes[job.id].ok:
+                self._fail(stage, job.id, runner.outcomes[job.id].reason)
+            else:
+                values[job.id] = runner.outcomes[job.id].value
+        return values
+
+    def _timed(self, stage: str, fn, *args):
+        start = time.perf_counter()
+        result = fn(*args)
+        self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - start, 3)
+        return result
+
+    # ---- stages ---------------------------------------------------------------------------------
+    def segments(self):
+        """Stages 1-3: the usable videos and their (S_a, S_b) segments."""
+        cfg = self.cfg
+        rels = shard(list_videos(cfg.videos), self.num_shards, self.shard_index)
+        self.found = len(rels)
+        videos, self.skipped = self._timed("index", index_videos, cfg.videos, rels, self._runner("index"))
+        usable, segments = {}, []
+        for video in videos:
+            try:
+                frames = sample_frames(video, cfg.num_frames)
+            except ValueError as err:
+                self.skipped.append({"video": video.rel, "stage": "sample", "reason": str(err)})
+                continue
+            usable[video.rel] = video
+            segments += make_segments(video.rel, frames, cfg.manipulation, cfg.seed)
+        return usable, segments
+
+    def dry_run(self) -> dict:
+        """How many model calls each stage will make (exact for captions, upper bounds after)."""
+        self.cache = ResultCache(self.out / "cache.sqlite")
+        usable, segments = self.segments()
+        jobs = caption_jobs(segments, usable, self.cfg.caption)
+        q = self.cfg.questions.per_segment
+        plan = {
+            "videos": {"found": self.found, "usable": len(usable), "skipped": len(self.skipped)},
+            "caption": {"frames": len(jobs), "calls_to_make": self._runner("caption").missing(jobs)},
+            "questions": {"calls_at_most": len(segments)},
+            "answer": {"generations_at_most": 2 * q * len(segments)},
+            "postfilter": {"calls_at_most": q * len(segments) if self.cfg.postfilter.enabled else 0},
+        }
+        self.cache.close()
+        return plan
+
+    def run(self) -> dict:
+        cfg = self.cfg
+        start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cache = ResultCache(self.out / "cache.sqlite")
+        try:
+            usable, segments = self.segments()
+
+            jobs = caption_jobs(segments, usable, cfg.caption)
+            self._timed("caption", run_captions, jobs, cfg.caption, cfg.api, self.stats, self._runner("caption"))
+            frame_captions = self._collect("caption", jobs)
+            captions = {}
+            for seg in segments:
+                missing = [f for f in seg.chosen_frames if frame_id(seg.video, f) not in frame_captions]
+                if missing:
+                    self._fail("questions", seg.id, f"no caption for frame {missing[0]} (see the caption failure)")
+                else:
+                    captions[seg.id] = [{"frame": f, "text": frame_captions[frame_id(seg.video, f)]}
+                                        for f in seg.chosen_frames]
+
+            fps = {rel: v.fps for rel, v in usable.items()}
+            jobs = question_jobs(segments, captions, fps, cfg.questions)
+            self._timed("questions", run_questions, jobs, cfg.questions, cfg.api, self.stats, self._runner("questions"))
+            asked = self._collect("questions", jobs)
+            questions = [{"id": f"{seg.id}::q{j:02d}", "segment": seg, **q}
+                         for seg in segments if seg.id in asked for j, q in enumerate(asked[seg.id])]
+
+            jobs = answer_jobs(questions, usable, cfg.answer)
+            self._timed("answer", run_answers, jobs, cfg.answer, cfg.api, self.stats, self._runner("answer"))
+            answers = self._collect("answer", jobs)
+
+            candidates, identical = [], []
+            for q in questions:
+                chosen, rejected = answers.get(q["id"] + "::chosen"), answers.get(q["id"] + "::rejected")
+                if chosen is None or rejected is None:
+                    continue
+                pair = {**q, "chosen": chosen, "rejected": rejected,
+                        "captions_text": format_captions(captions[q["segment"].id], fps[q["segment"].video])}
+                (identical if chosen == rejected else candidates).append(pair)
+
+            jobs = filter_jobs(candidates, cfg.postfilter)
+            self._timed("postfilter", run_postfilter, jobs, cfg.postfilter, cfg.api, self.stats,
+                        self._runner("postfilter"))
+            verdicts = self._collect("postfilter", jobs)
+            return self._write(usable, segments, questions, answers, candidates, identical, captions, verdicts,
+                               time.perf_counter() - start)
+        finally:
+            self.cache.close()
+
+    # ---- output ---------------------------------------------------------------------------------
+    def _write(self, usable, segments, questions, answers, candidates, identical, captions, verdicts,
+               seconds: float) -> dict:
+        cfg = self.cfg
+        provenance = {
+            "generator": "data_gen", "schema_version": SCHEMA_VERSION, "policy": cfg.answer.model,
+            "family": cfg.answer.family, "llm": cfg.questions.model, "captioner": cfg.caption.model,
+            "judge": cfg.postfilter.model if cfg.postfilter.enabled else None, "seed": cfg.seed,
+        }
+        judge = provenance["judge"] or "none"
+        kept, dropped = [], []
+        for pair in identical:
+            verdict = {"kept": False, "rule": "identical", "reason": "chosen and rejected answers are identical",
+                       "judge": "data_gen"}
+            dropped.append(build_record(pair, pair["chosen"], pair["rejected"], captions[pair["segment"].id],
+                                        verdict, provenance))
+        for pair in candidates:
+            if pair["id"] not in verdicts:
+                continue
+            record = build_record(pair, pair["chosen"], pair["rejected"], captions[pair["segment"].id],
+                                  {**verdicts[pair["id"]], "judge": judge}, provenance)
+            (kept if record["filter"]["kept"] else dropped).append(record)
+
+        write_jsonl(self.out / "preferences.jsonl", kept, "id")
+        write_jsonl(self.out / "filtered_out.jsonl", dropped, "id")
+        write_jsonl(self.out / "skipped.jsonl", self.skipped, "video")
+        write_jsonl(self.out / "failures.jsonl", self.failures, "id")
+
+        by_rule = count_by([r for r in dropped if r["filter"]["rule"] != "identical"],
+                           lambda r: f"{r['filter']['rule']}: {RULES[r['filter']['rule']]}")
+        stats = {
+            "videos": {"found": self.found, "usable": len(usable), "skipped": len(self.skipped),
+                       "skipped_by_reason": count_by(self.skipped, lambda s: category(s["reason"]))},
+            "segments": count_by(segments, lambda s: s.kind),
+            "captions": {"frames": len(self.runners["caption"].outcomes) + len(self.runners["caption"].transient),
+                         "failed": sum(f["stage"] == "caption" for f in self.failures)},
+            "questions": {"segments_asked": len(self.runners["questions"].outcomes),
+                          "segments_failed": sum(f["stage"] == "questions" for f in self.failures),
+                          "written": len(questions), "by_type": count_by(questions, lambda q: q["type"])},
+            "answers": {"ok": len(answers), "failed": sum(f["stage"] == "answer" for f in self.failures)},
+            "pairs": {"candidates": len(candidates) + len(identical), "identical_answers": len(identical),
+                      "judged": len(verdicts), "kept": len(kept), "dropped_by_rule": by_rule},
+            "records": {"written": len(kept), "by_manipulation": count_by(kept, lambda r: r["manipulation"]),
+                        "by_question_type": count_by(kept, lambda r: r["question_type"])},
+        }
+        usage = {}
+        for stage, runner in self.runners.items():
+            tokens = {}
+            for outcome in runner.outcomes.values():
+                for name, n in outcome.usage.items():
+                    tokens[name] = tokens.get(name, 0) + n
+            if tokens:
+                usage[stage] = tokens
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "video_root": str(Path(cfg.videos).resolve()),
+            "config": to_dict(cfg),  # holds the *name* of the key's environment variable, never the key
+            "shard": {"index": self.shard_index, "num_shards": self.num_shards},
+            "versions": package_versions(),
+            "counts": stats,
+            "token_usage": usage,
+            "run": {"seconds": round(seconds, 2), "stage_seconds": self.seconds, "calls": self.stats.as_dict(),
+                    "items": {stage: r.summary() for stage, r in self.runners.items()}},
+        }
+        write_json(self.out / "stats.json", stats)
+        write_json(self.out / "manifest.json", manifest)
+        return manifest

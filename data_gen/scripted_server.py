@@ -1,0 +1,238 @@
+"""A scripted OpenAI-compatible chat server for tests and the offline demo.
+
+It speaks the real protocol (``POST /v1/chat/completions`` over HTTP) and answers according to
+the requested ``model``, with scripts that read the synthetic world of ``tpo.synthetic``:
+
+- ``scripted-captioner``: looks at the JPEG it is sent and names the shape's colour and place;
+- ``scripted-llm``: writes questions from the captions in the prompt (JSON, as asked);
+- ``scripted-judge``: a deterministic post-filter verdict;
+- ``scripted-vlm``: answers a question about the frames it is sent.
+
+Faults can be injected: ``inject("429", "500", "timeout", "garbage", "badbody")`` makes the
+next requests fail that way, in arrival order; ``fault_rate`` fails a random share of them.
+Run it standalone: ``python -m data_gen.scripted_server --port 8000 --fault-rate 0.1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import io
+import json
+import random
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from tpo.synthetic.world import COLOURS
+
+FAULTS = ("429", "500", "timeout", "garbage", "badbody")
+
+
+# ---- the scripts ---------------------------------------------------------------------------------
+
+def _prompt_text(request: dict) -> str:
+    parts = []
+    for message in request["messages"]:
+        content = message["content"]
+        parts += [content] if isinstance(content, str) else [c["text"] for c in content if c["type"] == "text"]
+    return "\n".join(parts)
+
+
+def _images(request: dict) -> list[np.ndarray]:
+    from PIL import Image
+
+    urls = [c["image_url"]["url"] for m in request["messages"] if isinstance(m["content"], list)
+            for c in m["content"] if c["type"] == "image_url"]
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).convert("RGB")) for u in urls]
+
+
+def describe_image(image: np.ndarray) -> str:
+    """The colour and place of the brightest object in a synthetic-world frame."""
+    pixels = image.reshape(-1, 3).astype(float)
+    bright = pixels.max(axis=1) > 80
+    if bright.sum() < 4:
+        return "An empty dark frame."
+    mean = pixels[bright].mean(axis=0)
+    colour = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
+    ys, xs = np.nonzero(bright.reshape(image.shape[:2]))
+    h, w = image.shape[:2]
+    horizontal = "left" if xs.mean() < w * 0.4 else "right" if xs.mean() > w * 0.6 else "centre"
+    vertical = "top" if ys.mean() < h * 0.4 else "bottom" if ys.mean() > h * 0.6 else "middle"
+    return f"A {colour} shape at the {vertical} {horizontal} of a dark background."
+
+
+def caption(request: dict) -> str:
+    images = _images(request)
+    if len(images) != 1:
+        raise ValueError(f"the captioner expects exactly one image, got {len(images)}")
+    return describe_image(images[0])
+
+
+def write_questions(request: dict) -> str:
+    prompt = _prompt_text(request)
+    lines = re.findall(r"^\[([^\]]+)\] (.+)$", prompt, re.MULTILINE)
+    count = int(re.search(r"Write (\d+) different questions", prompt).group(1))
+    types = [t.strip() for t in re.search(r"question types[^:]*: (.+?)\.\n", prompt).group(1).split(",")]
+    colours = [re.search(r"A (\w+) shape", text).group(1) for _, text in lines if "shape" in text]
+    first, last = (colours[0], colours[-1]) if colours else ("no", "no")
+    candidates = [
+        ("temporal order", "What colour is the shape at the start of the video?"),
+        ("attribute", "Which colours does the shape have during the video?"),
+        ("counting", "How many times does the shape change colour?"),
+        ("action", f"Where does the {first} shape move?"),
+        ("object presence", f"Is there a {last} shape in the video?"),
+        ("temporal order", "What colour is the shape at the end of the video?"),
+    ]
+    picked = [c for c in candidates if c[0] in types][:count] or candidates[:count]
+    return json.dumps({"questions": [{"type": t, "question": q} for t, q in picked]})
+
+
+def judge(request: dict) -> str:
+    prompt = _prompt_text(request)
+    digest = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 10
+    if digest < 3:
+        return json.dumps({"keep": False, "rule": digest + 1, "reason": f"scripted drop by rule {digest + 1}"})
+    return json.dumps({"keep": True, "rule": None, "reason": "the preferred answer matches the captions"})
+
+
+def answer(request: dict) -> str:
+    colours = []
+    for image in _images(request):
+        name = describe_image(image).split()[1]
+        if not colours or colours[-1] != name:
+            colours.append(name)
+    return "I see " + ", then ".join(colours) + "."
+
+
+SCRIPTS = {"scripted-captioner": caption, "scripted-llm": write_questions, "scripted-judge": judge,
+           "scripted-vlm": answer}
+
+
+# ---- the server ----------------------------------------------------------------------------------
+
+class ScriptedServer:
+    """``with ScriptedServer() as server: ... server.base_url ...``"""
+
+    def __init__(self, port: int = 0, fault_rate: float = 0.0, seed: int = 0, delay_s: float = 0.0,
+                 timeout_sleep_s: float = 3.0, retry_after_s: float = 0.05):
+        self.scripts = dict(SCRIPTS)
+        self.fault_rate, self.delay_s = fault_rate, delay_s
+        self.timeout_sleep_s, self.retry_after_s = timeout_sleep_s, retry_after_s
+        self._rng = random.Random(seed)
+        self._queue: list[str] = []
+        self._lock = threading.Lock()
+        self.served: Counter = Counter()  # (model, request digest) -> successful responses
+        self.faults: Counter = Counter()  # fault kind -> times injected
+        self.auth_headers: set[str] = set()
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
+        self.httpd.daemon_threads = True
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_port}/v1"
+
+    def inject(self, *faults: str) -> None:
+        unknown = set(faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; choose from {FAULTS}")
+        with self._lock:
+            self._queue.extend(faults)
+
+    def _next_fault(self) -> str | None:
+        with self._lock:
+            if self._queue:
+                fault = self._queue.pop(0)
+            elif self.fault_rate and self._rng.random() < self.fault_rate:
+                fault = self._rng.choice(FAULTS)
+            else:
+                return None
+            self.faults[fault] += 1
+            return fault
+
+    def _respond(self, request: dict) -> tuple[int, dict, bytes]:
+        """``(status, headers, body)`` for one request, faults included."""
+        time.sleep(self.delay_s)
+        fault = self._next_fault()
+        if fault == "429":
+            return 429, {"retry-after": str(self.retry_after_s)}, b'{"error": {"message": "rate limited"}}'
+        if fault == "500":
+            return 500, {}, b'{"error": {"message": "scripted server error"}}'
+        if fault == "timeout":
+            time.sleep(self.timeout_sleep_s)
+        if fault == "badbody":
+            return 200, {}, b"<html>proxy error</html>"
+        model = request.get("model")
+        if model not in self.scripts:
+            return 404, {}, json.dumps({"error": {"message": f"model {model!r} not found"}}).encode()
+        try:
+            content = "" if fault == "garbage" else self.scripts[model](request)
+        except Exception as err:  # a request the script cannot read: the client sent something wrong
+            return 400, {}, json.dumps({"error": {"message": f"{type(err).__name__}: {err}"}}).encode()
+        digest = hashlib.sha256(json.dumps(request["messages"], sort_keys=True).encode()).hexdigest()[:16]
+        with self._lock:
+            self.served[(model, digest)] += 1
+        body = {"id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": len(_prompt_text(request).split()),
+                          "completion_tokens": len(content.split()), "total_tokens": 0}}
+        return 200, {}, json.dumps(body).encode()
+
+    def _handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                request = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                server.auth_headers.add(self.headers.get("authorization", ""))
+                if not self.path.endswith("/chat/completions"):
+                    status, headers, body = 404, {}, b'{"error": {"message": "unknown path"}}'
+                else:
+                    status, headers, body = server._respond(request)
+                try:
+                    self.send_response(status)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(body)))
+                    for key, value in headers.items():
+                        self.send_header(key, value)
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+    def __enter__(self) -> "ScriptedServer":
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    with ScriptedServer(args.port, args.fault_rate, args.seed) as server:
+        print(f"scripted OpenAI-compatible server at {server.base_url} (Ctrl-C to stop)", flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            print(f"faults injected: {dict(server.faults)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""Stage 8: preference records, the manifest and the stats of a dataset directory.
+
+Output files (all replaced atomically, sorted, so identical inputs give identical bytes):
+
+- ``preferences.jsonl``: the kept pairs (the record contract of ARCHITECTURE.md);
+- ``filtered_out.jsonl``: pairs the post-filter (or the identical-answer check) dropped, with why;
+- ``skipped.jsonl``: videos left out (unreadable, truncated, too short) with the reason;
+- ``failures.jsonl``: items a model call could not produce, with the stage and the reason;
+- ``stats.json``: counts (integers only, so shards add up); ``manifest.json``: config, versions,
+  counts, token usage and this run's timings and retries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+OUTPUT_FILES = ("preferences.jsonl", "filtered_out.jsonl", "skipped.jsonl", "failures.jsonl")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_jsonl(path: Path, rows: list[dict], key: str) -> None:
+    rows = sorted(rows, key=lambda r: r[key])
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def write_json(path: Path, value: dict) -> None:
+    atomic_write(path, json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+
+
+def build_record(question: dict, chosen: str, rejected: str, captions: list[dict], verdict: dict,
+                 provenance: dict) -> dict:
+    seg = question["segment"]
+    return {
+        "id": question["id"],
+        "video": seg.video,
+        "frame_indices": list(seg.frame_indices),
+        "question": question["question"],
+        "chosen": chosen,
+        "rejected": rejected,
+        "manipulation": seg.kind,
+        "chosen_frames": list(seg.chosen_frames),
+        "rejected_frames": list(seg.rejected_frames),
+        "question_type": question["type"],
+        "captions": captions,
+        "filter": verdict,
+        "provenance": provenance,
+    }
+
+
+def category(reason: str) -> str:
+    """A reason's kind, for counting: the text before its first detail."""
+    return reason.split(":")[0].split(" (")[0].strip()
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in ("tpo", "torch", "transformers", "openai", "decord", "omegaconf"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def add_counts(a: dict, b: dict) -> dict:
+    """Sum two nested dicts of integers (shard stats)."""
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = add_counts(out.get(key, {}), value) if isinstance(value, dict) else out.get(key, 0) + value
+    return out
+
+
+def count_by(items, key) -> dict:
+    return dict(sorted(Counter(key(i) for i in items).items()))
