@@ -21,7 +21,7 @@ SIDES = {"chosen": "chosen_frames", "rejected": "rejected_frames"}
 
 def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConfig) -> list[Job]:
     """Two jobs per question (``<question id>::chosen`` / ``::rejected``)."""
-    settings = {k: cfg[k] for k in ("backend", "model", "family", "base_url", "max_new_tokens", "temperature")}
+    settings = {k: cfg[k] for k in ("backend", "model", "family", "max_new_tokens", "temperature")}
     jobs = []
     for q in questions:
         video = videos[q["segment"].video]

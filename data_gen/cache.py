@@ -4,6 +4,7 @@ Every stage stores each item's outcome under a key that hashes the stage's setti
 item's inputs* (see ``config.fingerprint``). A killed run loses at most the calls in flight;
 a rerun finds everything else here and makes no paid call twice. Changing a stage's settings
 changes its keys, so that stage reruns, and so does every later stage whose inputs changed.
+Keys name the *model*, not the endpoint: moving a server to another host or port keeps the cache.
 
 SQLite gives atomic commits, so a ``kill -9`` never leaves a half-written entry.
 """

@@ -24,7 +24,7 @@ def frame_id(video: str, frame: int) -> str:
 
 def _settings(cfg: CaptionConfig) -> dict:
     """What changes a caption (not batch size or device)."""
-    return {"backend": cfg.backend, "model": cfg.model, "base_url": cfg.base_url, "prompt": prompt_template(cfg.prompt),
+    return {"backend": cfg.backend, "model": cfg.model, "prompt": prompt_template(cfg.prompt),
             "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "image_size": cfg.image_size,
             "jpeg_quality": cfg.jpeg_quality}
 

@@ -7,6 +7,7 @@ download) is reported with the reason and left out; the run goes on.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def shard(rels: list[str], num_shards: int, shard_index: int) -> list[str]:
     return [r for r in rels if int(hashlib.sha1(r.encode()).hexdigest(), 16) % num_shards == shard_index]
 
 
+def _decord_message(err: Exception) -> str:
+    """decord's first error line without its ``[time] file.cc:line:`` prefix."""
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(err).splitlines()[0])[:200]
+
+
 def probe(path: Path) -> dict:
     """``{num_frames, fps, duration_s}``; raises ValueError with the reason a video is unusable."""
     import decord
@@ -52,14 +58,17 @@ def probe(path: Path) -> dict:
     try:
         reader = decord.VideoReader(str(path), num_threads=1)
     except Exception as err:  # decord raises DECORDError with a C++ trace
-        raise ValueError(f"cannot open: {str(err).splitlines()[0][:200]}") from None
+        message = _decord_message(err)
+        if "av_read_frame" in message:  # the header parsed but the stream ends early
+            raise ValueError(f"truncated: the stream ends before its last frame ({message})") from None
+        raise ValueError(f"cannot open: {message}") from None
     count = len(reader)
     if count == 0:
         raise ValueError("no video frames")
     try:
         reader[count - 1].asnumpy()
     except Exception as err:
-        raise ValueError(f"truncated: the last of {count} frames does not decode ({str(err).splitlines()[0][:120]})") from None
+        raise ValueError(f"truncated: the last of {count} frames does not decode ({_decord_message(err)})") from None
     fps = float(reader.get_avg_fps() or 0.0)
     return {"num_frames": count, "fps": fps, "duration_s": count / fps if fps > 0 else 0.0}
 

@@ -35,7 +35,7 @@ def parse_verdict(text: str) -> dict:
 def filter_jobs(pairs: list[dict], cfg: PostFilterConfig) -> list[Job]:
     """One job per candidate pair (``pair`` holds id, captions text, question, chosen, rejected)."""
     template = Template(prompt_template(cfg.prompt))
-    settings = {k: cfg[k] for k in ("model", "base_url", "max_tokens", "temperature")}
+    settings = {k: cfg[k] for k in ("model", "max_tokens", "temperature")}
     jobs = []
     for pair in pairs:
         prompt = template.substitute(captions=pair["captions_text"], question=pair["question"],

@@ -44,7 +44,7 @@ def question_jobs(segments: list[Segment], captions: dict[str, list[dict]], fps:
                   cfg: QuestionConfig) -> list[Job]:
     """One job per segment whose ``S_a`` is fully captioned (``captions[segment.id]``)."""
     template = prompt_template(cfg.prompt)
-    settings = {k: cfg[k] for k in ("model", "base_url", "per_segment", "types", "max_tokens", "temperature")}
+    settings = {k: cfg[k] for k in ("model", "per_segment", "types", "max_tokens", "temperature")}
     jobs = []
     for seg in segments:
         if seg.id not in captions:

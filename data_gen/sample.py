@@ -10,5 +10,5 @@ from data_gen.index import Video
 def sample_frames(video: Video, num_frames: int) -> list[int]:
     """Uniformly spread frame indices; ValueError when the video has fewer frames than that."""
     if video.num_frames < num_frames:
-        raise ValueError(f"only {video.num_frames} frames, fewer than num_frames={num_frames}")
+        raise ValueError(f"too few frames: {video.num_frames}, fewer than num_frames={num_frames}")
     return uniform_frame_indices(video.num_frames, num_frames)

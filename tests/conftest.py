@@ -17,3 +17,22 @@ def pref_file(tmp_path_factory):
     """A small synthetic preference set: 8 videos x 4 pairs, 8 frames each."""
     root = tmp_path_factory.mktemp("world")
     return write_preference_dataset(root, num_videos=8, pairs_per_video=4, num_frames=8)
+
+
+@pytest.fixture(scope="session")
+def raw_videos(tmp_path_factory):
+    """A folder of raw synthetic clips (4 events x 16 frames each) for the data pipeline."""
+    from tpo.synthetic.world import write_clips
+
+    root = tmp_path_factory.mktemp("raw_videos")
+    write_clips(root, num_videos=4)
+    return root
+
+
+@pytest.fixture
+def scripted_server():
+    """A local OpenAI-compatible server with scripted answers and injectable faults."""
+    from data_gen.scripted_server import ScriptedServer
+
+    with ScriptedServer(timeout_sleep_s=2.5) as server:
+        yield server

@@ -74,9 +74,9 @@ def render_frames(events: list[Event], frames_per_event: int, size: int = 64) ->
     return frames
 
 
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
-    """Write uint8 RGB frames ``(T, H, W, 3)`` as an MPEG-4 file with PyAV."""
-    with av.open(str(path), mode="w") as container:
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, faststart: bool = False) -> None:
+    """Write uint8 RGB frames ``(T, H, W, 3)`` as an MPEG-4 file with PyAV (``faststart``: index first)."""
+    with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else {}) as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.height, stream.width = frames.shape[1:3]
         stream.pix_fmt = "yuv420p"

@@ -1,0 +1,204 @@
+"""The whole data_gen pipeline on synthetic clips, a scripted local server and a tiny video-LMM."""
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from data_gen.config import load_config
+from data_gen.merge import merge_shards
+from data_gen.pipeline import Pipeline
+from tpo.data.datamodule import PreferenceDataModule
+from tpo.data.records import read_records
+from tpo.module import TPOModule
+from tpo.synthetic.world import render_frames, random_events, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "data_gen/configs/synthetic.yaml"
+SECRET = "sk-test-7f3a9c-never-write-me"
+OUTPUTS = ("preferences.jsonl", "filtered_out.jsonl", "skipped.jsonl", "failures.jsonl", "stats.json")
+
+
+def config(videos, out, server, *overrides):
+    return load_config(str(CONFIG), [f"videos={videos}", f"output_dir={out}", f"api.base_url={server.base_url}",
+                                     "api.timeout_s=1.0", "api.backoff_s=0.01", *overrides])
+
+
+def run(videos, out, server, *overrides, **kwargs):
+    pipeline = Pipeline(config(videos, out, server, *overrides), progress=False, **kwargs)
+    return pipeline, pipeline.run()
+
+
+def outputs(out):
+    return {name: (Path(out) / name).read_text() for name in OUTPUTS}
+
+
+def items(manifest, field):
+    return {stage: counts[field] for stage, counts in manifest["run"]["items"].items()}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, raw_videos):
+    """One uninterrupted run, fault-free: what every other run must reproduce."""
+    from data_gen.scripted_server import ScriptedServer
+
+    out = tmp_path_factory.mktemp("reference")
+    with ScriptedServer() as server:
+        _, manifest = run(raw_videos, out, server)
+    return out, manifest
+
+
+def test_end_to_end_records_follow_the_contract(reference_run, raw_videos):
+    out, manifest = reference_run
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["videos"] == {"found": 4, "usable": 4, "skipped": 0, "skipped_by_reason": {}}
+    assert stats["segments"] == {"incomplete": 4, "irrelevant": 4}
+    assert stats["questions"]["written"] == 16 and stats["answers"]["ok"] == 32
+    records, bad = read_records(out / "preferences.jsonl")  # video_root comes from manifest.json
+    assert not bad and len(records) == stats["records"]["written"] > 0
+    dropped = [json.loads(line) for line in (out / "filtered_out.jsonl").read_text().splitlines()]
+    assert len(records) + len(dropped) == stats["pairs"]["candidates"] == 16
+    by_rule = {}
+    for d in dropped:
+        by_rule[d["filter"]["rule"]] = by_rule.get(d["filter"]["rule"], 0) + 1
+        assert d["filter"]["kept"] is False and d["filter"]["reason"]
+    assert {int(k.split(":")[0]): v for k, v in stats["pairs"]["dropped_by_rule"].items()} == \
+        {k: v for k, v in by_rule.items() if k != "identical"}
+    for r in (rec.data for rec in records):
+        assert r["filter"]["kept"] and r["filter"]["judge"] == "scripted-judge"
+        assert len(r["frame_indices"]) == 16 and r["chosen"] != r["rejected"]
+        if r["manipulation"] == "irrelevant":
+            assert len(r["chosen_frames"]) == 4 and not set(r["chosen_frames"]) & set(r["rejected_frames"])
+        else:
+            assert r["chosen_frames"] == r["frame_indices"] and set(r["rejected_frames"]) < set(r["chosen_frames"])
+        assert [c["frame"] for c in r["captions"]] == r["chosen_frames"]
+        assert all(c["text"].startswith("A ") for c in r["captions"])  # the captioner looked at each frame
+        assert r["provenance"]["policy"] == "builtin:tiny-llava_onevision"
+    assert manifest["token_usage"]["caption"]["prompt_tokens"] > 0
+    assert manifest["config"]["api"]["api_key_env"] == "OPENAI_API_KEY"
+
+
+def test_captions_describe_the_actual_frames(reference_run):
+    out, _ = reference_run
+    record = json.loads((out / "preferences.jsonl").read_text().splitlines()[0])
+    colours = [c["text"].split()[1] for c in record["captions"]]
+    assert len(set(colours)) >= 2 if record["manipulation"] == "incomplete" else len(set(colours)) >= 1
+
+
+def test_rerun_makes_no_calls_and_writes_the_same_files(reference_run, raw_videos, scripted_server):
+    out, _ = reference_run
+    before = outputs(out)
+    _, manifest = run(raw_videos, out, scripted_server)
+    assert sum(scripted_server.served.values()) == 0
+    assert set(items(manifest, "computed").values()) == {0}
+    assert outputs(out) == before
+
+
+def test_changing_a_stage_reruns_it_and_no_earlier_stage(reference_run, raw_videos, scripted_server, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run[0], out)
+    _, manifest = run(raw_videos, out, scripted_server, "postfilter.max_tokens=200")
+    computed = items(manifest, "computed")
+    assert computed["postfilter"] == 16 and computed["caption"] == computed["questions"] == computed["answer"] == 0
+    _, manifest = run(raw_videos, out, scripted_server, "postfilter.max_tokens=200", "questions.per_segment=1")
+    computed = items(manifest, "computed")
+    assert computed["caption"] == 0 and computed["questions"] == 8
+    assert json.loads((out / "stats.json").read_text())["questions"]["written"] == 8
+
+
+def test_faults_are_recovered_and_change_nothing(reference_run, raw_videos, scripted_server, tmp_path):
+    scripted_server.inject("429", "500", "timeout", "badbody", "garbage", "429", "500", "garbage")
+    _, manifest = run(raw_videos, tmp_path / "faulty", scripted_server)
+    calls = manifest["run"]["calls"]
+    retries = {k.split("retries_")[1]: v for k, v in calls.items() if "retries_" in k}
+    # (a slow machine may time out a few more requests than the one injected)
+    expected = {"429": 2, "5xx": 2, "timeout": 1, "bad_response": 1, "malformed": 2}
+    assert set(retries) == set(expected) and retries["timeout"] >= 1
+    assert {k: v for k, v in retries.items() if k != "timeout"} == {k: v for k, v in expected.items() if k != "timeout"}
+    assert outputs(tmp_path / "faulty") == outputs(reference_run[0])
+
+
+def test_unrecoverable_items_are_recorded_and_retried_next_run(reference_run, raw_videos, scripted_server, tmp_path):
+    out = tmp_path / "flaky"
+    scripted_server.inject(*["500"] * 3)  # max_retries=2 (below): the first item fails for good this run
+    pipeline, manifest = run(raw_videos, out, scripted_server, "api.max_retries=2", "api.max_concurrency=1")
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    caption_failures = [f for f in failures if f["stage"] == "caption"]
+    assert len(caption_failures) == 1 and caption_failures[0]["transient"]
+    assert "5xx after 3 attempts" in caption_failures[0]["reason"]
+    frame = int(caption_failures[0]["id"].split("@")[1])
+    downstream = [f for f in failures if f["stage"] != "caption"]
+    assert downstream and all(f["reason"].startswith(f"no caption for frame {frame}") for f in downstream)
+    run(raw_videos, out, scripted_server)
+    assert outputs(out) == outputs(reference_run[0])
+
+
+def test_bad_videos_are_skipped_with_reasons(raw_videos, scripted_server, tmp_path):
+    videos = tmp_path / "videos"
+    shutil.copytree(raw_videos, videos)
+    (videos / "nested").mkdir()
+    (videos / "nested" / "garbage.mp4").write_bytes(b"this is not a video")
+    (videos / "empty.avi").write_bytes(b"")
+    good = (videos / "clip_0000.mp4").read_bytes()
+    (videos / "cut.mp4").write_bytes(good[: len(good) // 2])  # index at the end: unreadable
+    faststart = tmp_path / "faststart.mp4"
+    write_video(faststart, render_frames(random_events(random.Random(1), 4), 16), faststart=True)
+    (videos / "truncated.mp4").write_bytes(faststart.read_bytes()[:2500])  # index first, stream cut short
+    write_video(videos / "short.mp4", render_frames(random_events(random.Random(0), 1), 5))
+    (videos / "notes.txt").write_text("not a video extension: ignored")
+    _, manifest = run(videos, tmp_path / "out", scripted_server)
+    skipped = {s["video"]: s for s in map(json.loads, (tmp_path / "out" / "skipped.jsonl").read_text().splitlines())}
+    assert set(skipped) == {"nested/garbage.mp4", "empty.avi", "cut.mp4", "truncated.mp4", "short.mp4"}
+    assert skipped["truncated.mp4"]["reason"].startswith("truncated")
+    assert skipped["empty.avi"]["reason"] == "empty file"
+    assert skipped["nested/garbage.mp4"]["reason"].startswith("cannot open")
+    assert skipped["short.mp4"]["reason"].startswith("too few frames") and skipped["short.mp4"]["stage"] == "sample"
+    assert manifest["counts"]["videos"]["usable"] == 4 and manifest["counts"]["records"]["written"] > 0
+
+
+def test_api_key_is_used_but_never_written(raw_videos, scripted_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    out = tmp_path / "out"
+    run(raw_videos, out, scripted_server)
+    assert f"Bearer {SECRET}" in scripted_server.auth_headers
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_dry_run_counts_calls_and_makes_none(raw_videos, scripted_server, tmp_path):
+    plan = Pipeline(config(raw_videos, tmp_path / "out", scripted_server), progress=False).dry_run()
+    assert plan["caption"] == {"frames": 64, "calls_to_make": 64}
+    assert plan["questions"]["calls_at_most"] == 8 and plan["answer"]["generations_at_most"] == 32
+    assert sum(scripted_server.served.values()) == 0
+
+
+def test_shards_merge_into_the_single_run(reference_run, raw_videos, scripted_server, tmp_path):
+    for index in range(3):
+        pipeline = Pipeline(config(raw_videos, tmp_path, scripted_server), num_shards=3, shard_index=index,
+                            progress=False)
+        pipeline.run()
+    merged = merge_shards(tmp_path)
+    assert outputs(tmp_path) == outputs(reference_run[0])
+    assert merged["records"]["written"] == json.loads((reference_run[0] / "stats.json").read_text())["records"]["written"]
+
+
+def test_merge_refuses_missing_shards(raw_videos, scripted_server, tmp_path):
+    Pipeline(config(raw_videos, tmp_path, scripted_server), num_shards=2, shard_index=0, progress=False).run()
+    with pytest.raises(ValueError, match=r"shards missing \[1\]"):
+        merge_shards(tmp_path)
+
+
+def test_generated_preferences_train(reference_run, tmp_path):
+    out, _ = reference_run
+    model = "builtin:tiny-llava_onevision"
+    L.seed_everything(0)
+    dm = PreferenceDataModule(str(out / "preferences.jsonl"), model_path=model, family="llava_onevision", batch_size=2)
+    module = TPOModule(model, "llava_onevision", lr=1e-3)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=3, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, logger=False, enable_checkpointing=False)
+    trainer.fit(module, dm)
+    assert trainer.global_step == 3 and trainer.callback_metrics["train/loss"].isfinite()
