@@ -36,3 +36,15 @@ def scripted_server():
 
     with ScriptedServer(timeout_sleep_s=2.5) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, raw_videos):
+    """One uninterrupted, fault-free data_gen run: what every other run must reproduce."""
+    from data_gen.scripted_server import ScriptedServer
+    from data_gen_support import run
+
+    out = tmp_path_factory.mktemp("reference")
+    with ScriptedServer() as server:
+        _, manifest = run(raw_videos, out, server)
+    return out, manifest

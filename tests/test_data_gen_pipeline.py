@@ -8,7 +8,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 
-from data_gen.config import load_config
 from data_gen.merge import merge_shards
 from data_gen.pipeline import Pipeline
 from tpo.data.datamodule import PreferenceDataModule
@@ -16,39 +15,9 @@ from tpo.data.records import read_records
 from tpo.module import TPOModule
 from tpo.synthetic.world import render_frames, random_events, write_video
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "data_gen/configs/synthetic.yaml"
+from data_gen_support import config, items, outputs, run
+
 SECRET = "sk-test-7f3a9c-never-write-me"
-OUTPUTS = ("preferences.jsonl", "filtered_out.jsonl", "skipped.jsonl", "failures.jsonl", "stats.json")
-
-
-def config(videos, out, server, *overrides):
-    return load_config(str(CONFIG), [f"videos={videos}", f"output_dir={out}", f"api.base_url={server.base_url}",
-                                     "api.timeout_s=1.0", "api.backoff_s=0.01", *overrides])
-
-
-def run(videos, out, server, *overrides, **kwargs):
-    pipeline = Pipeline(config(videos, out, server, *overrides), progress=False, **kwargs)
-    return pipeline, pipeline.run()
-
-
-def outputs(out):
-    return {name: (Path(out) / name).read_text() for name in OUTPUTS}
-
-
-def items(manifest, field):
-    return {stage: counts[field] for stage, counts in manifest["run"]["items"].items()}
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, raw_videos):
-    """One uninterrupted run, fault-free: what every other run must reproduce."""
-    from data_gen.scripted_server import ScriptedServer
-
-    out = tmp_path_factory.mktemp("reference")
-    with ScriptedServer() as server:
-        _, manifest = run(raw_videos, out, server)
-    return out, manifest
 
 
 def test_end_to_end_records_follow_the_contract(reference_run, raw_videos):
