@@ -171,3 +171,21 @@ def test_generated_preferences_train(reference_run, tmp_path):
                         enable_model_summary=False, logger=False, enable_checkpointing=False)
     trainer.fit(module, dm)
     assert trainer.global_step == 3 and trainer.callback_metrics["train/loss"].isfinite()
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
+def test_local_captioner_and_api_answerer(raw_videos, scripted_server, tmp_path, family):
+    """The other two backends: a local `transformers` image captioner and an OpenAI-compatible policy."""
+    _, manifest = run(raw_videos, tmp_path, scripted_server, "caption.backend=transformers",
+                      f"caption.model=builtin:tiny-{family}", "caption.dtype=float32", "caption.max_tokens=8",
+                      "caption.device=cpu", "answer.backend=openai", "answer.model=scripted-vlm",
+                      "postfilter.enabled=false")
+    calls = manifest["run"]["calls"]
+    assert "caption/requests" not in calls and calls["answer/requests"] == 32
+    assert manifest["run"]["items"]["caption"]["computed"] == 64
+    records = [json.loads(line) for line in (tmp_path / "preferences.jsonl").read_text().splitlines()]
+    dropped = [json.loads(line) for line in (tmp_path / "filtered_out.jsonl").read_text().splitlines()]
+    assert len(records) + len(dropped) == 16 and all(d["filter"]["rule"] == "identical" for d in dropped)
+    assert all(r["chosen"].startswith("I see ") and r["filter"]["reason"] == "post-filter disabled" for r in records)
+    irrelevant = [r for r in records if r["manipulation"] == "irrelevant"]
+    assert irrelevant and all(len(r["captions"]) == 4 and r["captions"][0]["text"] for r in irrelevant)
