@@ -7,14 +7,15 @@ frames as images to an OpenAI-compatible server (e.g. vLLM serving the same mode
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import partial
 
 from data_gen.cache import Outcome
 from data_gen.client import CallStats, ChatClient, jpeg_data_url, parse_text, user_message
 from data_gen.config import AnswerConfig, ApiConfig, fingerprint
+from data_gen.decode import FRAMES
 from data_gen.index import Video
 from data_gen.runner import Job, StageRunner
-from tpo.data.frames import VideoReadError, read_frames
+from tpo.data.frames import VideoReadError
 
 SIDES = {"chosen": "chosen_frames", "rejected": "rejected_frames"}
 
@@ -28,13 +29,9 @@ def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConf
         for side, field in SIDES.items():
             frames = getattr(q["segment"], field)
             key = fingerprint("answer", settings, video.identity, frames, q["question"])
-            jobs.append(Job(f"{q['id']}::{side}", key, payload=(video, frames, q["question"])))
+            jobs.append(Job(f"{q['id']}::{side}", key,
+                            payload=(video, q["segment"].frame_indices, frames, q["question"])))
     return jobs
-
-
-@lru_cache(maxsize=8)  # jobs come grouped by segment, so a few decoded frame sets suffice
-def _frames(path, frames: tuple[int, ...]):
-    return read_frames(path, list(frames))
 
 
 class LocalAnswerer:
@@ -54,9 +51,9 @@ class LocalAnswerer:
 
         outcomes, ready = [None] * len(jobs), []
         for i, job in enumerate(jobs):
-            video, frames, question = job.payload
+            video, sampled, frames, question = job.payload
             try:
-                ready.append((i, _frames(video.path, frames), question))
+                ready.append((i, FRAMES.get(video.path, sampled, frames), question))
             except VideoReadError as err:
                 outcomes[i] = Outcome(False, reason=str(err))
         if ready:
@@ -74,9 +71,9 @@ class ApiAnswerer:
         self.cfg = cfg
         self.client = ChatClient(api, cfg.base_url, cfg.model, stats, "answer")
 
-    def __call__(self, video: Video, frames: tuple[int, ...], question: str) -> Outcome:
+    def __call__(self, video: Video, sampled: tuple[int, ...], frames: tuple[int, ...], question: str) -> Outcome:
         try:
-            images = _frames(video.path, frames)
+            images = FRAMES.get(video.path, sampled, frames)
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
         urls = [jpeg_data_url(im, 512, 90) for im in images]
@@ -89,7 +86,7 @@ def run_answers(jobs: list[Job], cfg: AnswerConfig, api: ApiConfig, stats: CallS
         runner.pending(jobs)
     elif cfg.backend == "local":
         answerer = LocalAnswerer(cfg)
-        runner.run_batched(jobs, cfg.batch_size, answerer.run_batch, group=lambda job: len(job.payload[1]))
+        runner.run_batched(jobs, cfg.batch_size, answerer.run_batch, group=lambda job: len(job.payload[2]))
     else:
         answerer = ApiAnswerer(cfg, api, stats)
         for job in jobs:

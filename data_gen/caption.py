@@ -12,10 +12,11 @@ from functools import partial
 from data_gen.cache import Outcome
 from data_gen.client import CallStats, ChatClient, jpeg_data_url, parse_text, user_message
 from data_gen.config import ApiConfig, CaptionConfig, fingerprint, prompt_template
+from data_gen.decode import FRAMES
 from data_gen.index import Video
 from data_gen.manipulate import Segment
 from data_gen.runner import Job, StageRunner
-from tpo.data.frames import VideoReadError, read_frames
+from tpo.data.frames import VideoReadError
 
 
 def frame_id(video: str, frame: int) -> str:
@@ -31,9 +32,14 @@ def _settings(cfg: CaptionConfig) -> dict:
 
 def caption_jobs(segments: list[Segment], videos: dict[str, Video], cfg: CaptionConfig) -> list[Job]:
     settings = _settings(cfg)
-    frames = sorted({(s.video, f) for s in segments for f in s.chosen_frames})
-    return [Job(frame_id(v, f), fingerprint("caption", settings, videos[v].identity, f), payload=(videos[v], f))
-            for v, f in frames]
+    sampled = {seg.video: seg.frame_indices for seg in segments}
+    frames = sorted({(seg.video, f) for seg in segments for f in seg.chosen_frames})
+    return [Job(frame_id(v, f), fingerprint("caption", settings, videos[v].identity, f),
+                payload=(videos[v], sampled[v], f)) for v, f in frames]
+
+
+def _frame(video: Video, sampled: tuple[int, ...], frame: int):
+    return FRAMES.get(video.path, sampled, (frame,))[0]
 
 
 class ApiCaptioner:
@@ -42,9 +48,9 @@ class ApiCaptioner:
         self.prompt = prompt_template(cfg.prompt)
         self.client = ChatClient(api, cfg.base_url, cfg.model, stats, "caption")
 
-    def __call__(self, video: Video, frame: int) -> Outcome:
+    def __call__(self, video: Video, sampled: tuple[int, ...], frame: int) -> Outcome:
         try:
-            image = read_frames(video.path, [frame])[0]
+            image = _frame(video, sampled, frame)
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
         url = jpeg_data_url(image, self.cfg.image_size, self.cfg.jpeg_quality)
@@ -77,9 +83,8 @@ class LocalCaptioner:
 
         images, outcomes = [], [None] * len(jobs)
         for i, job in enumerate(jobs):
-            video, frame = job.payload
             try:
-                images.append((i, Image.fromarray(read_frames(video.path, [frame])[0])))
+                images.append((i, Image.fromarray(_frame(*job.payload))))
             except VideoReadError as err:
                 outcomes[i] = Outcome(False, reason=str(err))
         if images:

@@ -87,3 +87,30 @@ def test_config_errors_name_the_setting(tmp_path):
         load_config(None, base + ["questions.nonexistent=1"])
     cfg = load_config(None, base + ["api.base_url=http://h/v1"])
     assert cfg.caption.base_url == "http://h/v1" and cfg.postfilter.base_url == "http://h/v1"
+
+
+def test_frame_cache_decodes_a_video_once_for_concurrent_jobs(monkeypatch):
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    from data_gen import decode
+
+    decoded = []
+
+    def slow_read(path, indices):
+        decoded.append(path)
+        time.sleep(0.05)
+        return np.stack([np.full((2, 2, 3), i, dtype=np.uint8) for i in indices])
+
+    monkeypatch.setattr(decode, "read_frames", slow_read)
+    cache = decode.FrameCache(size=2)
+    with ThreadPoolExecutor(8) as pool:
+        picks = list(pool.map(lambda k: cache.get("a.mp4", (10, 20, 30, 40), (40, 20)), range(16)))
+    assert decoded == ["a.mp4"]
+    assert all(p[:, 0, 0, 0].tolist() == [40, 20] for p in picks)
+    cache.get("b.mp4", (1,), (1,))
+    cache.get("c.mp4", (1,), (1,))
+    cache.get("a.mp4", (10, 20, 30, 40), (10,))  # evicted by b and c: decoded again
+    assert decoded == ["a.mp4", "b.mp4", "c.mp4", "a.mp4"]
