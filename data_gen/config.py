@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,7 +151,14 @@ def _check(cfg) -> None:
 
 
 def to_dict(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)
+    """The resolved config for the manifest, with any ``user:password@`` in a URL masked."""
+    def mask(value):
+        if isinstance(value, dict):
+            return {k: mask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        return re.sub(r"(://)[^/@\s]+@", r"\1***@", value) if isinstance(value, str) else value
+    return mask(OmegaConf.to_container(cfg, resolve=True))
 
 
 def prompt_template(name: str) -> str:

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from data_gen.config import ConfigError, ManipulationConfig, load_config
+from data_gen.config import ConfigError, ManipulationConfig, load_config, to_dict
 from data_gen.index import shard
 from data_gen.manipulate import irrelevant_windows, make_segments
 
@@ -87,6 +87,8 @@ def test_config_errors_name_the_setting(tmp_path):
         load_config(None, base + ["questions.nonexistent=1"])
     cfg = load_config(None, base + ["api.base_url=http://h/v1"])
     assert cfg.caption.base_url == "http://h/v1" and cfg.postfilter.base_url == "http://h/v1"
+    dumped = to_dict(load_config(None, base + ["api.base_url=https://bob:s3cret@h/v1"]))
+    assert "s3cret" not in str(dumped) and dumped["questions"]["base_url"] == "https://***@h/v1"
 
 
 def test_frame_cache_decodes_a_video_once_for_concurrent_jobs(monkeypatch):
