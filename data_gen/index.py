@@ -6,7 +6,6 @@ download) is reported with the reason and left out; the run goes on.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,10 +37,11 @@ def list_videos(root: str | Path) -> list[str]:
 
 
 def shard(rels: list[str], num_shards: int, shard_index: int) -> list[str]:
-    """This shard's videos: a stable hash of the path decides, so adding videos moves no others."""
+    """This shard's videos: every ``num_shards``-th of the sorted list, so shards differ by one video
+    at most (all shards must see the same folder)."""
     if not 0 <= shard_index < num_shards:
         raise ConfigError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
-    return [r for r in rels if int(hashlib.sha1(r.encode()).hexdigest(), 16) % num_shards == shard_index]
+    return sorted(rels)[shard_index::num_shards]
 
 
 def _decord_message(err: Exception) -> str:

@@ -67,10 +67,8 @@ def test_sharding_is_a_deterministic_partition():
     rels = [f"dir/clip_{i}.mp4" for i in range(100)]
     shards = [shard(rels, 3, i) for i in range(3)]
     assert sorted(r for s in shards for r in s) == sorted(rels)
-    assert all(len(s) > 15 for s in shards)
-    assert shards == [shard(rels, 3, i) for i in range(3)]
-    for i in range(3):  # adding a video moves no other video to another shard
-        assert set(shard(rels + ["new.mp4"], 3, i)) - {"new.mp4"} == set(shards[i])
+    assert sorted(len(s) for s in shards) == [33, 33, 34]
+    assert shards == [shard(list(reversed(rels)), 3, i) for i in range(3)]  # listing order does not matter
     with pytest.raises(ConfigError, match="shard-index"):
         shard(rels, 3, 3)
 
