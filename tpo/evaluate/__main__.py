@@ -1,0 +1,114 @@
+"""``python -m tpo.evaluate mcq|niah-make|niah``: evaluate a model; see ``--help`` of each."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from tpo.data.frames import VideoReadError
+
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model dir / hub id, a TPO HF export, or a tpo .ckpt")
+    parser.add_argument("--family", help="adapter family (default: from the checkpoint)")
+    parser.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
+    parser.add_argument("--num-frames", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--limit", type=int, help="evaluate only the first N items")
+    parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    parser.add_argument("--device", default="auto")
+
+
+def _evaluate(args, benchmark: str, data: str, videos: str | None) -> tuple[dict, Path]:
+    import torch
+
+    from tpo.evaluate.benchmarks import load_benchmark
+    from tpo.evaluate.mcq import evaluate, format_table, read_predictions
+    from tpo.evaluate.model import VideoAnswerer, load_for_eval
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = load_benchmark(benchmark, data, videos)
+    (out / "bad_items.jsonl").write_text("".join(json.dumps(vars(b)) + "\n" for b in loaded.bad))
+    if loaded.bad:
+        print(f"{len(loaded.bad)} malformed item(s) left out (see {out / 'bad_items.jsonl'}); first: {loaded.bad[0]}")
+    predictions = out / "predictions.jsonl"
+    items = loaded.items[: args.limit] if args.limit else loaded.items
+    done = read_predictions(predictions)
+    if all(i.id in done for i in items):
+        answerer = None  # everything answered already: no model needed to summarise
+    else:
+        adapter, model, processor = load_for_eval(args.model, args.family, getattr(torch, args.dtype), args.device)
+        answerer = VideoAnswerer(adapter, model, processor, args.max_new_tokens)
+    summary = evaluate(items, answerer, args.num_frames, args.batch_size, predictions)
+    summary.update({"benchmark": benchmark, "data": str(data), "model": args.model, "num_frames": args.num_frames,
+                    "malformed_items": len(loaded.bad)})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(format_table(summary, f"{benchmark} — {args.model}"))
+    print(f"predictions: {predictions}\nsummary:     {out / 'summary.json'}")
+    return summary, predictions
+
+
+def _mcq(args) -> None:
+    _evaluate(args, args.benchmark, args.data, args.videos)
+
+
+def _niah_make(args) -> None:
+    from tpo.evaluate.niah import make_niah
+
+    path = make_niah(args.out, args.lengths, args.depths, args.per_cell, args.seed, args.size)
+    print(f"wrote {sum(1 for _ in path.open())} NIAH items to {path}")
+
+
+def _niah(args) -> None:
+    from tpo.evaluate.mcq import read_predictions
+    from tpo.evaluate.niah import niah_grid, plot_heatmap
+
+    data = Path(args.data)
+    _, predictions = _evaluate(args, "jsonl", str(data / "niah.jsonl" if data.is_dir() else data), None)
+    grid = niah_grid(list(read_predictions(predictions).values()))
+    (Path(args.out) / "niah_grid.json").write_text(json.dumps(grid, indent=2) + "\n")
+    print(f"heatmap:     {plot_heatmap(grid, Path(args.out) / 'niah_heatmap.png', f'NIAH — {args.model}')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tpo.evaluate", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    mcq = commands.add_parser("mcq", help="multiple-choice accuracy on a benchmark")
+    mcq.add_argument("--benchmark", required=True, choices=["videomme", "longvideobench", "mlvu", "jsonl"])
+    mcq.add_argument("--data", required=True, help="annotation file (MLVU: the json/ folder)")
+    mcq.add_argument("--videos", help="video folder (default: beside --data)")
+    _model_args(mcq)
+    mcq.set_defaults(fn=_mcq)
+
+    make = commands.add_parser("niah-make", help="write needle-in-a-haystack videos and questions")
+    make.add_argument("--out", required=True)
+    make.add_argument("--lengths", type=int, nargs="+", default=[8, 16, 32], help="haystack lengths in frames")
+    make.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    make.add_argument("--per-cell", type=int, default=2)
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--size", type=int, default=96, help="frame size in pixels")
+    make.set_defaults(fn=_niah_make)
+
+    niah = commands.add_parser("niah", help="NIAH accuracy grid and heatmap")
+    niah.add_argument("--data", required=True, help="folder written by niah-make (or its niah.jsonl)")
+    _model_args(niah)
+    niah.set_defaults(fn=_niah)
+
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (FileNotFoundError, ValueError, VideoReadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

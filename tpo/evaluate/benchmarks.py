@@ -1,0 +1,186 @@
+"""Multiple-choice benchmarks, read from the files their authors distribute.
+
+- ``videomme``: Video-MME ``videomme/test-00000-of-00001.parquet`` (or the same rows as JSON):
+  ``videoID``, ``question``, ``options`` (``"A. ..."``), ``answer`` (letter), ``duration``,
+  ``task_type``; videos ``<videos>/<videoID>.mp4``.
+- ``longvideobench``: ``lvb_val.json``: ``video_path``, ``question``, ``candidates``,
+  ``correct_choice`` (index), ``duration_group``, ``question_category``.
+- ``mlvu``: the ``MLVU/json/`` folder (one JSON per task: ``video``, ``question``,
+  ``candidates``, ``answer`` = the correct candidate's text, ``question_type``); videos
+  ``<videos>/<task file stem>/<video>``.
+- ``jsonl``: ours, one object per line: ``video``, ``question``, ``options`` (texts),
+  ``answer`` (letter, index or option text), optional ``id``, ``category``, ``duration``,
+  ``frame_indices`` (frames to show instead of uniform sampling), ``meta`` (kept in predictions).
+
+A malformed item is reported (file, item, reason) and left out; the rest load.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LETTERS = string.ascii_uppercase
+_LABEL = re.compile(r"^\s*\(?([A-Z])[.):]\s+")
+
+
+@dataclass
+class MCQItem:
+    id: str
+    video: Path
+    question: str
+    options: list[str]  # option texts, without "A." labels
+    answer: int  # index of the correct option
+    category: str = ""
+    duration: str = ""
+    frame_indices: list[int] | None = None  # None: uniform sampling
+    meta: dict = field(default_factory=dict)  # passed through to the predictions (e.g. NIAH depth)
+
+    @property
+    def answer_letter(self) -> str:
+        return LETTERS[self.answer]
+
+
+@dataclass
+class BadItem:
+    source: str
+    item: str  # line number or index in the file
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source} item {self.item}: {self.reason}"
+
+
+@dataclass
+class Loaded:
+    items: list[MCQItem] = field(default_factory=list)
+    bad: list[BadItem] = field(default_factory=list)
+
+
+def strip_label(option: str) -> str:
+    """``"B. a red square"`` -> ``"a red square"``."""
+    return _LABEL.sub("", option, count=1).strip()
+
+
+def answer_index(answer, options: list[str]) -> int:
+    """A letter, an index or the option text -> the option's index; ValueError if none matches."""
+    if isinstance(answer, bool):
+        raise ValueError(f"answer {answer!r} is not a letter, index or option")
+    if isinstance(answer, int):
+        index = answer
+    elif isinstance(answer, str) and len(answer.strip()) == 1 and answer.strip().upper() in LETTERS:
+        index = LETTERS.index(answer.strip().upper())
+    elif isinstance(answer, str) and answer.strip() in options:
+        index = options.index(answer.strip())
+    else:
+        raise ValueError(f"answer {answer!r} is not a letter, index or one of the options")
+    if not 0 <= index < len(options):
+        raise ValueError(f"answer {answer!r} is outside the {len(options)} options")
+    return index
+
+
+def _item(source: str, where: str, raw: dict, loaded: Loaded, **fields) -> None:
+    """Build one item from ``fields`` (callables of ``raw``), recording a bad item on error."""
+    try:
+        values = {k: f(raw) for k, f in fields.items()}
+        options = [strip_label(str(o)) for o in values.pop("options")]
+        if len(options) < 2 or not all(options):
+            raise ValueError("needs at least two non-empty options")
+        question = str(values.pop("question")).strip()
+        if not question:
+            raise ValueError("empty question")
+        answer = answer_index(values.pop("answer"), options)
+        loaded.items.append(MCQItem(question=question, options=options, answer=answer, **values))
+    except (KeyError, TypeError, ValueError) as err:
+        reason = f"missing field {err}" if isinstance(err, KeyError) else str(err)
+        loaded.bad.append(BadItem(source, where, reason))
+
+
+def _read_json_list(path: Path) -> list:
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a JSON list of items")
+    return rows
+
+
+def load_videomme(path: Path, videos: Path) -> Loaded:
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(path).to_pylist()
+    else:
+        rows = _read_json_list(path)
+    loaded = Loaded()
+    for i, row in enumerate(rows):
+        _item(str(path), str(i), row, loaded, id=lambda r: str(r["question_id"]),
+              video=lambda r: videos / f"{r['videoID']}.mp4", question=lambda r: r["question"],
+              options=lambda r: list(r["options"]), answer=lambda r: r["answer"],
+              category=lambda r: r.get("task_type", ""), duration=lambda r: r.get("duration", ""))
+    return loaded
+
+
+def load_longvideobench(path: Path, videos: Path) -> Loaded:
+    loaded = Loaded()
+    for i, row in enumerate(_read_json_list(path)):
+        _item(str(path), str(i), row, loaded, id=lambda r: str(r["id"]), video=lambda r: videos / r["video_path"],
+              question=lambda r: r["question"], options=lambda r: list(r["candidates"]),
+              answer=lambda r: int(r["correct_choice"]), category=lambda r: r.get("question_category", ""),
+              duration=lambda r: str(r.get("duration_group", "")))
+    return loaded
+
+
+def load_mlvu(path: Path, videos: Path) -> Loaded:
+    """``path``: the folder of task JSON files (``1_plotQA.json`` ...), or one of them."""
+    files = sorted(path.glob("*.json")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"{path}: no MLVU task JSON files")
+    loaded = Loaded()
+    for file in files:
+        for i, row in enumerate(_read_json_list(file)):
+            _item(str(file), str(i), row, loaded, id=lambda r, f=file, i=i: f"{f.stem}/{i}",
+                  video=lambda r, f=file: videos / f.stem / r["video"], question=lambda r: r["question"],
+                  options=lambda r: list(r["candidates"]), answer=lambda r: r["answer"],
+                  category=lambda r, f=file: r.get("question_type", f.stem), duration=lambda r: "")
+    return loaded
+
+
+def load_jsonl(path: Path, videos: Path) -> Loaded:
+    loaded = Loaded()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            loaded.bad.append(BadItem(str(path), f"line {number}", f"not valid JSON ({err.msg})"))
+            continue
+        _item(str(path), f"line {number}", row, loaded, id=lambda r, n=number: str(r.get("id", f"line-{n}")),
+              video=lambda r: videos / r["video"], question=lambda r: r["question"],
+              options=lambda r: list(r["options"]), answer=lambda r: r["answer"],
+              category=lambda r: str(r.get("category", "")), duration=lambda r: str(r.get("duration", "")),
+              frame_indices=lambda r: r.get("frame_indices"), meta=lambda r: r.get("meta", {}))
+    return loaded
+
+
+LOADERS = {"videomme": load_videomme, "longvideobench": load_longvideobench, "mlvu": load_mlvu, "jsonl": load_jsonl}
+
+
+def load_benchmark(name: str, path: str | Path, videos: str | Path | None = None) -> Loaded:
+    """Items of benchmark ``name`` from ``path``; videos under ``videos`` (default: beside ``path``)."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {list(LOADERS)}")
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{name} annotation file not found: {path}")
+    loaded = LOADERS[name](path, Path(videos) if videos else (path if path.is_dir() else path.parent))
+    ids = [item.id for item in loaded.items]
+    if len(ids) != len(set(ids)):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"{path}: item id {duplicate!r} appears more than once")
+    return loaded

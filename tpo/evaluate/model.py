@@ -1,0 +1,58 @@
+"""Loading the model to evaluate (base checkpoint, HF export or Lightning checkpoint) and asking it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tpo.models import FAMILIES, ModelAdapter, get_adapter
+from tpo.models.generate import answer_questions, resolve_device
+
+
+def infer_family(path: str) -> str:
+    """The adapter family of a checkpoint directory, from its ``config.model_type``."""
+    from transformers import AutoConfig
+
+    from tpo.synthetic import resolve
+
+    model_type = AutoConfig.from_pretrained(str(resolve(path))).model_type
+    for name, adapter in FAMILIES.items():
+        if model_type in adapter.model_types:
+            return name
+    raise ValueError(f"{path}: no supported family loads model type {model_type!r}; families: {list(FAMILIES)}")
+
+
+def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = torch.bfloat16, device: str = "auto"):
+    """``(adapter, model, processor)`` in eval mode.
+
+    ``path`` is a model directory / hub id / ``builtin:`` path (a base model or a TPO HF export), or
+    a Lightning ``.ckpt`` from ``tpo fit``: its policy weights are loaded into the base model the
+    run started from (``model_path`` in the checkpoint's hyper-parameters).
+    """
+    if str(path).endswith(".ckpt"):
+        if Path(path).is_dir():
+            raise ValueError(f"{path} is a sharded (FSDP) checkpoint; evaluate the run's HF export instead")
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        hparams = ckpt.get("hyper_parameters", {})
+        if "model_path" not in hparams:
+            raise ValueError(f"{path} is not a TPO checkpoint (no model_path in its hyper-parameters)")
+        adapter = get_adapter(family or hparams["family"])
+        model, processor = adapter.load(hparams["model_path"], dtype)
+        policy = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
+        model.load_state_dict(policy)
+    else:
+        adapter = get_adapter(family or infer_family(path))
+        model, processor = adapter.load(path, dtype)
+    return adapter, model.to(resolve_device(device)).eval(), processor
+
+
+class VideoAnswerer:
+    """``answerer(videos, prompts) -> replies``: one batched, greedy generate call."""
+
+    def __init__(self, adapter: ModelAdapter, model, processor, max_new_tokens: int = 16):
+        self.adapter, self.model, self.processor, self.max_new_tokens = adapter, model, processor, max_new_tokens
+
+    def __call__(self, videos: list[np.ndarray], prompts: list[str]) -> list[str]:
+        return answer_questions(self.adapter, self.model, self.processor, videos, prompts, self.max_new_tokens)
