@@ -8,8 +8,9 @@ import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from tpo.loss import LossType, response_logps, tpo_loss
+from tpo.loss import LossType, tpo_loss
 from tpo.models import get_adapter
+from tpo.shared_prefix import shared_prefix_logps
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 REFERENCE_PREFIX = "reference."
@@ -69,10 +70,9 @@ class TPOModule(L.LightningModule):
         return self
 
     # ---- loss --------------------------------------------------------------------------------
-    @staticmethod
-    def sequence_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(**batch["inputs"], use_cache=False).logits
-        return response_logps(logits, batch["labels"])
+    def sequence_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Response log-probs ``(2B,)`` (chosen rows, then rejected), one shared-prefix forward per pair."""
+        return shared_prefix_logps(self.adapter, model, batch)
 
     def _step(self, batch: dict) -> dict[str, torch.Tensor]:
         n = len(batch["ids"])

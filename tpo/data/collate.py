@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from tpo.models import IGNORE_INDEX, ModelAdapter
+from tpo.shared_prefix import pack_pairs
 
 
 def _pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
@@ -28,7 +29,10 @@ def _sequence(prompt_tokens: dict[str, torch.Tensor], response: list[int]) -> di
 
 
 class PairCollator:
-    """Encodes each pair's video and question once and builds the chosen and rejected rows.
+    """The two-pass layout (prompt + chosen, prompt + rejected as separate rows), as TRL does it.
+
+    Training uses :class:`SharedPrefixCollator`; this one is the reference the shared-prefix path
+    is tested and benchmarked against.
 
     The batch holds ``2B`` rows: rows ``[0, B)`` are prompt + chosen, rows ``[B, 2B)`` the same
     prompts + rejected, with the vision tensors repeated to match. ``batch["inputs"]`` goes
@@ -53,3 +57,14 @@ class PairCollator:
             inputs[key] = torch.cat([one_each, one_each])
         return {"inputs": inputs, "labels": _pad([r["labels"] for r in rows], IGNORE_INDEX),
                 "ids": [it["id"] for it in items]}
+
+
+class SharedPrefixCollator(PairCollator):
+    """One row per pair, ``[prompt][chosen][rejected]``, for :func:`tpo.shared_prefix.shared_prefix_logps`."""
+
+    def __call__(self, items: list[dict]) -> dict:
+        prompts = [self.adapter.encode_prompt(self.processor, it["frames"], it["question"]) for it in items]
+        answers = {side: [self.adapter.response_ids(self.processor, it[side]) for it in items]
+                   for side in ("chosen", "rejected")}
+        batch = pack_pairs(prompts, answers["chosen"], answers["rejected"], self.pad_id)
+        return {**batch, "ids": [it["id"] for it in items]}

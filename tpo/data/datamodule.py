@@ -12,7 +12,7 @@ from typing import Literal
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from tpo.data.collate import PairCollator
+from tpo.data.collate import SharedPrefixCollator
 from tpo.data.frames import read_frames
 from tpo.data.records import BadRecordsError, Record, read_records, summarize
 from tpo.models import get_adapter
@@ -23,7 +23,7 @@ SKIPPED_FILE = "skipped_records.jsonl"
 
 
 class PreferenceDataset(Dataset):
-    """Decodes exactly each record's ``frame_indices``; items feed :class:`PairCollator`."""
+    """Decodes exactly each record's ``frame_indices``; items feed :class:`SharedPrefixCollator`."""
 
     def __init__(self, records: list[Record]):
         self.records = records
@@ -112,7 +112,7 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         h = self.hparams
         adapter = get_adapter(h.family)
-        self.collator = PairCollator(adapter, adapter.load_processor(h.model_path))
+        self.collator = SharedPrefixCollator(adapter, adapter.load_processor(h.model_path))
         records, bad = read_records(resolve(h.path), h.video_root)
         if bad:
             if h.on_bad_record == "error":

@@ -18,8 +18,8 @@ FAMILIES: dict[str, ModelAdapter] = {
     for a in [
         ModelAdapter("llava_onevision", ("llava_onevision",), _LLAVA_PARTS,
                      "LLaVA-OneVision and LLaVA-Video (LlavaOnevisionForConditionalGeneration)"),
-        ModelAdapter("qwen2_vl", ("qwen2_vl",), _QWEN_PARTS, "Qwen2-VL"),
-        ModelAdapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN_PARTS, "Qwen2.5-VL"),
+        ModelAdapter("qwen2_vl", ("qwen2_vl",), _QWEN_PARTS, "Qwen2-VL", mrope=True),
+        ModelAdapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN_PARTS, "Qwen2.5-VL", mrope=True),
         ModelAdapter("llava_next_video", ("llava_next_video",), _LLAVA_PARTS, "LLaVA-NeXT-Video"),
     ]
 }

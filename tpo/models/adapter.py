@@ -48,6 +48,7 @@ class ModelAdapter:
     parts: dict[str, tuple[str, ...]]  # trainable part -> parameter-name prefixes
     description: str = ""
     processor_kwargs: dict = field(default_factory=lambda: {"do_sample_frames": False})
+    mrope: bool = False  # 3-D multimodal rotary positions (Qwen2-VL): see tpo/shared_prefix.py
 
     # ---- loading -------------------------------------------------------------------------
     def load(self, path: str, dtype: torch.dtype | None = None):

@@ -1,0 +1,75 @@
+"""Shared-prefix scoring equals the naive two-pass scoring: log-probs and gradients, every family."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAMILIES
+from tpo.data.collate import PairCollator, SharedPrefixCollator
+from tpo.loss import response_logps
+from tpo.models import get_adapter
+from tpo.shared_prefix import pair_attention_mask, pair_position_ids
+
+PAIRS = [("What happens after the red square moves left?", "The blue circle moves up, then stops.", "Nothing."),
+         ("In what order?", "Red then blue.", "The green square moves right, then the yellow circle moves down.")]
+
+
+def _items(frames=8):
+    rng = np.random.default_rng(0)
+    return [{"id": str(i), "question": q, "chosen": c, "rejected": r,
+             "frames": rng.integers(0, 255, (frames, 64, 64, 3), dtype=np.uint8)} for i, (q, c, r) in enumerate(PAIRS)]
+
+
+def _grads(model):
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    return grads
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefix_equals_two_passes(family):
+    adapter = get_adapter(family)
+    model, processor = adapter.load(f"builtin:tiny-{family}")
+    model.train()
+    items = _items()
+    naive = PairCollator(adapter, processor)(items)
+    shared = SharedPrefixCollator(adapter, processor)(items)
+
+    naive_logps, naive_counts = response_logps(model(**naive["inputs"]).logits, naive["labels"])
+    (naive_logps * torch.tensor([1.0, 0.5, -0.7, 2.0])).sum().backward()  # distinct weights per sequence
+    naive_grads = _grads(model)
+
+    seen = []
+    hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    from tpo.shared_prefix import shared_prefix_logps
+    shared_logps, shared_counts = shared_prefix_logps(adapter, model, shared)
+    hook.remove()
+    (shared_logps * torch.tensor([1.0, 0.5, -0.7, 2.0])).sum().backward()
+    shared_grads = _grads(model)
+
+    torch.testing.assert_close(shared_logps, naive_logps, rtol=1e-5, atol=1e-4)
+    assert torch.equal(shared_counts, naive_counts)
+    assert set(shared_grads) == set(naive_grads)
+    scale = max(g.abs().max() for g in naive_grads.values())
+    for name, grad in naive_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    # The LM head saw positions from the first response-predicting one on, never the video or prompt.
+    first_response = int(shared["segments"][:, 0].min()) - 1
+    assert seen == [shared["inputs"]["input_ids"].shape[1] - first_response]
+    # One row (and one video) per pair instead of two.
+    assert shared["inputs"]["input_ids"].shape[0] == 2 and naive["inputs"]["input_ids"].shape[0] == 4
+
+
+def test_block_mask_keeps_rejected_away_from_chosen():
+    segments = torch.tensor([[3, 2, 2], [2, 1, 1]])  # (prompt, chosen, rejected) lengths
+    mask = pair_attention_mask(segments, 7)[:, 0]
+    row = mask[0].int().tolist()
+    assert row[5] == [1, 1, 1, 0, 0, 1, 0]  # first rejected token: prompt + itself, not chosen
+    assert row[4] == [1, 1, 1, 1, 1, 0, 0]  # last chosen token: prompt + chosen, causal
+    assert mask[1, 4:, :4].sum() == 0 and all(mask[1, i, i] for i in range(7))  # padding sees itself only
+
+
+def test_positions_restart_for_the_rejected_answer():
+    segments = torch.tensor([[3, 2, 2]])
+    inputs = {"input_ids": torch.zeros(1, 7, dtype=torch.long)}
+    assert pair_position_ids(get_adapter("llava_onevision"), None, inputs, segments).tolist() == [[0, 1, 2, 3, 4, 3, 4]]
