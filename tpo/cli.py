@@ -1,8 +1,10 @@
-"""``tpo fit|validate --config FILE.yaml``: LightningCLI over TPOModule and PreferenceDataModule."""
+"""``tpo fit|validate|precompute-ref --config FILE.yaml``: LightningCLI over TPOModule and PreferenceDataModule."""
 
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
@@ -45,5 +47,27 @@ class TPOCLI(LightningCLI):
               f"  export:     {export or '(none)'}")
 
 
+def precompute_reference(args: list[str]) -> None:
+    """``tpo precompute-ref --config X.yaml``: write (or check) ``model.reference_logps`` for the data."""
+    import torch
+
+    cli = TPOCLI(TPOModule, PreferenceDataModule, run=False, args=args, save_config_callback=None)
+    module, datamodule = cli.model, cli.datamodule
+    path = module.hparams.reference_logps
+    if path is None:
+        raise SystemExit("error: set --model.reference_logps PATH (the file to write)")
+    existed = Path(path).exists()
+    datamodule.setup("fit")
+    module.configure_model()
+    module.to("cuda" if torch.cuda.is_available() else "cpu")
+    module.load_reference_logps(datamodule)  # computes and saves when missing, then checks it
+    state = "checked" if existed else "written"
+    print(f"reference log-probs for {len(module.reference_table)} records {state}: {path}")
+
+
 def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else list(args)
+    if args[:1] == ["precompute-ref"]:
+        precompute_reference(args[1:])
+        return
     TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=args)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import lightning as L
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from tpo.data.datamodule import PreferenceDataset
 from tpo.loss import LossType, tpo_loss
 from tpo.models import get_adapter
 from tpo.shared_prefix import shared_prefix_logps
@@ -32,13 +34,17 @@ class TPOModule(L.LightningModule):
         lr, weight_decay, warmup_ratio: AdamW with a cosine schedule after linear warm-up.
         trainable: parts that learn: any of ``vision_tower``, ``projector``, ``language_model``.
         dtype: dtype the weights are loaded in (``float32``, ``bfloat16``, ``float16``).
+        reference_logps: a JSON file of reference log-probs per record (``tpo/reference.py``). Set, no
+            reference model is loaded: the file is read at the start of fit/validate, and computed there
+            first (with the untrained policy, which *is* the reference) when it does not exist yet.
+            ``None``: a live frozen reference model.
     """
 
     def __init__(
         self, model_path: str, family: str, beta: float = 0.1, alpha: float = 1.0,
         loss_type: LossType = "sigmoid", lr: float = 1e-6, weight_decay: float = 0.0,
         warmup_ratio: float = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
-        dtype: str = "float32",
+        dtype: str = "float32", reference_logps: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -47,6 +53,7 @@ class TPOModule(L.LightningModule):
             raise ValueError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.policy = None
         self.reference = None
+        self.reference_table: dict[str, torch.Tensor] | None = None  # record id -> [chosen, rejected]
         self.last_epoch_means: dict[str, float] = {}  # training metrics averaged over the last epoch
         self._epoch_sums: dict[str, torch.Tensor] = {}
         self._epoch_steps = 0
@@ -60,8 +67,48 @@ class TPOModule(L.LightningModule):
         self.policy, _ = self.adapter.load(self.hparams.model_path, dtype)
         self.adapter.set_trainable(self.policy, self.hparams.trainable)
         self.policy.train()  # from_pretrained returns eval mode
-        self.reference, _ = self.adapter.load(self.hparams.model_path, dtype)
-        self.reference.requires_grad_(False).eval()
+        if self.hparams.reference_logps is None:
+            self.reference, _ = self.adapter.load(self.hparams.model_path, dtype)
+            self.reference.requires_grad_(False).eval()
+
+    # ---- precomputed reference log-probs -----------------------------------------------------
+    def load_reference_logps(self, datamodule, resuming: bool = False) -> None:
+        """Read ``reference_logps`` for every train/val record, computing the file first if absent."""
+        from tpo import reference
+
+        path, h = Path(self.hparams.reference_logps), self.hparams
+        records = datamodule.all_records()
+        fingerprint = reference.model_fingerprint(h.model_path, h.family, h.dtype, datamodule.collator.processor)
+        if not path.exists():
+            if resuming:
+                raise FileNotFoundError(f"reference log-probs {path} are missing; a resumed run cannot compute them "
+                                        "(the policy is no longer the reference): restore the file")
+            values = reference.compute(self.adapter, self.policy, PreferenceDataset(records), datamodule.collator,
+                                       datamodule.hparams.batch_size)
+            trainer = self._trainer  # None outside fit/validate (`tpo precompute-ref`)
+            if trainer is None or trainer.is_global_zero:
+                reference.save(path, fingerprint, records, values)
+            if trainer is not None:
+                trainer.strategy.barrier("reference_logps")
+        self.reference_table = reference.load(path, fingerprint, records)
+
+    def _needs_reference_table(self) -> bool:
+        return self.hparams.reference_logps is not None and self.reference_table is None
+
+    def on_fit_start(self) -> None:
+        if self._needs_reference_table():
+            self.load_reference_logps(self.trainer.datamodule, resuming=self.trainer.ckpt_path is not None)
+
+    def on_validation_start(self) -> None:
+        if self._needs_reference_table():
+            self.load_reference_logps(self.trainer.datamodule)
+
+    def _reference_logps(self, batch: dict) -> torch.Tensor:
+        if self.reference is not None:
+            with torch.no_grad():
+                return self.sequence_logps(self.reference, batch)[0]
+        pairs = torch.stack([self.reference_table[rid] for rid in batch["ids"]]).to(self.device)
+        return torch.cat([pairs[:, 0], pairs[:, 1]])
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -77,8 +124,7 @@ class TPOModule(L.LightningModule):
     def _step(self, batch: dict) -> dict[str, torch.Tensor]:
         n = len(batch["ids"])
         policy_logps, tokens = self.sequence_logps(self.policy, batch)
-        with torch.no_grad():
-            ref_logps, _ = self.sequence_logps(self.reference, batch)
+        ref_logps = self._reference_logps(batch)
         h = self.hparams
         return tpo_loss(policy_logps[:n], policy_logps[n:], ref_logps[:n], ref_logps[n:], tokens[:n],
                         beta=h.beta, alpha=h.alpha, loss_type=h.loss_type)

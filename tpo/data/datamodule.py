@@ -125,6 +125,10 @@ class PreferenceDataModule(L.LightningDataModule):
         self.val_set = PreferenceDataset(val) if val else None
         log.info("preference pairs: %d train, %d validation", len(self.train_set), len(val))
 
+    def all_records(self) -> list[Record]:
+        """The training and validation records (what reference log-probs are needed for)."""
+        return self.train_set.records + (self.val_set.records if self.val_set is not None else [])
+
     def _report_skipped(self, bad) -> None:
         self.skipped = bad
         log.warning("skipping %d bad preference record(s): %s", len(bad), summarize(bad))

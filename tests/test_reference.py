@@ -1,0 +1,82 @@
+"""Precomputed reference log-probs: same training as a live reference, and stale caches refused."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+
+from tpo.data.datamodule import PreferenceDataModule
+from tpo.module import TPOModule
+from tpo.reference import StaleReferenceError
+
+FAMILY = "llava_onevision"
+MODEL = f"builtin:tiny-{FAMILY}"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Losses(L.Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.values.append(outputs["loss"].item())
+
+
+def _fit(root, pref_file, steps=8, **module_args):
+    L.seed_everything(0)
+    module = TPOModule(MODEL, FAMILY, beta=0.3, lr=3e-3, **module_args)
+    losses = Losses()
+    trainer = L.Trainer(default_root_dir=root, max_steps=steps, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, logger=False, enable_checkpointing=False, callbacks=[losses])
+    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0, val_fraction=0.25)
+    trainer.fit(module, dm)
+    return module, losses.values, dm
+
+
+def test_precomputed_reference_trains_like_the_live_reference(tmp_path, pref_file):
+    _, live, _ = _fit(tmp_path / "live", pref_file)
+    cache = tmp_path / "ref.json"
+    module, cached, dm = _fit(tmp_path / "cached", pref_file, reference_logps=str(cache))
+    assert module.reference is None and cache.exists()  # computed at fit start, no reference model held
+    assert len(json.loads(cache.read_text())["entries"]) == len(dm.all_records())
+    assert cached == pytest.approx(live, rel=1e-4, abs=1e-5)
+    assert not any(k.startswith("reference.") for k in module.state_dict())
+    _, again, _ = _fit(tmp_path / "again", pref_file, reference_logps=str(cache))  # read back, not recomputed
+    assert again == pytest.approx(live, rel=1e-4, abs=1e-5)
+
+
+def test_stale_or_foreign_caches_are_refused(tmp_path, pref_file):
+    cache = tmp_path / "ref.json"
+    _fit(tmp_path / "a", pref_file, steps=1, reference_logps=str(cache))
+    with pytest.raises(StaleReferenceError, match="another model, dtype or processor"):
+        _fit(tmp_path / "b", pref_file, steps=1, reference_logps=str(cache), dtype="bfloat16")
+    edited = tmp_path / "edited.jsonl"
+    lines = pref_file.read_text().splitlines()
+    record = json.loads(lines[0])
+    record["chosen"] += " Then it stops."
+    edited.write_text("\n".join([json.dumps(record)] + lines[1:]) + "\n")
+    (tmp_path / "videos").symlink_to(pref_file.parent / "videos")
+    with pytest.raises(StaleReferenceError, match=r"0 record\(s\) missing, 1 changed"):
+        _fit(tmp_path / "c", edited, steps=1, reference_logps=str(cache))
+
+
+def test_resume_without_the_cache_is_refused(tmp_path, pref_file):
+    module = TPOModule(MODEL, FAMILY, reference_logps=str(tmp_path / "missing.json"))
+    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4)
+    dm.setup("fit")
+    module.configure_model()
+    with pytest.raises(FileNotFoundError, match="resumed run cannot compute them"):
+        module.load_reference_logps(dm, resuming=True)
+
+
+def test_precompute_ref_command(tmp_path, pref_file):
+    cmd = [sys.executable, "-m", "tpo", "precompute-ref", "--config", str(REPO / "lightning_configs/demo.yaml"),
+           "--data.path", str(pref_file), "--model.reference_logps", str(tmp_path / "ref.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "records written" in done.stdout and (tmp_path / "ref.json").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "records checked" in done.stdout
