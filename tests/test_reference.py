@@ -80,3 +80,42 @@ def test_precompute_ref_command(tmp_path, pref_file):
     assert "records written" in done.stdout and (tmp_path / "ref.json").exists()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "records checked" in done.stdout
+
+
+def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path, pref_file):
+    import torch
+
+    from tpo.data.collate import SharedPrefixCollator
+    from tpo.export import HFExport
+    from tpo.lora import LoraSettings
+    from tpo.shared_prefix import shared_prefix_logps
+
+    L.seed_everything(0)
+    module = TPOModule(MODEL, FAMILY, beta=0.3, lr=3e-3, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0)
+    dm.setup("fit")
+    batch = SharedPrefixCollator(module.adapter, dm.collator.processor)([dm.train_set[0], dm.train_set[1]])
+    base = module.adapter.load(MODEL)[0].eval()
+    with torch.no_grad():
+        base_logps = shared_prefix_logps(module.adapter, base, batch)[0]
+    seen = {}
+
+    class AtTrainEnd(L.Callback):  # before the export merges the adapters into the weights
+        def on_train_end(self, trainer, pl_module):
+            with torch.no_grad():
+                seen["reference"] = pl_module._reference_logps(batch)
+                seen["policy"] = shared_prefix_logps(pl_module.adapter, pl_module.policy, batch)[0]
+
+    export = HFExport()
+    trainer = L.Trainer(default_root_dir=tmp_path, max_steps=6, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, logger=False, enable_checkpointing=False,
+                        callbacks=[AtTrainEnd(), export])
+    module.configure_model()
+    trainable = [n for n, p in module.policy.named_parameters() if p.requires_grad]
+    assert module.reference is None and trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    trainer.fit(module, dm)
+    assert torch.allclose(seen["reference"], base_logps, atol=1e-4)  # adapters off = the base model
+    assert not torch.allclose(seen["policy"], base_logps, atol=1e-3)  # the adapters learned something
+    with torch.no_grad():  # the export holds the merged weights: it scores like the trained policy
+        exported = shared_prefix_logps(module.adapter, module.adapter.load(str(export.path))[0].eval(), batch)[0]
+    assert torch.allclose(exported, seen["policy"], atol=1e-4)

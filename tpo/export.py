@@ -7,6 +7,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from tpo.lora import is_lora
+
 
 def full_policy_state_dict(trainer: L.Trainer, module) -> dict[str, torch.Tensor]:
     """The policy's full (unsharded) weights on CPU, gathered from any strategy."""
@@ -34,8 +36,13 @@ class HFExport(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
         if not self.enabled or trainer.interrupted:
             return
-        state = full_policy_state_dict(trainer, pl_module)
         self.path = export_dir(trainer)
+        if is_lora(pl_module.policy):
+            if trainer.world_size > 1:
+                raise NotImplementedError("HF export of a LoRA policy trained on several processes is not supported "
+                                          "yet; export from the checkpoint on one process")
+            pl_module.policy = pl_module.policy.merge_and_unload()  # the adapters folded into the weights
+        state = full_policy_state_dict(trainer, pl_module)
         if trainer.is_global_zero:
             pl_module.policy.save_pretrained(self.path, state_dict=state)
             pl_module.adapter.load_processor(pl_module.hparams.model_path).save_pretrained(self.path)

@@ -10,6 +10,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from tpo.data.datamodule import PreferenceDataset
+from tpo.lora import LoraSettings, add_lora
 from tpo.loss import LossType, tpo_loss
 from tpo.models import get_adapter
 from tpo.shared_prefix import shared_prefix_logps
@@ -38,13 +39,15 @@ class TPOModule(L.LightningModule):
             reference model is loaded: the file is read at the start of fit/validate, and computed there
             first (with the untrained policy, which *is* the reference) when it does not exist yet.
             ``None``: a live frozen reference model.
+        lora: train LoRA adapters on the language model instead of full weights (``trainable`` is then
+            ignored); the reference is the same model with its adapters disabled, so there is no copy.
     """
 
     def __init__(
         self, model_path: str, family: str, beta: float = 0.1, alpha: float = 1.0,
         loss_type: LossType = "sigmoid", lr: float = 1e-6, weight_decay: float = 0.0,
         warmup_ratio: float = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
-        dtype: str = "float32", reference_logps: str | None = None,
+        dtype: str = "float32", reference_logps: str | None = None, lora: LoraSettings | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -65,9 +68,12 @@ class TPOModule(L.LightningModule):
             return
         dtype = DTYPES[self.hparams.dtype]
         self.policy, _ = self.adapter.load(self.hparams.model_path, dtype)
-        self.adapter.set_trainable(self.policy, self.hparams.trainable)
+        if self.hparams.lora is not None:
+            self.policy = add_lora(self.policy, self.adapter, self.hparams.lora)
+        else:
+            self.adapter.set_trainable(self.policy, self.hparams.trainable)
         self.policy.train()  # from_pretrained returns eval mode
-        if self.hparams.reference_logps is None:
+        if self.hparams.reference_logps is None and self.hparams.lora is None:
             self.reference, _ = self.adapter.load(self.hparams.model_path, dtype)
             self.reference.requires_grad_(False).eval()
 
@@ -107,6 +113,9 @@ class TPOModule(L.LightningModule):
         if self.reference is not None:
             with torch.no_grad():
                 return self.sequence_logps(self.reference, batch)[0]
+        if self.reference_table is None:  # LoRA: the base model is the policy with adapters off
+            with torch.no_grad(), self.policy.disable_adapter():
+                return self.sequence_logps(self.policy, batch)[0]
         pairs = torch.stack([self.reference_table[rid] for rid in batch["ids"]]).to(self.device)
         return torch.cat([pairs[:, 0], pairs[:, 1]])
 
