@@ -87,11 +87,10 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path, pref_file)
 
     from tpo.data.collate import SharedPrefixCollator
     from tpo.export import HFExport
-    from tpo.lora import LoraSettings
     from tpo.shared_prefix import shared_prefix_logps
 
     L.seed_everything(0)
-    module = TPOModule(MODEL, FAMILY, beta=0.3, lr=3e-3, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    module = TPOModule(MODEL, FAMILY, beta=0.3, lr=3e-3, lora={"r": 4, "alpha": 8, "dropout": 0.0})  # as the CLI gives it
     dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0)
     dm.setup("fit")
     batch = SharedPrefixCollator(module.adapter, dm.collator.processor)([dm.train_set[0], dm.train_set[1]])

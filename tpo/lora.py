@@ -17,9 +17,12 @@ class LoraSettings:
     target_modules: list[str] = field(default_factory=lambda: list(LM_PROJECTIONS))  # inside the language model
 
 
-def add_lora(model, adapter: ModelAdapter, settings: LoraSettings):
+def add_lora(model, adapter: ModelAdapter, settings: LoraSettings | dict):
     """Wrap ``model`` with LoRA adapters on the language model's projections; only they train."""
     from peft import LoraConfig, get_peft_model
+
+    if isinstance(settings, dict):  # as the CLI and saved hyper-parameters hand it over
+        settings = LoraSettings(**settings)
 
     prefix = adapter.parts["language_model"][0].replace(".", r"\.")
     pattern = rf"{prefix}\..*\.({'|'.join(settings.target_modules)})"
