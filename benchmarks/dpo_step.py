@@ -6,8 +6,8 @@
 - ``naive``: the common (TRL-style) step: policy on prompt+chosen and prompt+rejected as two
   rows, full-vocabulary logits everywhere, then a live reference model on both rows again.
 
-TRL's ``DPOTrainer`` is not measured: ``trl`` is not a dependency and its preference collator
-pads image inputs, not the video tensors (``pixel_values_videos``) these models take.
+TRL's ``DPOTrainer`` is not measured: ``trl`` is not a dependency, and making its trainer take the
+same video tensors (``pixel_values_videos``, ``video_grid_thw``) and batch was not attempted.
 
 Shapes follow the paper: 32 frames with the family's real tokens per frame (LLaVA-OneVision:
 196 after 2x2 pooling), a ~60-token question, responses of 50-300 tokens. ``--shape cpu`` is a
@@ -200,7 +200,7 @@ def main() -> None:
         print(f"{name:15}{r['step_s']:>9.3f}{r['samples_per_s']:>9.3f}{r['tokens_per_s']:>10.0f}"
               f"{r['peak_bytes'] / 2**20:>10.0f}{r['samples_per_s'] / base['samples_per_s']:>9.2f}"
               f"{r['peak_bytes'] / base['peak_bytes']:>7.2f}" + (f"{r['mfu']:>7.1%}" if "mfu" in r else ""))
-    print("TRL DPOTrainer: not measured (not a dependency; its collator does not carry video tensors)")
+    print("TRL DPOTrainer: not measured (trl is not a dependency; feeding it these video inputs was not attempted)")
     ours = results["ours"]
     print(f"speedup_vs_naive={ours['samples_per_s'] / base['samples_per_s']:.2f} "
           f"memory_vs_naive={ours['peak_bytes'] / base['peak_bytes']:.2f}")
