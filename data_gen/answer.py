@@ -7,8 +7,6 @@ frames as images to an OpenAI-compatible server (e.g. vLLM serving the same mode
 
 from __future__ import annotations
 
-from functools import partial
-
 from data_gen.cache import Outcome
 from data_gen.client import CallStats, ChatClient, jpeg_data_url, parse_text, user_message
 from data_gen.config import AnswerConfig, ApiConfig, fingerprint
@@ -29,8 +27,7 @@ def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConf
         for side, field in SIDES.items():
             frames = getattr(q["segment"], field)
             key = fingerprint("answer", settings, video.identity, frames, q["question"])
-            jobs.append(Job(f"{q['id']}::{side}", key,
-                            payload=(video, q["segment"].frame_indices, frames, q["question"])))
+            jobs.append(Job(f"{q['id']}::{side}", key, (video, q["segment"].frame_indices, frames, q["question"])))
     return jobs
 
 
@@ -82,13 +79,8 @@ class ApiAnswerer:
 
 
 def run_answers(jobs: list[Job], cfg: AnswerConfig, api: ApiConfig, stats: CallStats, runner: StageRunner) -> None:
-    if not runner.missing(jobs):
-        runner.pending(jobs)
-    elif cfg.backend == "local":
-        answerer = LocalAnswerer(cfg)
-        runner.run_batched(jobs, cfg.batch_size, answerer.run_batch, group=lambda job: len(job.payload[2]))
+    if cfg.backend == "local":
+        runner.run_batched(jobs, cfg.batch_size, lambda: LocalAnswerer(cfg).run_batch,
+                           group=lambda job: len(job.payload[2]))
     else:
-        answerer = ApiAnswerer(cfg, api, stats)
-        for job in jobs:
-            job.run = partial(answerer, *job.payload)
-        runner.run_concurrent(jobs, api.max_concurrency)
+        runner.run_calls(jobs, lambda: ApiAnswerer(cfg, api, stats), api.max_concurrency)

@@ -7,8 +7,6 @@ several segments of a video is captioned once.
 
 from __future__ import annotations
 
-from functools import partial
-
 from data_gen.cache import Outcome
 from data_gen.client import CallStats, ChatClient, jpeg_data_url, parse_text, user_message
 from data_gen.config import ApiConfig, CaptionConfig, fingerprint, prompt_template
@@ -35,7 +33,7 @@ def caption_jobs(segments: list[Segment], videos: dict[str, Video], cfg: Caption
     sampled = {seg.video: seg.frame_indices for seg in segments}
     frames = sorted({(seg.video, f) for seg in segments for f in seg.chosen_frames})
     return [Job(frame_id(v, f), fingerprint("caption", settings, videos[v].identity, f),
-                payload=(videos[v], sampled[v], f)) for v, f in frames]
+                (videos[v], sampled[v], f)) for v, f in frames]
 
 
 def _frame(video: Video, sampled: tuple[int, ...], frame: int):
@@ -101,13 +99,8 @@ class LocalCaptioner:
 
 def run_captions(jobs: list[Job], cfg: CaptionConfig, api: ApiConfig, stats: CallStats,
                  runner: StageRunner) -> None:
-    """Caption every job's frame; models are loaded (or clients made) only if something is missing."""
-    if not runner.missing(jobs):
-        runner.pending(jobs)  # all cached: just read them back
-    elif cfg.backend == "transformers":
-        runner.run_batched(jobs, cfg.batch_size, LocalCaptioner(cfg).run_batch)
+    """Caption every job's frame; the model is loaded (or the client made) only if something is missing."""
+    if cfg.backend == "transformers":
+        runner.run_batched(jobs, cfg.batch_size, lambda: LocalCaptioner(cfg).run_batch)
     else:
-        captioner = ApiCaptioner(cfg, api, stats)
-        for job in jobs:
-            job.run = partial(captioner, *job.payload)
-        runner.run_concurrent(jobs, api.max_concurrency)
+        runner.run_calls(jobs, lambda: ApiCaptioner(cfg, api, stats), api.max_concurrency)

@@ -88,8 +88,8 @@ def index_videos(root: str | Path, rels: list[str], runner: StageRunner) -> tupl
     for rel in rels:
         stat = (root / rel).stat()
         identities[rel] = fingerprint(rel, stat.st_size, stat.st_mtime_ns)
-        jobs.append(Job(rel, fingerprint("index", identities[rel]), lambda p=root / rel: _probe_outcome(p)))
-    runner.run_batched(jobs, batch_size=1, run_batch=lambda batch: [job.run() for job in batch])
+        jobs.append(Job(rel, fingerprint("index", identities[rel]), (root / rel,)))
+    runner.run_batched(jobs, 1, lambda: lambda batch: [_probe_outcome(*job.payload) for job in batch])
     videos, skipped = [], []
     for rel in rels:
         outcome = runner.outcomes[rel]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
 from string import Template
 
 from data_gen.cache import Outcome
@@ -40,7 +39,7 @@ def filter_jobs(pairs: list[dict], cfg: PostFilterConfig) -> list[Job]:
     for pair in pairs:
         prompt = template.substitute(captions=pair["captions_text"], question=pair["question"],
                                      chosen=pair["chosen"], rejected=pair["rejected"])
-        jobs.append(Job(pair["id"], fingerprint("postfilter", settings, prompt), payload=prompt))
+        jobs.append(Job(pair["id"], fingerprint("postfilter", settings, prompt), (prompt,)))
     return jobs
 
 
@@ -50,14 +49,10 @@ def run_postfilter(jobs: list[Job], cfg: PostFilterConfig, api: ApiConfig, stats
         for job in jobs:
             runner.outcomes[job.id] = Outcome(True, {"kept": True, "rule": None, "reason": "post-filter disabled"})
         return
-    if not runner.missing(jobs):
-        runner.pending(jobs)
-        return
-    client = ChatClient(api, cfg.base_url, cfg.model, stats, "postfilter")
 
-    def judge(prompt: str) -> Outcome:
-        return client.ask(user_message(prompt), parse_verdict, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+    def make_call():
+        client = ChatClient(api, cfg.base_url, cfg.model, stats, "postfilter")
+        return lambda prompt: client.ask(user_message(prompt), parse_verdict, max_tokens=cfg.max_tokens,
+                                         temperature=cfg.temperature)
 
-    for job in jobs:
-        job.run = partial(judge, job.payload)
-    runner.run_concurrent(jobs, api.max_concurrency)
+    runner.run_calls(jobs, make_call, api.max_concurrency)

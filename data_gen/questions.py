@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 from string import Template
 
-from data_gen.cache import Outcome
 from data_gen.client import CallStats, ChatClient, parse_json_object, user_message
 from data_gen.config import ApiConfig, QuestionConfig, fingerprint, prompt_template
 from data_gen.manipulate import Segment
@@ -52,20 +51,15 @@ def question_jobs(segments: list[Segment], captions: dict[str, list[dict]], fps:
         prompt = Template(template).substitute(
             captions=format_captions(captions[seg.id], fps[seg.video]), num_questions=cfg.per_segment,
             question_types=", ".join(cfg.types))
-        jobs.append(Job(seg.id, fingerprint("questions", settings, prompt), payload=prompt))
+        jobs.append(Job(seg.id, fingerprint("questions", settings, prompt), (prompt,)))
     return jobs
 
 
 def run_questions(jobs: list[Job], cfg: QuestionConfig, api: ApiConfig, stats: CallStats, runner: StageRunner) -> None:
-    if not runner.missing(jobs):
-        runner.pending(jobs)
-        return
-    client = ChatClient(api, cfg.base_url, cfg.model, stats, "questions")
-    parse = partial(parse_questions, types=list(cfg.types), limit=cfg.per_segment)
+    def make_call():
+        client = ChatClient(api, cfg.base_url, cfg.model, stats, "questions")
+        parse = partial(parse_questions, types=list(cfg.types), limit=cfg.per_segment)
+        return lambda prompt: client.ask(user_message(prompt), parse, max_tokens=cfg.max_tokens,
+                                         temperature=cfg.temperature)
 
-    def ask(prompt: str) -> Outcome:
-        return client.ask(user_message(prompt), parse, max_tokens=cfg.max_tokens, temperature=cfg.temperature)
-
-    for job in jobs:
-        job.run = partial(ask, job.payload)
-    runner.run_concurrent(jobs, api.max_concurrency)
+    runner.run_calls(jobs, make_call, api.max_concurrency)

@@ -18,12 +18,11 @@ from data_gen.client import TransientFailure
 
 @dataclass
 class Job:
-    """One item of a stage: ``key`` is its cache key, ``run`` computes its outcome."""
+    """One item of a stage: ``key`` is its cache key, ``payload`` the arguments its call needs."""
 
     id: str  # human-readable item id (for failures.jsonl)
     key: str
-    run: Callable[[], Outcome] | None = None  # concurrent stages
-    payload: object = None  # batched stages: what the batch function needs
+    payload: tuple = ()
 
 
 class StageRunner:
@@ -57,8 +56,14 @@ class StageRunner:
         self.outcomes[job.id] = outcome
         self.computed += 1
 
-    def run_concurrent(self, jobs: Iterable[Job], max_concurrency: int) -> None:
+    def run_calls(self, jobs: Iterable[Job], make_call: Callable[[], Callable[..., Outcome]],
+                  max_concurrency: int) -> None:
+        """Run ``call(*job.payload)`` concurrently for the jobs not cached; ``make_call()`` (which
+        may build an API client) runs only if there is any."""
         todo = self.pending(jobs)
+        if not todo:
+            return
+        call = make_call()
         bar = tqdm(total=len(todo), desc=self.stage, unit="call", disable=not self.progress or not todo)
         with ThreadPoolExecutor(max_concurrency) as pool:
             running = {}
@@ -66,7 +71,7 @@ class StageRunner:
             try:
                 while True:
                     while len(running) < 2 * max_concurrency and (job := next(queue, None)) is not None:
-                        running[pool.submit(job.run)] = job
+                        running[pool.submit(call, *job.payload)] = job
                     if not running:
                         break
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -83,9 +88,11 @@ class StageRunner:
             finally:
                 bar.close()
 
-    def run_batched(self, jobs: list[Job], batch_size: int, run_batch: Callable[[list[Job]], list[Outcome]],
+    def run_batched(self, jobs: list[Job], batch_size: int,
+                    make_run_batch: Callable[[], Callable[[list[Job]], list[Outcome]]],
                     group: Callable[[Job], object] = lambda job: None) -> None:
-        """Run ``jobs`` in batches of jobs with equal ``group(job)``.
+        """Run ``jobs`` in batches of jobs with equal ``group(job)``; ``make_run_batch()`` (which may
+        load a model) runs only if some batch is not cached.
 
         The batches are planned over *all* jobs, cached or not, and a batch runs whole if any of
         its jobs is missing: a resumed run computes every item in the same batch as an
@@ -105,6 +112,7 @@ class StageRunner:
             else:
                 todo_batches.append(batch)
         total = sum(len(b) for b in todo_batches)
+        run_batch = make_run_batch() if todo_batches else None
         with tqdm(total=total, desc=self.stage, unit="item", disable=not self.progress or not total) as bar:
             for batch in todo_batches:
                 for job, outcome in zip(batch, run_batch(batch)):
