@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tpo.models import IGNORE_INDEX, ModelAdapter
+from tpo.models import IGNORE_INDEX, ModelAdapter, pad_token_id
 from tpo.shared_prefix import pack_pairs
 
 
@@ -42,8 +42,7 @@ class PairCollator:
     def __init__(self, adapter: ModelAdapter, processor):
         self.adapter = adapter
         self.processor = processor
-        tokenizer = getattr(processor, "tokenizer", processor)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_token_id(processor)
 
     def __call__(self, items: list[dict]) -> dict:
         prompts = [self.adapter.encode_prompt(self.processor, it["frames"], it["question"]) for it in items]

@@ -1,6 +1,6 @@
 """Supported video-LMM families. Add a family by adding one :class:`ModelAdapter` here."""
 
-from tpo.models.adapter import IGNORE_INDEX, PARTS, ModelAdapter, PromptEncoding
+from tpo.models.adapter import IGNORE_INDEX, PARTS, ModelAdapter, PromptEncoding, pad_token_id
 
 _LLAVA_PARTS = {
     "vision_tower": ("model.vision_tower",),
@@ -32,4 +32,4 @@ def get_adapter(family: str) -> ModelAdapter:
     return FAMILIES[family]
 
 
-__all__ = ["FAMILIES", "IGNORE_INDEX", "PARTS", "ModelAdapter", "PromptEncoding", "get_adapter"]
+__all__ = ["FAMILIES", "IGNORE_INDEX", "PARTS", "ModelAdapter", "PromptEncoding", "get_adapter", "pad_token_id"]

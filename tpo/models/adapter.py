@@ -28,6 +28,12 @@ def _resolve(path: str) -> str:
     return str(resolve(path))
 
 
+def pad_token_id(processor) -> int:
+    """The tokenizer's pad id, or its eos id when it has no pad token."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 @dataclass
 class PromptEncoding:
     """A processed (video, question) prompt.

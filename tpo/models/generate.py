@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tpo.models.adapter import ModelAdapter, PromptEncoding
+from tpo.models.adapter import ModelAdapter, PromptEncoding, pad_token_id
 
 
 def resolve_device(device: str) -> torch.device:
@@ -41,8 +41,7 @@ def generate_texts(model, tokenizer, inputs: dict[str, torch.Tensor], max_new_to
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     if seed is not None:
         torch.manual_seed(seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **sampling)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer), **sampling)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
@@ -52,5 +51,5 @@ def answer_questions(adapter: ModelAdapter, model, processor, videos: list[np.nd
     """The model's answers to ``questions[i]`` about ``videos[i]`` (frames ``(T, H, W, 3)``), one batch."""
     tokenizer = getattr(processor, "tokenizer", processor)
     prompts = [adapter.encode_prompt(processor, frames, q) for frames, q in zip(videos, questions)]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return generate_texts(model, tokenizer, left_padded_batch(prompts, pad_id), max_new_tokens, temperature, seed)
+    return generate_texts(model, tokenizer, left_padded_batch(prompts, pad_token_id(tokenizer)), max_new_tokens,
+                          temperature, seed)
