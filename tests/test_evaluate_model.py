@@ -83,3 +83,29 @@ def test_callback_logs_accuracy_during_training(tmp_path, pref_file, mcq_file):
     assert module.policy.training  # put back in training mode after each evaluation
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
     assert "eval/toy/accuracy" in logged and "eval/toy/order" in logged
+
+
+def test_generation_stops_at_the_end_of_turn_token():
+    """Training ends every response with the tokenizer's eos; generation must stop there even when
+    the checkpoint's generation config names no end token (the tiny models', some fine-tunes')."""
+    from types import SimpleNamespace
+
+    from tpo.models.generate import generate_texts, stop_token_ids
+
+    adapter, model, processor = load_for_eval(MODEL, dtype=torch.float32, device="cpu")
+    tokenizer = processor.tokenizer
+    assert model.generation_config.eos_token_id is None
+    assert stop_token_ids(model, tokenizer) == [tokenizer.eos_token_id]
+    model.generation_config.eos_token_id = [7, tokenizer.eos_token_id]
+    assert stop_token_ids(model, tokenizer) == [7, tokenizer.eos_token_id]
+    seen = {}
+
+    def fake_generate(**kwargs):  # records the stop tokens, replies "B" then end-of-turn then junk
+        seen.update(kwargs)
+        tail = tokenizer("B", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        return torch.cat([kwargs["input_ids"], torch.tensor([tail])], dim=1)
+
+    fake = SimpleNamespace(generate=fake_generate, parameters=model.parameters, generation_config=model.generation_config)
+    ids = torch.tensor([[5, 6]])
+    assert generate_texts(fake, tokenizer, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 4) == ["B"]
+    assert seen["eos_token_id"] == [7, tokenizer.eos_token_id]

@@ -32,6 +32,14 @@ def left_padded_batch(prompts: list[PromptEncoding], pad_id: int) -> dict[str, t
     return batch
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The model's own end tokens plus the tokenizer's end-of-turn token, which training appends to
+    every response; without it a model whose generation config names no end token never stops."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured] if configured is not None else []
+    return list(dict.fromkeys(ids + [tokenizer.eos_token_id]))
+
+
 @torch.inference_mode()
 def generate_texts(model, tokenizer, inputs: dict[str, torch.Tensor], max_new_tokens: int,
                    temperature: float = 0.0, seed: int | None = None) -> list[str]:
@@ -41,7 +49,8 @@ def generate_texts(model, tokenizer, inputs: dict[str, torch.Tensor], max_new_to
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     if seed is not None:
         torch.manual_seed(seed)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer), **sampling)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer),
+                         eos_token_id=stop_token_ids(model, tokenizer), **sampling)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
