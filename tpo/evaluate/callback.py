@@ -23,6 +23,7 @@ class MCQEval(L.Callback):
         self.every_n_steps, self.num_frames, self.limit = every_n_steps, num_frames, limit
         self.batch_size, self.max_new_tokens, self.at_start = batch_size, max_new_tokens, at_start
         self.items = None
+        self.processor = None
         self.history: list[tuple[int, float]] = []  # (step, accuracy)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -32,8 +33,9 @@ class MCQEval(L.Callback):
         self.items = loaded.items
 
     def _run(self, trainer, pl_module) -> None:
-        processor = pl_module.adapter.load_processor(pl_module.hparams.model_path)
-        answerer = VideoAnswerer(pl_module.adapter, pl_module.policy, processor, self.max_new_tokens)
+        if self.processor is None:
+            self.processor = pl_module.adapter.load_processor(pl_module.hparams.model_path)
+        answerer = VideoAnswerer(pl_module.adapter, pl_module.policy, self.processor, self.max_new_tokens)
         was_training = pl_module.policy.training
         pl_module.policy.eval()
         summary = evaluate(self.items, answerer, self.num_frames, self.batch_size, limit=self.limit, progress=False)
