@@ -32,7 +32,8 @@ def parse_questions(text: str, types: list[str], limit: int) -> list[dict]:
         qtype = str(item.get("type", "")).strip().lower()
         if qtype not in known:
             raise ValueError(f"question type {item.get('type')!r} is not one of {types}")
-        question = " ".join(item["question"].split())
+        # whitespace tidied line by line: a multiple-choice question keeps one option per line
+        question = "\n".join(" ".join(line.split()) for line in item["question"].splitlines() if line.strip())
         if question.lower() not in seen:
             seen.add(question.lower())
             questions.append({"type": known[qtype], "question": question})

@@ -6,7 +6,8 @@ the requested ``model``, with scripts that read the synthetic world of ``tpo.syn
 - ``scripted-captioner``: looks at the JPEG it is sent and names the shape's colour and place;
 - ``scripted-llm``: writes questions from the captions in the prompt (JSON, as asked);
 - ``scripted-judge``: a deterministic post-filter verdict;
-- ``scripted-vlm``: answers a question about the frames it is sent.
+- ``scripted-vlm``: answers a question about the frames it is sent;
+- ``toy-captioner``, ``toy-llm``, ``toy-judge``: the toy LLM of the reproduction (:mod:`data_gen.toy_llm`).
 
 Faults can be injected: ``inject("429", "500", "timeout", "garbage", "badbody")`` makes the
 next requests fail that way, in arrival order; ``fault_rate`` fails a random share of them.
@@ -29,6 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from data_gen import toy_llm
 from tpo.synthetic.world import COLOURS
 
 FAULTS = ("429", "500", "timeout", "garbage", "badbody")
@@ -67,11 +69,15 @@ def describe_image(image: np.ndarray) -> str:
     return f"A {colour} shape at the {vertical} {horizontal} of a dark background."
 
 
-def caption(request: dict) -> str:
+def _one_image(request: dict) -> np.ndarray:
     images = _images(request)
     if len(images) != 1:
         raise ValueError(f"the captioner expects exactly one image, got {len(images)}")
-    return describe_image(images[0])
+    return images[0]
+
+
+def caption(request: dict) -> str:
+    return describe_image(_one_image(request))
 
 
 def write_questions(request: dict) -> str:
@@ -111,7 +117,11 @@ def answer(request: dict) -> str:
 
 
 SCRIPTS = {"scripted-captioner": caption, "scripted-llm": write_questions, "scripted-judge": judge,
-           "scripted-vlm": answer}
+           "scripted-vlm": answer,
+           # the toy LLM of the end-to-end reproduction (data_gen/toy_llm.py)
+           "toy-captioner": lambda r: toy_llm.caption_image(_one_image(r)),
+           "toy-llm": lambda r: toy_llm.write_questions(_prompt_text(r)),
+           "toy-judge": lambda r: toy_llm.judge(_prompt_text(r))}
 
 
 # ---- the server ----------------------------------------------------------------------------------

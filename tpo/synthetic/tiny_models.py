@@ -45,15 +45,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("TPO_CACHE", Path.home() / ".cache" / "tpo"))
 
 
-def build_tokenizer(specials: list[str], eos: str, pad: str, extra: dict[str, str]) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on the synthetic world's vocabulary (any text still encodes)."""
+def build_tokenizer(specials: list[str], eos: str, pad: str, extra: dict[str, str],
+                    corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on ``corpus`` (the synthetic world's sentences by default);
+    any text still encodes."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, extra_special_tokens=extra)
 
 
@@ -64,18 +66,20 @@ def _text_config_kwargs(vocab_size: int) -> dict:
     )
 
 
-def build_llava_onevision():
+def build_llava_onevision(corpus: list[str] = CORPUS, text: dict | None = None, vision: dict | None = None):
+    """``text`` / ``vision`` override the tiny sizes (the toy base model is a little larger)."""
     from transformers import (
         LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
         LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor, Qwen2Config, SiglipVisionConfig,
     )
 
     tok = build_tokenizer(_QWEN_SPECIALS + ["<image>", "<video>"], "<|im_end|>", "<|endoftext|>",
-                          {"image_token": "<image>", "video_token": "<video>"})
-    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                num_attention_heads=2, image_size=FRAME_SIZE, patch_size=PATCH)
+                          {"image_token": "<image>", "video_token": "<video>"}, corpus)
+    vision = SiglipVisionConfig(**{**dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                          num_attention_heads=2), **(vision or {})},
+                                image_size=FRAME_SIZE, patch_size=PATCH)
     config = LlavaOnevisionConfig(
-        vision_config=vision, text_config=Qwen2Config(**_text_config_kwargs(len(tok))),
+        vision_config=vision, text_config=Qwen2Config(**{**_text_config_kwargs(len(tok)), **(text or {})}),
         image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
         image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]], vision_feature_layer=-1,
     )

@@ -29,6 +29,11 @@ def frame_captions(events: list[Event], frames_per_event: int) -> list[str]:
     return [f"{name(e)} moves {e.motion}".capitalize() for e in events for _ in range(frames_per_event)]
 
 
+def answer_text(option: str) -> str:
+    """How the toy base model is taught to reply: the option's text as a sentence ("The blue circle.")."""
+    return option[0].upper() + option[1:] + "."
+
+
 def _mcq(question: str, answer: str, distractors: list[str], category: str, rng: random.Random) -> dict:
     options = [answer] + [d for d in dict.fromkeys(distractors) if d != answer][:3]
     rng.shuffle(options)
@@ -38,7 +43,8 @@ def _mcq(question: str, answer: str, distractors: list[str], category: str, rng:
 def questions(events: list[Event], rng: random.Random) -> list[dict]:
     """One question of each kind about a clip (temporal ones first)."""
     names = [name(e) for e in events]
-    others = [f"the {c} {s}" for c in COLOURS for s in SHAPES if f"the {c} {s}" not in names]
+    used = {e.colour for e in events}
+    others = [f"the {c} {s}" for c in COLOURS for s in SHAPES if c not in used]  # told apart by colour
     rng.shuffle(others)
     i = rng.randrange(len(events) - 1)
     j = rng.randrange(1, len(events))

@@ -1,0 +1,156 @@
+"""The "toy LLM" of the end-to-end reproduction: rule-based stand-ins for GPT-4o-mini.
+
+Served by :mod:`data_gen.scripted_server` under three model names, speaking the real protocol:
+
+- ``toy-captioner`` names the object in a frame: colour, shape (how much of its bounding box it
+  fills) and place ("The red square at the top left.");
+- ``toy-llm`` reads the timestamped captions of a clip and writes multiple-choice questions about
+  it — what appears right after / right before an object, which way an object moves — in the
+  evaluation's prompt format (options listed, answered with the option's text);
+- ``toy-judge`` answers the question from the captions itself and applies the paper's three
+  post-filter rules to the two answers.
+
+They only see what the real models would see (pixels, then caption text), never the ground truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+
+import numpy as np
+
+from tpo.evaluate.answers import extract_choice, mcq_prompt
+from tpo.synthetic.world import COLOURS, MOTIONS, SHAPES
+
+_PLACES = {"left": 0, "centre": 1, "right": 2, "top": 0, "middle": 1, "bottom": 2}
+_CAPTION = re.compile(r"The (\w+) (\w+) at the (\w+) (\w+)\.")
+TYPES = ("temporal order", "attribute")
+
+
+def caption_image(image: np.ndarray) -> str:
+    pixels = image.reshape(-1, 3).astype(float)
+    bright = pixels.max(axis=1) > 80
+    if bright.sum() < 4:
+        return "An empty dark frame."
+    mean = pixels[bright].mean(axis=0)
+    colour = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
+    ys, xs = np.nonzero(bright.reshape(image.shape[:2]))
+    fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    shape = "square" if fill > 0.88 else "circle"
+    h, w = image.shape[:2]
+    horizontal = "left" if xs.mean() < w * 0.4 else "right" if xs.mean() > w * 0.6 else "centre"
+    vertical = "top" if ys.mean() < h * 0.4 else "bottom" if ys.mean() > h * 0.6 else "middle"
+    return f"The {colour} {shape} at the {vertical} {horizontal}."
+
+
+# ---- reading captions back ------------------------------------------------------------------------
+
+def objects_in_order(captions: list[str]) -> list[tuple[str, list[tuple[int, int]]]]:
+    """``[(name, [(column, row), ...]), ...]``: each object once, in order of appearance, with the
+    places it is seen at. Consecutive frames of the same object form one appearance."""
+    seen: list[tuple[str, list[tuple[int, int]]]] = []
+    for text in captions:
+        match = _CAPTION.search(text)
+        if not match:
+            continue
+        colour, shape, vertical, horizontal = match.groups()
+        name = f"the {colour} {shape}"
+        if not seen or seen[-1][0] != name:
+            seen.append((name, []))
+        seen[-1][1].append((_PLACES[horizontal], _PLACES[vertical]))
+    return seen
+
+
+def motion(places: list[tuple[int, int]]) -> str | None:
+    (x0, y0), (x1, y1) = places[0], places[-1]
+    moves = [m for m, (dx, dy) in MOTIONS.items() if (x1 - x0, y1 - y0) in {(dx, dy), (2 * dx, 2 * dy)}]
+    return moves[0] if len(moves) == 1 else None
+
+
+def answer_from_captions(question: str, objects: list[tuple[str, list]]) -> str | None:
+    """The answer the captions give to one of the toy question forms, or ``None``."""
+    names = [n for n, _ in objects]
+    if len(set(names)) != len(names):
+        return None  # an object seen twice: "right after" is ambiguous
+    if m := re.fullmatch(r"What appears right (after|before) (the \w+ \w+)\?", question):
+        if m.group(2) not in names:
+            return None
+        i = names.index(m.group(2)) + (1 if m.group(1) == "after" else -1)
+        return names[i] if 0 <= i < len(names) else None
+    if m := re.fullmatch(r"Which way does (the \w+ \w+) move\?", question):
+        return motion(objects[names.index(m.group(1))][1]) if m.group(1) in names else None
+    return None
+
+
+def _caption_lines(prompt: str) -> list[str]:
+    return [text for _, text in re.findall(r"^\[([^\]]+)\] (.+)$", prompt, re.MULTILINE)]
+
+
+def _parse_mcq(text: str) -> tuple[str, list[str]]:
+    lines = text.strip().split("\n")
+    options = [line[3:] for line in lines[1:] if re.match(r"^[A-Z]\. ", line)]
+    return lines[0], options
+
+
+# ---- the question writer --------------------------------------------------------------------------
+
+def _options(answer: str, pool: list[str], rng: random.Random) -> list[str]:
+    options = [answer] + [p for p in dict.fromkeys(pool) if p != answer][:3]
+    rng.shuffle(options)
+    return options
+
+
+def candidate_questions(objects: list[tuple[str, list]], rng: random.Random) -> list[tuple[str, str, list[str]]]:
+    """``(type, question, options)`` the captions answer; temporal ones first."""
+    names = [n for n, _ in objects]
+    unseen = [f"the {c} {s}" for c in COLOURS for s in SHAPES if not any(f"the {c} " in n + " " for n in names)]
+    rng.shuffle(unseen)
+    temporal, attribute = [], []
+    for a, b in zip(names, names[1:]):
+        temporal.append((f"What appears right after {a}?", _options(b, names[::-1] + unseen, rng)))
+        temporal.append((f"What appears right before {b}?", _options(a, names + unseen, rng)))
+    for name, places in objects:
+        if motion(places):
+            attribute.append((f"Which way does {name} move?", _options(motion(places), list(MOTIONS), rng)))
+    rng.shuffle(temporal)
+    rng.shuffle(attribute)
+    out = [("temporal order", q, o) for q, o in temporal] + [("attribute", q, o) for q, o in attribute]
+    return [c for c in out if answer_from_captions(c[1], objects) is not None]
+
+
+def _seeded(prompt: str) -> random.Random:
+    return random.Random(int(hashlib.sha256(prompt.encode()).hexdigest(), 16))
+
+
+def write_questions(prompt: str) -> str:
+    count = int(re.search(r"Write (\d+) different questions", prompt).group(1))
+    types = {t.strip() for t in re.search(r"question types[^:]*: (.+?)\.\n", prompt).group(1).split(",")}
+    picked = [c for c in candidate_questions(objects_in_order(_caption_lines(prompt)), _seeded(prompt))
+              if c[0] in types][:count]
+    return json.dumps({"questions": [{"type": t, "question": mcq_prompt(q, o)} for t, q, o in picked]})
+
+
+# ---- the judge ------------------------------------------------------------------------------------
+
+def judge(prompt: str) -> str:
+    captions = prompt.split("Captions:\n", 1)[1].split("\n\nQuestion: ", 1)[0]
+    question = prompt.split("\n\nQuestion: ", 1)[1].split("\n\nAnswer A: ", 1)[0]
+    chosen = prompt.split("\n\nAnswer A: ", 1)[1].split("\n\nAnswer B: ", 1)[0]
+    rejected = prompt.split("\n\nAnswer B: ", 1)[1].split("\n\nDrop the example", 1)[0]
+    stem, options = _parse_mcq(question)
+    truth = answer_from_captions(stem, objects_in_order(_caption_lines(captions)))
+    if truth is None or truth not in options:
+        return _verdict(3, "the captions do not give one answer to this question")
+    correct = options.index(truth)
+    if extract_choice(chosen, options) != correct:
+        return _verdict(2, f"answer A does not pick {truth!r}, which the captions show")
+    if extract_choice(rejected, options) == correct:
+        return _verdict(1, "answer B picks the right option too")
+    return json.dumps({"keep": True, "rule": None, "reason": f"A picks {truth!r} as the captions show; B does not"})
+
+
+def _verdict(rule: int, reason: str) -> str:
+    return json.dumps({"keep": False, "rule": rule, "reason": reason})

@@ -1,0 +1,99 @@
+"""The toy LLM reads only pixels and caption text, yet its questions and verdicts match the ground truth."""
+
+import base64
+import io
+import json
+import random
+from string import Template
+
+import numpy as np
+from PIL import Image
+
+from data_gen.client import jpeg_data_url
+from data_gen.config import prompt_template
+from data_gen.questions import format_captions, parse_questions
+from data_gen.toy_llm import caption_image, judge, objects_in_order, write_questions
+from tpo.evaluate.answers import extract_choice
+from tpo.synthetic.toy import name, questions
+from tpo.synthetic.toy_base import describe
+from tpo.synthetic.world import random_events, render_frames
+
+
+def _through_jpeg(frame: np.ndarray) -> np.ndarray:
+    url = jpeg_data_url(frame, 64, 90)
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+
+
+def _captions(events, frames_per_event=4):
+    frames = render_frames(events, frames_per_event)
+    return [{"frame": i, "text": caption_image(_through_jpeg(f))} for i, f in enumerate(frames)]
+
+
+def test_captioner_sees_colour_shape_and_order():
+    rng = random.Random(0)
+    for _ in range(20):
+        events = random_events(rng, rng.choice([3, 4]))
+        objects = objects_in_order([c["text"] for c in _captions(events)])
+        assert [n for n, _ in objects] == [name(e) for e in events]
+
+
+def _question_prompt(captions, count=4, types="temporal order, attribute"):
+    return Template(prompt_template("questions.txt")).substitute(
+        captions=format_captions(captions, fps=8.0), num_questions=count, question_types=types)
+
+
+def _judge_prompt(captions, question, chosen, rejected):
+    return Template(prompt_template("postfilter.txt")).substitute(
+        captions=format_captions(captions, fps=8.0), question=question, chosen=chosen, rejected=rejected)
+
+
+def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
+    rng = random.Random(1)
+    checked = 0
+    for _ in range(20):
+        events = random_events(rng, 4)
+        captions = _captions(events)
+        reply = write_questions(_question_prompt(captions))
+        asked = parse_questions(reply, ["temporal order", "attribute"], 4)
+        assert asked and all(q["type"] in ("temporal order", "attribute") for q in asked)
+        assert asked[0]["type"] == "temporal order"  # order questions are preferred
+        names = [name(e) for e in events]
+        for q in asked:
+            stem, *options, instruction = q["question"].split("\n")
+            assert instruction.startswith("Answer with") and len(options) == 4
+            options = [o[3:] for o in options]
+            if stem.startswith("What appears right after "):
+                truth = names[names.index(stem.removeprefix("What appears right after ").rstrip("?")) + 1]
+            elif stem.startswith("What appears right before "):
+                truth = names[names.index(stem.removeprefix("What appears right before ").rstrip("?")) - 1]
+            else:
+                truth = next(e.motion for e in events if name(e) in stem)
+            assert truth in options
+            # the judge keeps a right answer over a wrong one, and drops it the other way round
+            wrong = next(o for o in options if o != truth)
+            verdict = json.loads(judge(_judge_prompt(captions, q["question"], f"{truth}.", f"{wrong}.")))
+            assert verdict == {"keep": True, "rule": None, "reason": verdict["reason"]}
+            assert json.loads(judge(_judge_prompt(captions, q["question"], f"{wrong}.", f"{truth}.")))["rule"] == 2
+            assert json.loads(judge(_judge_prompt(captions, q["question"], f"{truth}.", f"{truth}!")))["rule"] == 1
+            checked += 1
+    assert checked >= 60
+
+
+def test_judge_drops_questions_the_captions_cannot_answer():
+    events = random_events(random.Random(2), 3)
+    captions = _captions(events)
+    unknown = "What appears right after the purple square?\nA. x\nB. y\nAnswer with the option's letter."
+    assert json.loads(judge(_judge_prompt(captions, unknown, "x", "y")))["rule"] == 3
+    last = f"What appears right after {name(events[-1])}?\nA. {name(events[0])}\nB. y"
+    assert json.loads(judge(_judge_prompt(captions, last, name(events[0]), "y")))["rule"] == 3
+
+
+def test_toy_answers_read_back_through_the_evaluator():
+    """The base model replies with the option's text; extract_choice maps it to the option."""
+    rng = random.Random(3)
+    for _ in range(50):
+        events = random_events(rng, rng.choice([3, 4]))
+        for q in questions(events, rng):
+            reply = q["options"][q["answer"]]
+            assert extract_choice(reply[0].upper() + reply[1:] + ".", q["options"]) == q["answer"]
+    assert describe(events).endswith(".") and describe(events)[0].isupper()

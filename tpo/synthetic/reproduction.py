@@ -1,0 +1,169 @@
+"""The end-to-end toy reproduction: data_gen -> tpo fit -> evaluation, every stage the real one.
+
+Used by ``benchmarks/toy_reproduction.py`` (Table 2 at toy scale) and the ablation notebooks.
+One :class:`PipelineRun` holds the settings — the toy world's by default; ``model_path``,
+``train_config`` and ``benchmark`` switch it to a real model and benchmark — and its methods are
+the pipeline's steps:
+
+- :meth:`PipelineRun.test_split`: held-out toy clips and their multiple-choice questions;
+- :meth:`PipelineRun.generate`: ``data_gen`` on fresh toy clips with the toy LLM server, the base
+  model answering on ``S_a`` and ``S_b`` (``preferences.jsonl``), and the same run without the
+  post-filter (the cache makes the second run only re-write the output);
+- :meth:`PipelineRun.fit`: ``tpo fit`` with ``lightning_configs/toy_tpo.yaml`` (``beta=0`` is
+  SFT on the preferred answers: the DPO term then has no gradient);
+- :meth:`PipelineRun.evaluate`: held-out accuracy, overall and per question category;
+- :func:`scalars`: the last value of each TensorBoard scalar of a ``fit`` run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import data_gen
+from tpo.synthetic.toy import TEMPORAL, write_toy_split
+from tpo.synthetic.toy_base import NUM_FRAMES, ToyBaseConfig, toy_base_path
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_CONFIG = REPO / "lightning_configs" / "toy_tpo.yaml"
+DATA_GEN_CONFIG = Path(data_gen.__file__).parent / "configs" / "toy.yaml"
+TEST_SEED = 10_000  # train clips use seeds 0, 1, 2, ...; test clips never share one
+
+
+@dataclass
+class PipelineRun:
+    out: Path
+    base: ToyBaseConfig = field(default_factory=ToyBaseConfig)
+    model_path: str | None = None  # a real base model instead of the toy one
+    train_config: Path = TRAIN_CONFIG
+    benchmark: tuple[str, str] | None = None  # (loader, path), e.g. ("videomme", ".../test.parquet")
+    num_frames: int = NUM_FRAMES
+    answer_temperature: float = 0.0  # data_gen's answers: greedy, as the paper
+    train_videos: int = 300  # fresh clips per seed for data_gen
+    test_videos: int = 100
+    # None: the value in ``train_config`` (the toy recipe: beta 0.2, alpha 1, lr 1e-4, 2 epochs, batch 8)
+    epochs: int | None = None
+    batch_size: int | None = None
+    quiet: bool = True
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+
+    @property
+    def base_model(self) -> Path | str:
+        return self.model_path or toy_base_path(self.base)
+
+    def test_split(self) -> Path:
+        root = self.out / f"test-{self.test_videos}"
+        if not (root / "mcq.jsonl").exists():
+            write_toy_split(root, self.test_videos, seed=TEST_SEED)
+        return root / "mcq.jsonl"
+
+    # ---- data ------------------------------------------------------------------------------------
+    def generate(self, seed: int, base_url: str) -> dict[str, Path]:
+        """``{"filtered": preferences.jsonl, "unfiltered": preferences.jsonl}`` for ``seed``."""
+        from data_gen.config import load_config
+        from data_gen.pipeline import Pipeline
+
+        root = self.out / f"seed-{seed}"
+        videos = root / "videos"
+        if not (videos / "mcq.jsonl").exists():
+            write_toy_split(videos, self.train_videos, seed=seed)  # its mcq.jsonl is never read
+        paths = {}
+        for name, enabled in (("filtered", True), ("unfiltered", False)):
+            out = root / f"data-{name}"
+            if not (out / "preferences.jsonl").exists():
+                if not enabled:  # reuse the captions, questions and answers of the filtered run
+                    out.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(root / "data-filtered" / "cache.sqlite", out / "cache.sqlite")
+                cfg = load_config(str(DATA_GEN_CONFIG), [
+                    f"videos={videos}", f"output_dir={out}", f"seed={seed}", f"answer.model={self.base_model}",
+                    f"api.base_url={base_url}", f"postfilter.enabled={str(enabled).lower()}",
+                    f"answer.temperature={self.answer_temperature}"])
+                Pipeline(cfg, progress=not self.quiet).run()
+            paths[name] = out / "preferences.jsonl"
+        return paths
+
+    # ---- training --------------------------------------------------------------------------------
+    def fit(self, name: str, preferences: Path, seed: int, beta: float | None = None,
+            extra: list[str] = ()) -> Path:
+        """``tpo fit`` into ``out/<name>``; returns the Hugging Face export of the trained policy."""
+        from tpo.cli import main
+
+        root = self.out / name
+        export = next(root.glob("**/export/config.json"), None)
+        if export is None:
+            args = ["fit", "--config", str(self.train_config), "--seed_everything", str(seed),
+                    "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", str(not self.quiet).lower(),
+                    "--model.model_path", str(self.base_model), "--data.path", str(preferences)]
+            for key, value in (("trainer.max_epochs", self.epochs), ("data.batch_size", self.batch_size),
+                               ("model.beta", beta)):
+                if value is not None:
+                    args += [f"--{key}", str(value)]
+            args += list(extra)
+            with _maybe_quiet(self.quiet):
+                main(args)
+            export = next(root.glob("**/export/config.json"))
+        return export.parent
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def evaluate(self, model: Path, name: str) -> dict:
+        """Held-out summary (``accuracy``, ``by_category``) of ``model``, cached as ``summary.json``."""
+        import torch
+
+        from tpo.evaluate.benchmarks import load_benchmark
+        from tpo.evaluate.mcq import evaluate
+        from tpo.evaluate.model import VideoAnswerer, load_for_eval
+
+        root = self.out / "eval" / name
+        if not (root / "summary.json").exists():
+            root.mkdir(parents=True, exist_ok=True)
+            kind, path = self.benchmark or ("jsonl", self.test_split())
+            items = load_benchmark(kind, path).items
+            dtype = torch.float32 if self.model_path is None else torch.bfloat16  # the toy model trains in fp32
+            adapter, policy, processor = load_for_eval(str(model), dtype=dtype, device="auto")
+            summary = evaluate(items, VideoAnswerer(adapter, policy, processor, max_new_tokens=12),
+                               num_frames=self.num_frames, batch_size=32, predictions_path=root / "predictions.jsonl",
+                               progress=not self.quiet)
+            (root / "summary.json").write_text(json.dumps(summary, indent=2))
+        return json.loads((root / "summary.json").read_text())
+
+
+def toy_setting(quick: bool, out: Path) -> PipelineRun:
+    """The full toy setting, or the reduced one the tests run: a base model trained for seconds,
+    too weak to answer, so data_gen samples its answers (temperature 1) to have pairs to keep."""
+    if not quick:
+        return PipelineRun(out)
+    base = ToyBaseConfig(num_clips=60, describe_steps=10, steps=30, batch_size=16, hidden_size=64, num_layers=2)
+    return PipelineRun(out, base, train_videos=16, test_videos=6, epochs=1, batch_size=4, answer_temperature=1.0)
+
+
+def temporal_accuracy(summary: dict) -> float:
+    return summary["by_category"][TEMPORAL]["accuracy"]
+
+
+def scalars(run_dir: Path) -> dict[str, float]:
+    """The last logged value of every TensorBoard scalar under ``run_dir`` (e.g. ``train/loss``)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for events in sorted(Path(run_dir).glob("**/events.out.tfevents.*")):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        values.update({tag: acc.Scalars(tag)[-1].value for tag in acc.Tags()["scalars"]})
+    return values
+
+
+@contextlib.contextmanager
+def _maybe_quiet(quiet: bool):
+    """Lightning's banner and per-run summaries, kept out of a table-printing script's output."""
+    if not quiet:
+        yield
+        return
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
