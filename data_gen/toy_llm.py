@@ -37,9 +37,12 @@ def caption_image(image: np.ndarray) -> str:
         return "An empty dark frame."
     mean = pixels[bright].mean(axis=0)
     colour = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
-    ys, xs = np.nonzero(bright.reshape(image.shape[:2]))
+    # the shape from how much of its bounding box the object fills, counting only pixels close to its
+    # colour (compression blurs a faint halo around it that would make squares look round)
+    near = np.abs(pixels - np.array(COLOURS[colour])).max(axis=1) < 100
+    ys, xs = np.nonzero((near if near.sum() >= 4 else bright).reshape(image.shape[:2]))
     fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
-    shape = "square" if fill > 0.88 else "circle"
+    shape = "square" if fill > 0.87 else "circle"
     h, w = image.shape[:2]
     horizontal = "left" if xs.mean() < w * 0.4 else "right" if xs.mean() > w * 0.6 else "centre"
     vertical = "top" if ys.mean() < h * 0.4 else "bottom" if ys.mean() > h * 0.6 else "middle"
@@ -50,18 +53,19 @@ def caption_image(image: np.ndarray) -> str:
 
 def objects_in_order(captions: list[str]) -> list[tuple[str, list[tuple[int, int]]]]:
     """``[(name, [(column, row), ...]), ...]``: each object once, in order of appearance, with the
-    places it is seen at. Consecutive frames of the same object form one appearance."""
-    seen: list[tuple[str, list[tuple[int, int]]]] = []
+    places it is seen at. Consecutive captions of one colour are one object (the captioner names
+    each frame on its own and sometimes gets a shape wrong): its shape is the one named most."""
+    runs: list[tuple[str, list[str], list[tuple[int, int]]]] = []
     for text in captions:
         match = _CAPTION.search(text)
         if not match:
             continue
         colour, shape, vertical, horizontal = match.groups()
-        name = f"the {colour} {shape}"
-        if not seen or seen[-1][0] != name:
-            seen.append((name, []))
-        seen[-1][1].append((_PLACES[horizontal], _PLACES[vertical]))
-    return seen
+        if not runs or runs[-1][0] != colour:
+            runs.append((colour, [], []))
+        runs[-1][1].append(shape)
+        runs[-1][2].append((_PLACES[horizontal], _PLACES[vertical]))
+    return [(f"the {colour} {max(shapes, key=shapes.count)}", places) for colour, shapes, places in runs]
 
 
 def motion(places: list[tuple[int, int]]) -> str | None:

@@ -43,9 +43,9 @@ class PipelineRun:
     benchmark: tuple[str, str] | None = None  # (loader, path), e.g. ("videomme", ".../test.parquet")
     num_frames: int = NUM_FRAMES
     answer_temperature: float = 0.0  # data_gen's answers: greedy, as the paper
-    train_videos: int = 300  # fresh clips per seed for data_gen
+    train_videos: int = 600  # fresh clips per seed for data_gen
     test_videos: int = 100
-    # None: the value in ``train_config`` (the toy recipe: beta 0.2, alpha 1, lr 1e-4, 2 epochs, batch 8)
+    # None: the value in ``train_config`` (the toy recipe: beta 0.2, alpha 1, lr 1e-4, 4 epochs, batch 8)
     epochs: int | None = None
     batch_size: int | None = None
     quiet: bool = True

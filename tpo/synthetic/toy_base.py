@@ -41,9 +41,9 @@ _VERSION = "1"
 
 @dataclass(frozen=True)
 class ToyBaseConfig:
-    num_clips: int = 1500
+    num_clips: int = 1000
     describe_steps: int = 500  # first only "Describe the video." (grounding), then the full mix
-    steps: int = 1500
+    steps: int = 1200
     batch_size: int = 32
     lr: float = 1e-3
     order_share: float = 0.1  # share of "right after / right before" questions kept in the SFT mix
