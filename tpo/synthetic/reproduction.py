@@ -134,12 +134,13 @@ class PipelineRun:
 
 
 def toy_setting(quick: bool, out: Path) -> PipelineRun:
-    """The full toy setting, or the reduced one the tests run: a base model trained for seconds,
-    too weak to answer, so data_gen samples its answers (temperature 1) to have pairs to keep."""
+    """The full toy setting, or the reduced one the tests run: a base model trained for seconds
+    answers in the right form but about at random, so data_gen samples its answers (temperature 1)
+    to have pairs whose preferred answer is right."""
     if not quick:
         return PipelineRun(out)
-    base = ToyBaseConfig(num_clips=60, describe_steps=10, steps=30, batch_size=16, hidden_size=64, num_layers=2)
-    return PipelineRun(out, base, train_videos=16, test_videos=6, epochs=1, batch_size=4, answer_temperature=1.0)
+    base = ToyBaseConfig(num_clips=100, describe_steps=10, steps=120, batch_size=16, hidden_size=64, num_layers=2)
+    return PipelineRun(out, base, train_videos=40, test_videos=6, epochs=1, batch_size=4, answer_temperature=1.0)
 
 
 def temporal_accuracy(summary: dict) -> float:
