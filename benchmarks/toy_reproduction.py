@@ -22,21 +22,22 @@ import time
 from pathlib import Path
 
 from data_gen.scripted_server import ScriptedServer
-from tpo.synthetic.reproduction import PipelineRun, temporal_accuracy, toy_setting
+from tpo.synthetic.reproduction import PipelineRun, in_format_pairs, temporal_accuracy, toy_setting
 
-ARMS = {"base": "base model", "sft_self": "+ SFT_self", "dpo": "+ DPO (no post-filter)", "tpo": "+ TPO"}
+ARMS = {"base": "base model", "sft_self": "+ SFT_self", "dpo": "+ DPO (no post-filter)", "tpo": "+ TPO",
+        "tpo_in_format": "+ TPO, in-format rejected only"}
 
 
 def run_seed(run: PipelineRun, seed: int, base_url: str) -> dict:
     data = run.generate(seed, base_url)
-    models = {
-        "sft_self": run.fit(f"seed-{seed}/sft_self", data["filtered"], seed, beta=0.0),
-        "dpo": run.fit(f"seed-{seed}/dpo", data["unfiltered"], seed),
-        "tpo": run.fit(f"seed-{seed}/tpo", data["filtered"], seed),
-    }
-    pairs = {"sft_self": data["filtered"], "dpo": data["unfiltered"], "tpo": data["filtered"]}
+    pairs = {"sft_self": data["filtered"], "dpo": data["unfiltered"], "tpo": data["filtered"],
+             "tpo_in_format": in_format_pairs(data["filtered"])}
     results = {}
-    for arm, model in models.items():
+    for arm, path in pairs.items():
+        if not _count_lines(path):  # the reduced setting can leave no in-format pair
+            print(f"seed {seed}: {path} holds no pair; arm {arm} left out", flush=True)
+            continue
+        model = run.fit(f"seed-{seed}/{arm}", path, seed, beta=0.0 if arm == "sft_self" else None)
         summary = run.evaluate(model, f"seed-{seed}-{arm}")
         results[arm] = {"accuracy": summary["accuracy"], "temporal": temporal_accuracy(summary),
                         "by_category": summary["by_category"], "pairs": _count_lines(pairs[arm])}
@@ -53,13 +54,15 @@ def _mean_std(values: list[float]) -> str:
 
 
 def table(per_seed: dict[int, dict]) -> str:
-    lines = ["| model | accuracy (all) | temporal order | attribute | pairs |", "|---|---|---|---|---|"]
+    lines = ["| model | all questions | temporal order | attribute | counting | pairs |", "|---|---|---|---|---|---|"]
     for arm, label in ARMS.items():
-        rows = [r[arm] for r in per_seed.values()]
-        attribute = [r["by_category"]["attribute"]["accuracy"] for r in rows]
+        rows = [r[arm] for r in per_seed.values() if arm in r]
+        if not rows:
+            continue
+        cells = [[r["accuracy"] for r in rows], [r["temporal"] for r in rows]]
+        cells += [[r["by_category"][c]["accuracy"] for r in rows] for c in ("attribute", "counting")]
         pairs = "—" if arm == "base" else f"{statistics.mean(r['pairs'] for r in rows):.0f}"
-        lines.append(f"| {label} | {_mean_std([r['accuracy'] for r in rows])} | "
-                     f"{_mean_std([r['temporal'] for r in rows])} | {_mean_std(attribute)} | {pairs} |")
+        lines.append(f"| {label} | " + " | ".join(_mean_std(c) for c in cells) + f" | {pairs} |")
     return "\n".join(lines)
 
 
@@ -68,10 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the reduced setting (a couple of minutes)")
     parser.add_argument("--out", type=Path, default=None, help="work directory (default runs/toy[-quick])")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--beta", type=float, default=None, help="DPO beta of the DPO/TPO arms (default: the recipe's)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of every arm (default: the recipe's)")
     parser.add_argument("--verbose", action="store_true", help="show data_gen / Lightning progress")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / ("toy-quick" if args.quick else "toy")
     run = toy_setting(args.quick, out)
+    run.beta, run.epochs = args.beta, args.epochs or run.epochs
     seeds, run.quiet = args.seeds or ([0, 1] if args.quick else [0, 1, 2]), not args.verbose
     start = time.perf_counter()
     print(f"toy base model: {run.base_model}  ({time.perf_counter() - start:.0f}s)", flush=True)
@@ -81,10 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     with ScriptedServer() as server:
         for seed in seeds:
             per_seed[seed] = {"base": base_row, **run_seed(run, seed, server.base_url)}
-            tpo = per_seed[seed]["tpo"]
-            print(f"seed {seed}: temporal base {base_row['temporal']:.3f} sft_self "
-                  f"{per_seed[seed]['sft_self']['temporal']:.3f} dpo {per_seed[seed]['dpo']['temporal']:.3f} "
-                  f"tpo {tpo['temporal']:.3f}  ({time.perf_counter() - start:.0f}s)", flush=True)
+            temporal = " ".join(f"{arm} {row['temporal']:.3f}" for arm, row in per_seed[seed].items())
+            print(f"seed {seed}: temporal-order accuracy {temporal}  ({time.perf_counter() - start:.0f}s)", flush=True)
     text = table(per_seed)
     gain = {arm: statistics.mean(r["tpo"]["temporal"] - r[arm]["temporal"] for r in per_seed.values())
             for arm in ("base", "sft_self")}

@@ -22,7 +22,8 @@ def test_toy_reproduction_quick(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["seeds"]) == {"0", "1"}
     for seed in results["seeds"].values():
-        assert set(seed) == {"base", "sft_self", "dpo", "tpo"}
+        assert {"base", "sft_self", "dpo", "tpo"} <= set(seed) <= {"base", "sft_self", "dpo", "tpo", "tpo_in_format"}
+        assert seed.get("tpo_in_format", seed["tpo"])["pairs"] <= seed["tpo"]["pairs"]
         # the unfiltered set holds every non-identical pair, the post-filter keeps a subset of them
         assert 0 < seed["tpo"]["pairs"] == seed["sft_self"]["pairs"] <= seed["dpo"]["pairs"]
         assert all(0.0 <= seed[arm]["temporal"] <= 1.0 for arm in seed)
@@ -31,7 +32,7 @@ def test_toy_reproduction_quick(tmp_path):
     table = (tmp_path / "table.md").read_text()
     assert "+ TPO" in table and "+ SFT_self" in table and "± " in table
     # every arm was a real `tpo fit` run with its own TensorBoard logs and export
-    assert len(list(tmp_path.glob("seed-0/*/**/export/config.json"))) == 3
+    assert len(list(tmp_path.glob("seed-0/*/**/export/config.json"))) == len(results["seeds"]["0"]) - 1
     assert (tmp_path / "seed-0/data-filtered/manifest.json").exists()
 
 

@@ -44,3 +44,31 @@ def test_toy_split_is_an_evaluation_benchmark(tmp_path):
     item = loaded.items[0]
     frames = read_frames(item.video, list(range(8 * len(item.meta["events"]))))
     assert frames.shape[1:] == (64, 64, 3)
+
+
+def test_base_sft_mix_keeps_few_order_questions():
+    from tpo.synthetic.toy_base import DESCRIBE, sft_examples
+
+    rng = random.Random(0)
+    prompts = [p for _ in range(300) for p, _ in sft_examples(random_events(rng, 4), rng, order_share=0.1)]
+    order = sum(p.startswith("What appears right") for p in prompts)
+    assert prompts.count(DESCRIBE) == 300 and 300 * 6 // 5 < len(prompts)  # all other questions kept
+    assert 20 < order < 100  # ~10 % of the 600 right-after/right-before questions
+    one_event = sft_examples(random_events(rng, 1), rng, order_share=1.0)
+    assert [p for p, _ in one_event] == [DESCRIBE]  # short clips are only described
+
+
+def test_toy_base_build_is_deterministic_and_cached(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from tpo.synthetic.toy_base import ToyBaseConfig, toy_base_path, train_toy_base
+
+    cfg = ToyBaseConfig(num_clips=4, describe_steps=1, steps=2, batch_size=2, hidden_size=64, num_layers=1)
+    first = train_toy_base(tmp_path / "a", cfg)
+    second = train_toy_base(tmp_path / "b", cfg)
+    a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setenv("TPO_CACHE", str(tmp_path / "cache"))
+    path = toy_base_path(cfg)
+    assert path.exists() and toy_base_path(cfg) == path and len(list((tmp_path / "cache").iterdir())) == 1

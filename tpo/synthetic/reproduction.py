@@ -48,6 +48,8 @@ class PipelineRun:
     # None: the value in ``train_config`` (the toy recipe: beta 0.2, alpha 1, lr 1e-4, 4 epochs, batch 8)
     epochs: int | None = None
     batch_size: int | None = None
+    beta: float | None = None
+    val_fraction: float | None = None
     quiet: bool = True
 
     def __post_init__(self):
@@ -98,10 +100,12 @@ class PipelineRun:
         export = next(root.glob("**/export/config.json"), None)
         if export is None:
             args = ["fit", "--config", str(self.train_config), "--seed_everything", str(seed),
-                    "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", str(not self.quiet).lower(),
+                    "--trainer.default_root_dir", str(root),
+                    "--trainer.enable_progress_bar", str(not self.quiet).lower(),
                     "--model.model_path", str(self.base_model), "--data.path", str(preferences)]
-            for key, value in (("trainer.max_epochs", self.epochs), ("data.batch_size", self.batch_size),
-                               ("model.beta", beta)):
+            overrides = {"trainer.max_epochs": self.epochs, "data.batch_size": self.batch_size,
+                         "data.val_fraction": self.val_fraction, "model.beta": self.beta if beta is None else beta}
+            for key, value in overrides.items():
                 if value is not None:
                     args += [f"--{key}", str(value)]
             args += list(extra)
@@ -133,6 +137,23 @@ class PipelineRun:
         return json.loads((root / "summary.json").read_text())
 
 
+def in_format_pairs(preferences: Path) -> Path:
+    """The pairs whose rejected answer picks one of the question's options (written beside the file,
+    so its ``manifest.json`` still gives the video root). The others are replies such as "4." to a
+    question about order: pushing them down teaches the model to stop answering with numbers."""
+    from tpo.evaluate.answers import extract_choice
+
+    kept = []
+    for line in preferences.read_text().splitlines():
+        record = json.loads(line)
+        options = [row[3:] for row in record["question"].split("\n")[1:] if row[1:3] == ". "]
+        if extract_choice(record["rejected"], options) is not None:
+            kept.append(line + "\n")
+    out = preferences.with_name("preferences.in_format.jsonl")
+    out.write_text("".join(kept))
+    return out
+
+
 def toy_setting(quick: bool, out: Path) -> PipelineRun:
     """The full toy setting, or the reduced one the tests run: a base model trained for seconds
     answers in the right form but about at random, so data_gen samples its answers (temperature 1)
@@ -140,7 +161,8 @@ def toy_setting(quick: bool, out: Path) -> PipelineRun:
     if not quick:
         return PipelineRun(out)
     base = ToyBaseConfig(num_clips=100, describe_steps=10, steps=120, batch_size=16, hidden_size=64, num_layers=2)
-    return PipelineRun(out, base, train_videos=40, test_videos=6, epochs=1, batch_size=4, answer_temperature=1.0)
+    return PipelineRun(out, base, train_videos=40, test_videos=6, epochs=1, batch_size=4, val_fraction=0.0,
+                       answer_temperature=1.0)
 
 
 def temporal_accuracy(summary: dict) -> float:

@@ -123,7 +123,7 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
     pad_id = pad_token_id(processor)
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    warmup = cfg.steps // 20
+    warmup = max(1, cfg.steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0))))
     described = [r for r in rows if r["describe"]]
