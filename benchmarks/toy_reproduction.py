@@ -28,7 +28,7 @@ ARMS = {"base": "base model", "sft_self": "+ SFT_self", "dpo": "+ DPO (no post-f
         "tpo_in_format": "+ TPO, in-format rejected only"}
 
 
-def run_seed(run: PipelineRun, seed: int, base_url: str) -> dict:
+def run_seed(run: PipelineRun, seed: int, base_url: str, tag: str = "") -> dict:
     data = run.generate(seed, base_url)
     pairs = {"sft_self": data["filtered"], "dpo": data["unfiltered"], "tpo": data["filtered"],
              "tpo_in_format": in_format_pairs(data["filtered"])}
@@ -37,8 +37,9 @@ def run_seed(run: PipelineRun, seed: int, base_url: str) -> dict:
         if not _count_lines(path):  # the reduced setting can leave no in-format pair
             print(f"seed {seed}: {path} holds no pair; arm {arm} left out", flush=True)
             continue
-        model = run.fit(f"seed-{seed}/{arm}", path, seed, beta=0.0 if arm == "sft_self" else None)
-        summary = run.evaluate(model, f"seed-{seed}-{arm}")
+        sft = arm == "sft_self"  # beta 0, alpha 1: only the NLL of the preferred answers, whatever --alpha says
+        model = run.fit(f"seed-{seed}/{arm}{tag}", path, seed, beta=0.0 if sft else None, alpha=1.0 if sft else None)
+        summary = run.evaluate(model, f"seed-{seed}-{arm}{tag}")
         results[arm] = {"accuracy": summary["accuracy"], "temporal": temporal_accuracy(summary),
                         "by_category": summary["by_category"], "pairs": _count_lines(pairs[arm])}
     return results
@@ -72,12 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="work directory (default runs/toy[-quick])")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--beta", type=float, default=None, help="DPO beta of the DPO/TPO arms (default: the recipe's)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="SFT weight of the DPO/TPO arms (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every arm (default: the recipe's)")
     parser.add_argument("--verbose", action="store_true", help="show data_gen / Lightning progress")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / ("toy-quick" if args.quick else "toy")
     run = toy_setting(args.quick, out)
-    run.beta, run.epochs = args.beta, args.epochs or run.epochs
+    run.beta, run.alpha, run.epochs = args.beta, args.alpha, args.epochs or run.epochs
+    # runs with other settings are kept apart from the recipe's (every step is cached by name)
+    tag = "".join(f"-{k}{v}" for k, v in (("beta", args.beta), ("alpha", args.alpha), ("epochs", args.epochs))
+                  if v is not None)
     seeds, run.quiet = args.seeds or ([0, 1] if args.quick else [0, 1, 2]), not args.verbose
     start = time.perf_counter()
     print(f"toy base model: {run.base_model}  ({time.perf_counter() - start:.0f}s)", flush=True)
@@ -86,14 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     per_seed = {}
     with ScriptedServer() as server:
         for seed in seeds:
-            per_seed[seed] = {"base": base_row, **run_seed(run, seed, server.base_url)}
+            per_seed[seed] = {"base": base_row, **run_seed(run, seed, server.base_url, tag)}
             temporal = " ".join(f"{arm} {row['temporal']:.3f}" for arm, row in per_seed[seed].items())
             print(f"seed {seed}: temporal-order accuracy {temporal}  ({time.perf_counter() - start:.0f}s)", flush=True)
     text = table(per_seed)
     gain = {arm: statistics.mean(r["tpo"]["temporal"] - r[arm]["temporal"] for r in per_seed.values())
             for arm in ("base", "sft_self")}
-    (out / "table.md").write_text(text + "\n")
-    (out / "results.json").write_text(json.dumps({"seeds": per_seed, "tpo_minus": gain}, indent=2))
+    (out / f"table{tag}.md").write_text(text + "\n")
+    (out / f"results{tag}.json").write_text(json.dumps({"seeds": per_seed, "tpo_minus": gain}, indent=2))
     print(f"\nheld-out toy accuracy (%), mean ± std over seeds {seeds}; {len(seeds)} seeds, "
           f"{time.perf_counter() - start:.0f}s\n{text}\n")
     print(f"tpo_minus_base={100 * gain['base']:.2f} tpo_minus_sft_self={100 * gain['sft_self']:.2f}")

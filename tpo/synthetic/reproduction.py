@@ -49,6 +49,7 @@ class PipelineRun:
     epochs: int | None = None
     batch_size: int | None = None
     beta: float | None = None
+    alpha: float | None = None
     val_fraction: float | None = None
     quiet: bool = True
 
@@ -91,7 +92,7 @@ class PipelineRun:
         return paths
 
     # ---- training --------------------------------------------------------------------------------
-    def fit(self, name: str, preferences: Path, seed: int, beta: float | None = None,
+    def fit(self, name: str, preferences: Path, seed: int, beta: float | None = None, alpha: float | None = None,
             extra: list[str] = ()) -> Path:
         """``tpo fit`` into ``out/<name>``; returns the Hugging Face export of the trained policy."""
         from tpo.cli import main
@@ -104,7 +105,8 @@ class PipelineRun:
                     "--trainer.enable_progress_bar", str(not self.quiet).lower(),
                     "--model.model_path", str(self.base_model), "--data.path", str(preferences)]
             overrides = {"trainer.max_epochs": self.epochs, "data.batch_size": self.batch_size,
-                         "data.val_fraction": self.val_fraction, "model.beta": self.beta if beta is None else beta}
+                         "data.val_fraction": self.val_fraction, "model.beta": self.beta if beta is None else beta,
+                         "model.alpha": self.alpha if alpha is None else alpha}
             for key, value in overrides.items():
                 if value is not None:
                     args += [f"--{key}", str(value)]
