@@ -31,7 +31,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from data_gen import toy_llm
-from tpo.synthetic.world import COLOURS
 
 FAULTS = ("429", "500", "timeout", "garbage", "badbody")
 
@@ -56,17 +55,11 @@ def _images(request: dict) -> list[np.ndarray]:
 
 def describe_image(image: np.ndarray) -> str:
     """The colour and place of the brightest object in a synthetic-world frame."""
-    pixels = image.reshape(-1, 3).astype(float)
-    bright = pixels.max(axis=1) > 80
-    if bright.sum() < 4:
+    found = toy_llm.find_object(image)
+    if found is None:
         return "An empty dark frame."
-    mean = pixels[bright].mean(axis=0)
-    colour = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
-    ys, xs = np.nonzero(bright.reshape(image.shape[:2]))
-    h, w = image.shape[:2]
-    horizontal = "left" if xs.mean() < w * 0.4 else "right" if xs.mean() > w * 0.6 else "centre"
-    vertical = "top" if ys.mean() < h * 0.4 else "bottom" if ys.mean() > h * 0.6 else "middle"
-    return f"A {colour} shape at the {vertical} {horizontal} of a dark background."
+    colour, mask = found
+    return f"A {colour} shape at the {toy_llm.place(mask)} of a dark background."
 
 
 def _one_image(request: dict) -> np.ndarray:

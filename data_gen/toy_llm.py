@@ -30,23 +30,39 @@ _CAPTION = re.compile(r"The (\w+) (\w+) at the (\w+) (\w+)\.")
 TYPES = ("temporal order", "attribute")
 
 
-def caption_image(image: np.ndarray) -> str:
+def find_object(image: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """The colour of the one bright object in a synthetic-world frame and its ``(H, W)`` pixel mask."""
     pixels = image.reshape(-1, 3).astype(float)
     bright = pixels.max(axis=1) > 80
     if bright.sum() < 4:
-        return "An empty dark frame."
+        return None
     mean = pixels[bright].mean(axis=0)
     colour = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
-    # the shape from how much of its bounding box the object fills, counting only pixels close to its
-    # colour (compression blurs a faint halo around it that would make squares look round)
-    near = np.abs(pixels - np.array(COLOURS[colour])).max(axis=1) < 100
-    ys, xs = np.nonzero((near if near.sum() >= 4 else bright).reshape(image.shape[:2]))
-    fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
-    shape = "square" if fill > 0.87 else "circle"
-    h, w = image.shape[:2]
+    return colour, bright.reshape(image.shape[:2])
+
+
+def place(mask: np.ndarray) -> str:
+    """Where a mask's pixels are: "top left" ... "bottom right"."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
     horizontal = "left" if xs.mean() < w * 0.4 else "right" if xs.mean() > w * 0.6 else "centre"
     vertical = "top" if ys.mean() < h * 0.4 else "bottom" if ys.mean() > h * 0.6 else "middle"
-    return f"The {colour} {shape} at the {vertical} {horizontal}."
+    return f"{vertical} {horizontal}"
+
+
+def caption_image(image: np.ndarray) -> str:
+    found = find_object(image)
+    if found is None:
+        return "An empty dark frame."
+    colour, mask = found
+    # the shape from how much of its bounding box the object fills, counting only pixels close to its
+    # colour (compression blurs a faint halo around it that would make squares look round)
+    near = (np.abs(image.astype(float) - np.array(COLOURS[colour])).max(axis=-1) < 100)
+    mask = near if near.sum() >= 4 else mask
+    ys, xs = np.nonzero(mask)
+    fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    shape = "square" if fill > 0.87 else "circle"
+    return f"The {colour} {shape} at the {place(mask)}."
 
 
 # ---- reading captions back ------------------------------------------------------------------------
