@@ -47,6 +47,8 @@ def test_mix_ratio_beyond_what_the_data_holds_is_an_error(pref_file):
     records, _ = read_records(pref_file)
     with pytest.raises(ValueError, match="needs 20 irrelevant pairs; only 16"):
         select_pairs(records, 1.0, 20, seed=0)
+    with pytest.raises(ValueError, match="max_pairs must be at least 1, got 0"):  # not a silent run of 0 steps
+        select_pairs(records, None, 0, seed=0)
 
 
 def test_collated_labels_cover_response_tokens_only(pref_file):

@@ -58,6 +58,8 @@ def select_pairs(records: list[Record], irrelevant_fraction: float | None, max_p
     """
     rng = random.Random(seed)
     size = len(records) if max_pairs is None else max_pairs
+    if size < 1:
+        raise ValueError(f"max_pairs must be at least 1, got {max_pairs}")
     if size > len(records):
         raise ValueError(f"max_pairs={max_pairs} but only {len(records)} training pairs are available")
     if irrelevant_fraction is None:

@@ -162,8 +162,8 @@ def toy_setting(quick: bool, out: Path) -> PipelineRun:
     to have pairs whose preferred answer is right."""
     if not quick:
         return PipelineRun(out)
-    base = ToyBaseConfig(num_clips=100, describe_steps=10, steps=120, batch_size=16, hidden_size=64, num_layers=2)
-    return PipelineRun(out, base, train_videos=40, test_videos=6, epochs=1, batch_size=4, val_fraction=0.0,
+    base = ToyBaseConfig(num_clips=100, describe_steps=10, steps=300, batch_size=16, hidden_size=64, num_layers=2)
+    return PipelineRun(out, base, train_videos=64, test_videos=6, epochs=1, batch_size=4, val_fraction=0.0,
                        answer_temperature=1.0)
 
 
