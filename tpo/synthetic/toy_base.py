@@ -30,7 +30,7 @@ from tpo.evaluate.answers import mcq_prompt
 from tpo.models import IGNORE_INDEX, get_adapter, pad_token_id
 from tpo.synthetic.tiny_models import build_llava_onevision, cache_dir
 from tpo.synthetic.toy import answer_text, name, questions
-from tpo.synthetic.world import COLOURS, MOTIONS, SHAPES, Event, random_events, render_frames, write_video
+from tpo.synthetic.world import Event, random_events, render_frames, write_video
 
 FAMILY = "llava_onevision"
 NUM_FRAMES = 16  # frames the toy model sees, in data generation, training and evaluation
@@ -160,6 +160,3 @@ def toy_base_path(cfg: ToyBaseConfig = ToyBaseConfig()) -> Path:
             tmp.rename(path)
     return path
 
-
-__all__ = ["COLOURS", "DESCRIBE", "FAMILY", "MOTIONS", "NUM_FRAMES", "SHAPES", "ToyBaseConfig", "describe",
-           "sft_examples", "toy_base_path", "train_toy_base"]
