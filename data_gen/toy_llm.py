@@ -22,7 +22,7 @@ import re
 
 import numpy as np
 
-from tpo.evaluate.answers import extract_choice, mcq_prompt
+from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
 from tpo.synthetic.world import COLOURS, MOTIONS, SHAPES
 
 _PLACES = {"left": 0, "centre": 1, "right": 2, "top": 0, "middle": 1, "bottom": 2}
@@ -109,12 +109,6 @@ def _caption_lines(prompt: str) -> list[str]:
     return [text for _, text in re.findall(r"^\[([^\]]+)\] (.+)$", prompt, re.MULTILINE)]
 
 
-def _parse_mcq(text: str) -> tuple[str, list[str]]:
-    lines = text.strip().split("\n")
-    options = [line[3:] for line in lines[1:] if re.match(r"^[A-Z]\. ", line)]
-    return lines[0], options
-
-
 # ---- the question writer --------------------------------------------------------------------------
 
 def _options(answer: str, pool: list[str], rng: random.Random) -> list[str]:
@@ -160,7 +154,7 @@ def judge(prompt: str) -> str:
     question = prompt.split("\n\nQuestion: ", 1)[1].split("\n\nAnswer A: ", 1)[0]
     chosen = prompt.split("\n\nAnswer A: ", 1)[1].split("\n\nAnswer B: ", 1)[0]
     rejected = prompt.split("\n\nAnswer B: ", 1)[1].split("\n\nDrop the example", 1)[0]
-    stem, options = _parse_mcq(question)
+    stem, options = parse_mcq(question)
     truth = answer_from_captions(stem, objects_in_order(_caption_lines(captions)))
     if truth is None or truth not in options:
         return _verdict(3, "the captions do not give one answer to this question")

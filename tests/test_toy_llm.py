@@ -97,3 +97,11 @@ def test_toy_answers_read_back_through_the_evaluator():
             reply = q["options"][q["answer"]]
             assert extract_choice(reply[0].upper() + reply[1:] + ".", q["options"]) == q["answer"]
     assert describe(events).endswith(".") and describe(events)[0].isupper()
+
+
+def test_parse_mcq_inverts_mcq_prompt():
+    from tpo.evaluate.answers import mcq_prompt, parse_mcq
+
+    options = ["the red square", "the blue circle", "left", "4"]
+    assert parse_mcq(mcq_prompt("What appears right after the green circle?", options)) == (
+        "What appears right after the green circle?", options)

@@ -19,6 +19,12 @@ def mcq_prompt(question: str, options: list[str]) -> str:
     return "\n".join(lines + [POST_PROMPT])
 
 
+def parse_mcq(prompt: str) -> tuple[str, list[str]]:
+    """The question and the options back out of a :func:`mcq_prompt` text."""
+    lines = prompt.strip().split("\n")
+    return lines[0], [line[3:] for line in lines[1:] if re.match(r"^[A-Z]\. ", line)]
+
+
 def extract_choice(reply: str, options: list[str]) -> int | None:
     """The option a reply picks: the first standalone letter among the options' letters (not the
     article "A" of "A red square"), else the one option whose text the reply contains; ``None``

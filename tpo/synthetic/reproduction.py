@@ -143,12 +143,12 @@ def in_format_pairs(preferences: Path) -> Path:
     """The pairs whose rejected answer picks one of the question's options (written beside the file,
     so its ``manifest.json`` still gives the video root). The others are replies such as "4." to a
     question about order: pushing them down teaches the model to stop answering with numbers."""
-    from tpo.evaluate.answers import extract_choice
+    from tpo.evaluate.answers import extract_choice, parse_mcq
 
     kept = []
     for line in preferences.read_text().splitlines():
         record = json.loads(line)
-        options = [row[3:] for row in record["question"].split("\n")[1:] if row[1:3] == ". "]
+        _, options = parse_mcq(record["question"])
         if extract_choice(record["rejected"], options) is not None:
             kept.append(line + "\n")
     out = preferences.with_name("preferences.in_format.jsonl")
