@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from tpo.data.datamodule import PreferenceDataModule
+from tpo.errors import ConfigError, TPOError
 from tpo.export import HFExport
 from tpo.module import TPOModule
 from tpo.throughput import ThroughputLogger
@@ -33,6 +36,7 @@ class TPOCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a broadcast from rank 0: every rank must ask
         if not trainer.is_global_zero:
             return
         ckpt = trainer.checkpoint_callback
@@ -41,33 +45,45 @@ class TPOCLI(LightningCLI):
         train = {k: round(v, 4) for k, v in self.model.last_epoch_means.items()}
         val = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
                if k in ("val/loss", "val/rewards/accuracy", "val/rewards/margin")}
-        print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s\n"
+        print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s on {trainer.world_size} process(es)\n"
               f"  last epoch (train mean): {train}\n  validation: {val}\n"
-              f"  logs:       {trainer.log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
+              f"  logs:       {log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
               f"  export:     {export or '(none)'}")
 
 
-def precompute_reference(args: list[str]) -> None:
-    """``tpo precompute-ref --config X.yaml``: write (or check) ``model.reference_logps`` for the data."""
-    import torch
+# `precompute-ref` is the start of `fit` (processes launched, models built and sharded, reference
+# log-probs computed by every rank) without a training step, a log or a checkpoint.
+PRECOMPUTE_OVERRIDES = ["--trainer.max_steps", "0", "--trainer.logger", "false", "--trainer.num_sanity_val_steps", "0",
+                        "--export.enabled", "false"]
 
-    cli = TPOCLI(TPOModule, PreferenceDataModule, run=False, args=args, save_config_callback=None)
-    module, datamodule = cli.model, cli.datamodule
-    path = module.hparams.reference_logps
+
+def precompute_reference(args: list[str]) -> None:
+    """``tpo precompute-ref --config X.yaml``: write (or check) ``model.reference_logps`` for the data,
+    with the trainer (devices, strategy, precision) of the config, as the training run will use it."""
+    with warnings.catch_warnings():  # we pass `args` on purpose: the first word was ours, not Lightning's
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = TPOCLI(TPOModule, PreferenceDataModule, run=False, args=args + PRECOMPUTE_OVERRIDES,
+                     save_config_callback=None)
+    path = cli.model.hparams.reference_logps
     if path is None:
-        raise SystemExit("error: set --model.reference_logps PATH (the file to write)")
+        raise ConfigError("set --model.reference_logps PATH (the file to write)")
     existed = Path(path).exists()
-    datamodule.setup("fit")
-    module.configure_model()
-    module.to("cuda" if torch.cuda.is_available() else "cpu")
-    module.load_reference_logps(datamodule)  # computes and saves when missing, then checks it
-    state = "checked" if existed else "written"
-    print(f"reference log-probs for {len(module.reference_table)} records {state}: {path}")
+    cli.trainer.fit(cli.model, cli.datamodule)
+    if cli.trainer.is_global_zero:
+        state = "checked" if existed else "written"
+        print(f"reference log-probs for {len(cli.model.reference_table)} records {state}: {path}")
 
 
 def main(args: list[str] | None = None) -> None:
-    args = sys.argv[1:] if args is None else list(args)
-    if args[:1] == ["precompute-ref"]:
-        precompute_reference(args[1:])
-        return
-    TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=args)
+    """Entry point of ``python -m tpo``. Our own errors (bad records, a stale reference file, a wrong
+    setting) print as one message from rank 0 and exit with status 2."""
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        if argv[:1] == ["precompute-ref"]:
+            precompute_reference(argv[1:])
+        else:
+            TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=args)
+    except TPOError as err:
+        if rank_zero_only.rank == 0:
+            print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

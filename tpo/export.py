@@ -10,16 +10,16 @@ import torch
 from tpo.lora import is_lora
 
 
-def full_policy_state_dict(trainer: L.Trainer, module) -> dict[str, torch.Tensor]:
-    """The policy's full (unsharded) weights on CPU, gathered from any strategy."""
+def full_policy_state_dict(policy) -> dict[str, torch.Tensor]:
+    """The policy's full weights on CPU. Sharded (FSDP2) weights are gathered: every rank must call
+    this; rank 0 gets the weights (the other ranks get an empty dict)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.tensor import DTensor
 
-    if trainer.world_size > 1:
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        state = get_model_state_dict(trainer.strategy.model, options=options)
-    else:
-        state = module.state_dict()
-    return {k.removeprefix("policy."): v for k, v in state.items() if k.startswith("policy.")}
+    if not any(isinstance(p, DTensor) for p in policy.parameters()):
+        return {k: v.cpu() for k, v in policy.state_dict().items()}
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(policy, options=options)
 
 
 def export_dir(trainer: L.Trainer) -> Path:
@@ -42,7 +42,7 @@ class HFExport(L.Callback):
                 raise NotImplementedError("HF export of a LoRA policy trained on several processes is not supported "
                                           "yet; export from the checkpoint on one process")
             pl_module.policy = pl_module.policy.merge_and_unload()  # the adapters folded into the weights
-        state = full_policy_state_dict(trainer, pl_module)
+        state = full_policy_state_dict(pl_module.policy)
         if trainer.is_global_zero:
             pl_module.policy.save_pretrained(self.path, state_dict=state)
             pl_module.adapter.load_processor(pl_module.hparams.model_path).save_pretrained(self.path)

@@ -2,30 +2,35 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import lightning as L
 import torch
+from torch import nn
+from torchmetrics import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
-from tpo.data.datamodule import PreferenceDataset
+from tpo import reference
+from tpo.errors import ConfigError
 from tpo.lora import LoraSettings, add_lora
 from tpo.loss import LossType, tpo_loss
 from tpo.models import get_adapter
 from tpo.shared_prefix import shared_prefix_logps
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-REFERENCE_PREFIX = "reference."
+METRICS = ("loss", "loss_dpo", "loss_sft", "rewards/chosen", "rewards/rejected", "rewards/margin",
+           "rewards/accuracy", "logps/chosen", "logps/rejected")
 
 
 class TPOModule(L.LightningModule):
     """Post-trains a video-LMM on preference pairs with ``L = DPO(β) + α · SFT(chosen)``.
 
     The reference model is a frozen copy of the starting policy: always in eval mode, without
-    gradients, outside the optimizer and left out of checkpoints (it is re-loaded from
-    ``model_path``). Both models are loaded in :meth:`configure_model`, so strategies such as
-    FSDP shard the reference like the policy.
+    gradients, and not a registered submodule, so it is in no checkpoint, no optimizer and no DDP
+    bucket (it is re-loaded from ``model_path``). Both models are built in :meth:`configure_model`;
+    under :class:`tpo.sharding.FSDP2Strategy` each is sharded block by block.
 
     Args:
         model_path: checkpoint directory or hub id (``builtin:tiny-<family>`` for the tiny models).
@@ -34,7 +39,8 @@ class TPOModule(L.LightningModule):
         loss_type: ``sigmoid`` (DPO, default), ``ipo`` or ``hinge``.
         lr, weight_decay, warmup_ratio: AdamW with a cosine schedule after linear warm-up.
         trainable: parts that learn: any of ``vision_tower``, ``projector``, ``language_model``.
-        dtype: dtype the weights are loaded in (``float32``, ``bfloat16``, ``float16``).
+        dtype: dtype the weights are loaded in (``float32``, ``bfloat16``, ``float16``). With
+            ``trainer.precision: bf16-mixed`` keep ``float32``: those are the master weights.
         reference_logps: a JSON file of reference log-probs per record (``tpo/reference.py``). Set, no
             reference model is loaded: the file is read at the start of fit/validate, and computed there
             first (with the untrained policy, which *is* the reference) when it does not exist yet.
@@ -53,49 +59,94 @@ class TPOModule(L.LightningModule):
         self.save_hyperparameters()
         self.adapter = get_adapter(family)
         if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
+            raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.policy = None
-        self.reference = None
+        self._frozen: dict[str, nn.Module] = {}  # a plain dict: what is in it is not a registered submodule
         self.reference_table: dict[str, torch.Tensor] | None = None  # record id -> [chosen, rejected]
+        self.val_means = nn.ModuleDict({k.replace("/", "_"): MeanMetric() for k in METRICS})
         self.last_epoch_means: dict[str, float] = {}  # training metrics averaged over the last epoch
         self._epoch_sums: dict[str, torch.Tensor] = {}
         self._epoch_steps = 0
-        self._register_state_dict_hook(_drop_reference)
-        self._register_load_state_dict_pre_hook(self._keep_reference)
 
+    @property
+    def reference(self) -> nn.Module | None:
+        """The live frozen reference model (None with precomputed log-probs or LoRA)."""
+        return self._frozen.get("reference")
+
+    @property
+    def live_reference(self) -> bool:
+        return self.hparams.reference_logps is None and self.hparams.lora is None
+
+    # ---- models ------------------------------------------------------------------------------
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        dtype = DTYPES[self.hparams.dtype]
-        self.policy, _ = self.adapter.load(self.hparams.model_path, dtype)
-        if self.hparams.lora is not None:
-            self.policy = add_lora(self.policy, self.adapter, self.hparams.lora)
+        if self.device_mesh is not None:
+            self._configure_sharded()
+            return
+        h = self.hparams
+        self.policy, _ = self.adapter.load(h.model_path, DTYPES[h.dtype])
+        if self.live_reference:
+            self._frozen["reference"] = copy.deepcopy(self.policy).requires_grad_(False).eval()
+        if h.lora is not None:
+            self.policy = add_lora(self.policy, self.adapter, h.lora)
         else:
-            self.adapter.set_trainable(self.policy, self.hparams.trainable)
+            self.adapter.set_trainable(self.policy, h.trainable)
         self.policy.train()  # from_pretrained returns eval mode
-        if self.hparams.reference_logps is None and self.hparams.lora is None:
-            self.reference, _ = self.adapter.load(self.hparams.model_path, dtype)
-            self.reference.requires_grad_(False).eval()
+
+    def _configure_sharded(self) -> None:
+        from tpo import sharding
+
+        h, strategy = self.hparams, self.trainer.strategy
+        if h.lora is not None:
+            raise ConfigError("LoRA is not supported with the sharded strategy; train LoRA with `strategy: ddp`")
+        dtype, mesh = DTYPES[h.dtype], self.device_mesh["data_parallel"]
+        checkpointing = getattr(strategy, "activation_checkpointing", False)
+        self.policy = sharding.build_sharded(self.adapter, h.model_path, dtype, mesh, self.trainer.precision,
+                                             lambda m: self.adapter.set_trainable(m, h.trainable), checkpointing)
+        models = [self.policy]
+        if self.live_reference:
+            ref = sharding.build_sharded(self.adapter, h.model_path, dtype, mesh, self.trainer.precision,
+                                         lambda m: m.requires_grad_(False), checkpointing=False)
+            self._frozen["reference"] = ref.eval()
+            models.append(ref)
+        sharding.load_full_weights(self.adapter, h.model_path, dtype, models, self.global_rank)
+        self.policy.train()
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)  # device moves and dtype casts reach the reference too
+        if self.reference is not None:
+            self.reference._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.reference is not None:
+            self.reference.eval()  # the reference never leaves eval mode (no dropout)
+        return self
 
     # ---- precomputed reference log-probs -----------------------------------------------------
     def load_reference_logps(self, datamodule, resuming: bool = False) -> None:
-        """Read ``reference_logps`` for every train/val record, computing the file first if absent."""
-        from tpo import reference
+        """Read ``reference_logps`` for every train/val record, computing the file first if absent.
 
-        path, h = Path(self.hparams.reference_logps), self.hparams
+        Computed by every rank together through the (sharded) policy, under the training precision,
+        each rank scoring its own share in the training order, so the first step's rewards are 0.
+        """
+        path, h, strategy = Path(self.hparams.reference_logps), self.hparams, self.trainer.strategy
         records = datamodule.all_records()
-        fingerprint = reference.model_fingerprint(h.model_path, h.family, h.dtype, datamodule.collator.processor)
-        if not path.exists():
+        fingerprint = reference.model_fingerprint(h.model_path, h.family, h.dtype, self.trainer.precision,
+                                                  datamodule.collator.processor)
+        if not strategy.broadcast(path.exists()):
             if resuming:
-                raise FileNotFoundError(f"reference log-probs {path} are missing; a resumed run cannot compute them "
-                                        "(the policy is no longer the reference): restore the file")
-            values = reference.compute(self.adapter, self.policy, PreferenceDataset(records), datamodule.collator,
-                                       datamodule.hparams.batch_size)
-            trainer = self._trainer  # None outside fit/validate (`tpo precompute-ref`)
-            if trainer is None or trainer.is_global_zero:
+                raise reference.StaleReferenceError(
+                    f"reference log-probs {path} are missing; a resumed run cannot compute them (the policy is no "
+                    "longer the reference): restore the file")
+            loaders = [datamodule.train_dataloader()] + ([datamodule.val_dataloader()] if datamodule.val_set else [])
+            values = reference.compute(self.adapter, self.policy, loaders, self.trainer.precision_plugin.forward_context,
+                                       progress=self.trainer.is_global_zero)
+            if self.trainer.is_global_zero:
                 reference.save(path, fingerprint, records, values)
-            if trainer is not None:
-                trainer.strategy.barrier("reference_logps")
+            strategy.barrier("reference_logps")
         self.reference_table = reference.load(path, fingerprint, records)
 
     def _needs_reference_table(self) -> bool:
@@ -119,32 +170,26 @@ class TPOModule(L.LightningModule):
         pairs = torch.stack([self.reference_table[rid] for rid in batch["ids"]]).to(self.device)
         return torch.cat([pairs[:, 0], pairs[:, 1]])
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.reference is not None:
-            self.reference.eval()  # the reference never leaves eval mode (no dropout)
-        return self
-
     # ---- loss --------------------------------------------------------------------------------
     def sequence_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Response log-probs ``(2B,)`` (chosen rows, then rejected), one shared-prefix forward per pair."""
         return shared_prefix_logps(self.adapter, model, batch)
 
-    def _step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def _step(self, batch: dict, rows: torch.Tensor | slice = slice(None)) -> dict[str, torch.Tensor]:
+        """Loss and metrics of the pairs ``rows`` of the batch (every pair goes through the models)."""
         n = len(batch["ids"])
         policy_logps, tokens = self.sequence_logps(self.policy, batch)
         ref_logps = self._reference_logps(batch)
         h = self.hparams
-        return tpo_loss(policy_logps[:n], policy_logps[n:], ref_logps[:n], ref_logps[n:], tokens[:n],
-                        beta=h.beta, alpha=h.alpha, loss_type=h.loss_type)
+        return tpo_loss(policy_logps[:n][rows], policy_logps[n:][rows], ref_logps[:n][rows], ref_logps[n:][rows],
+                        tokens[:n][rows], beta=h.beta, alpha=h.alpha, loss_type=h.loss_type)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._step(batch)
         n = len(batch["ids"])
-        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n)
-        self.log("train/loss_dpo", out["loss_dpo"], batch_size=n)
-        self.log("train/loss_sft", out["loss_sft"], batch_size=n)
-        self.log_dict({k: v for k, v in out.items() if "/" in k}, batch_size=n)
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"train/{k}" if "/" not in k else k: v for k, v in out.items() if k != "loss"},
+                      batch_size=n, sync_dist=True)
         self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=n)
         for key in ("loss", "rewards/accuracy", "rewards/margin"):
             self._epoch_sums[key] = self._epoch_sums.get(key, 0) + out[key].detach()
@@ -153,12 +198,20 @@ class TPOModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         if self._epoch_steps:
-            self.last_epoch_means = {k: float(v) / self._epoch_steps for k, v in self._epoch_sums.items()}
+            means = {k: self.trainer.strategy.reduce(v / self._epoch_steps, reduce_op="mean")
+                     for k, v in self._epoch_sums.items()}
+            self.last_epoch_means = {k: float(v) for k, v in means.items()}
         self._epoch_sums, self._epoch_steps = {}, 0
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        out = self._step(batch)
-        self.log_dict({f"val/{k}": v for k, v in out.items()}, batch_size=len(batch["ids"]), sync_dist=True)
+        counted = batch["counted"]  # False: a duplicate that only keeps the ranks' batch counts equal
+        out = self._step(batch, counted)
+        weight = int(counted.sum())
+        for key in METRICS:
+            metric = self.val_means[key.replace("/", "_")]
+            if weight:
+                metric.update(out[key], weight)
+            self.log(f"val/{key}", metric, batch_size=max(weight, 1))
 
     # ---- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -169,14 +222,20 @@ class TPOModule(L.LightningModule):
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(h.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    # ---- checkpoints: the reference is not saved, and comes back from memory on load -----------
-    def _keep_reference(self, state_dict, prefix, *args) -> None:
-        if self.reference is None:
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Logs ``train/grad_norm`` (global, before clipping) and clips by it; sharded gradients included."""
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if not grads:
             return
-        for key, value in self.reference.state_dict().items():
-            state_dict.setdefault(prefix + REFERENCE_PREFIX + key, value)
-
-
-def _drop_reference(module, state_dict, prefix, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix + REFERENCE_PREFIX)]:
-        del state_dict[key]
+        norm = torch.nn.utils.get_total_norm(grads)
+        if hasattr(norm, "full_tensor"):  # a DTensor: each rank holds the norm of its shards only
+            norm = norm.full_tensor()
+        self.log("train/grad_norm", norm, batch_size=1)
+        if gradient_clip_val is None:
+            return
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_([p for p in self.policy.parameters() if p.grad is not None],
+                                            gradient_clip_val)
+        else:
+            torch.nn.utils.clip_grads_with_norm_([p for p in self.policy.parameters() if p.grad is not None],
+                                                 gradient_clip_val, norm)

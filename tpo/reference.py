@@ -12,19 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from tpo.errors import TPOError
 from tpo.shared_prefix import shared_prefix_logps
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the fingerprint includes the training precision
 HINT = "delete it or run `python -m tpo precompute-ref --config ...` again"
 
 
-class StaleReferenceError(ValueError):
+class StaleReferenceError(TPOError):
     """The reference cache does not belong to this model, processor or data."""
 
 
@@ -32,8 +33,8 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def model_fingerprint(model_path: str, family: str, dtype: str, processor) -> str:
-    """Model identity (config + weight files' names and sizes), dtype and processor settings."""
+def model_fingerprint(model_path: str, family: str, dtype: str, precision: str, processor) -> str:
+    """Model identity (config + weight files' names and sizes), dtype, training precision and processor settings."""
     from tpo.synthetic import resolve
 
     path = Path(resolve(model_path))
@@ -44,7 +45,7 @@ def model_fingerprint(model_path: str, family: str, dtype: str, processor) -> st
     else:  # a hub id: its name is what identifies it
         config = str(model_path)
     settings = processor.to_dict() if hasattr(processor, "to_dict") else str(processor)
-    return _digest([family, dtype, config, files, settings])
+    return _digest([family, dtype, str(precision), config, files, settings])
 
 
 def record_fingerprint(record) -> str:
@@ -52,21 +53,34 @@ def record_fingerprint(record) -> str:
     return _digest([data["video"], data["frame_indices"], data["question"], data["chosen"], data["rejected"]])
 
 
-@torch.inference_mode()
-def compute(adapter, model, dataset, collator, batch_size: int, progress: bool = True) -> dict[str, list[float]]:
-    """``{record id: [chosen logp, rejected logp]}`` over a :class:`PreferenceDataset`."""
+@torch.no_grad()
+def compute(adapter, model, loaders, forward_context=nullcontext, progress: bool = True) -> dict[str, list[float]]:
+    """``{record id: [chosen logp, rejected logp]}`` over the batches of ``loaders``.
+
+    With several processes every rank runs ``loaders`` over its own share of the records (all ranks
+    take part in every forward of a sharded model) and the shares are gathered on every rank. A
+    record seen twice (a sampler's padding) keeps its first value.
+    """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collator, shuffle=False)
     values = {}
-    for batch in tqdm(loader, desc="reference log-probs", disable=not progress):
-        batch["inputs"] = {k: v.to(device) for k, v in batch["inputs"].items()}
-        logps, _ = shared_prefix_logps(adapter, model, batch)
-        n = len(batch["ids"])
-        for i, rid in enumerate(batch["ids"]):
-            values[rid] = [float(logps[i]), float(logps[n + i])]
+    for loader in loaders:
+        for batch in tqdm(loader, desc="reference log-probs", disable=not progress):
+            batch["inputs"] = {k: v.to(device) for k, v in batch["inputs"].items()}
+            with forward_context():
+                logps, _ = shared_prefix_logps(adapter, model, batch)
+            n = len(batch["ids"])
+            for i, rid in enumerate(batch["ids"]):
+                values.setdefault(rid, [float(logps[i]), float(logps[n + i])])
     model.train(was_training)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        shares = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(shares, values)
+        values = {}
+        for share in shares:
+            for rid, logps in share.items():
+                values.setdefault(rid, logps)
     return values
 
 
@@ -86,8 +100,8 @@ def load(path: str | Path, fingerprint: str, records) -> dict[str, torch.Tensor]
     except json.JSONDecodeError as err:
         raise StaleReferenceError(f"reference log-probs {path} are not valid JSON ({err.msg}); {HINT}") from None
     if cache.get("version") != FORMAT_VERSION or cache.get("model") != fingerprint:
-        raise StaleReferenceError(f"reference log-probs {path} were computed for another model, dtype or processor "
-                                  f"settings; {HINT}")
+        raise StaleReferenceError(f"reference log-probs {path} were computed for another model, dtype, precision "
+                                  f"or processor settings; {HINT}")
     entries, missing, changed = cache["entries"], [], []
     for record in records:
         entry = entries.get(record["id"])

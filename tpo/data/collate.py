@@ -66,4 +66,5 @@ class SharedPrefixCollator(PairCollator):
         answers = {side: [self.adapter.response_ids(self.processor, it[side]) for it in items]
                    for side in ("chosen", "rejected")}
         batch = pack_pairs(prompts, answers["chosen"], answers["rejected"], self.pad_id)
-        return {**batch, "ids": [it["id"] for it in items]}
+        counted = torch.tensor([it.get("counted", True) for it in items])
+        return {**batch, "ids": [it["id"] for it in items], "counted": counted}

@@ -10,11 +10,13 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from tpo.data.collate import SharedPrefixCollator
 from tpo.data.frames import read_frames
 from tpo.data.records import BadRecordsError, Record, read_records, summarize
+from tpo.errors import ConfigError, TPOError
 from tpo.models import get_adapter
 from tpo.synthetic import resolve
 
@@ -44,7 +46,7 @@ def split_by_video(records: list[Record], val_fraction: float, seed: int) -> tup
     random.Random(seed).shuffle(videos)
     n_val = math.ceil(val_fraction * len(videos)) if val_fraction > 0 else 0
     if n_val >= len(videos) and videos:
-        raise ValueError(f"val_fraction={val_fraction} leaves no training video (only {len(videos)} videos)")
+        raise ConfigError(f"val_fraction={val_fraction} leaves no training video (only {len(videos)} videos)")
     held_out = set(videos[:n_val])
     return ([r for r in records if str(r.video_path) not in held_out],
             [r for r in records if str(r.video_path) in held_out])
@@ -59,23 +61,23 @@ def select_pairs(records: list[Record], irrelevant_fraction: float | None, max_p
     rng = random.Random(seed)
     size = len(records) if max_pairs is None else max_pairs
     if size < 1:
-        raise ValueError(f"max_pairs must be at least 1, got {max_pairs}")
+        raise ConfigError(f"max_pairs must be at least 1, got {max_pairs}")
     if size > len(records):
-        raise ValueError(f"max_pairs={max_pairs} but only {len(records)} training pairs are available")
+        raise ConfigError(f"max_pairs={max_pairs} but only {len(records)} training pairs are available")
     if irrelevant_fraction is None:
         return sorted(rng.sample(records, size), key=lambda r: r.line)
     if not 0.0 <= irrelevant_fraction <= 1.0:
-        raise ValueError(f"irrelevant_fraction must lie in [0, 1], got {irrelevant_fraction}")
+        raise ConfigError(f"irrelevant_fraction must lie in [0, 1], got {irrelevant_fraction}")
     pools = {m: [r for r in records if r.data.get("manipulation") == m] for m in ("irrelevant", "incomplete")}
     unlabeled = [r for r in records if r.data.get("manipulation") not in pools]
     if unlabeled:
-        raise ValueError(f"irrelevant_fraction needs every record's 'manipulation'; line {unlabeled[0].line} "
+        raise ConfigError(f"irrelevant_fraction needs every record's 'manipulation'; line {unlabeled[0].line} "
                          f"(id {unlabeled[0]['id']!r}) and {len(unlabeled) - 1} more have none")
     want = {"irrelevant": round(size * irrelevant_fraction)}
     want["incomplete"] = size - want["irrelevant"]
     for kind, n in want.items():
         if n > len(pools[kind]):
-            raise ValueError(f"irrelevant_fraction={irrelevant_fraction} with {size} pairs needs {n} {kind} "
+            raise ConfigError(f"irrelevant_fraction={irrelevant_fraction} with {size} pairs needs {n} {kind} "
                              f"pairs; only {len(pools[kind])} are available")
     chosen = rng.sample(pools["irrelevant"], want["irrelevant"]) + rng.sample(pools["incomplete"], want["incomplete"])
     return sorted(chosen, key=lambda r: r.line)
@@ -121,7 +123,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 raise BadRecordsError(bad)
             self._report_skipped(bad)
         if not records:
-            raise ValueError(f"{h.path}: no usable preference records")
+            raise TPOError(f"{h.path}: no usable preference records")
         train, val = split_by_video(records, h.val_fraction, h.seed)
         self.train_set = PreferenceDataset(select_pairs(train, h.irrelevant_fraction, h.max_pairs, h.seed))
         self.val_set = PreferenceDataset(val) if val else None
@@ -142,16 +144,38 @@ class PreferenceDataModule(L.LightningDataModule):
             for b in bad:
                 f.write(json.dumps({"file": b.file, "line": b.line, "id": b.id, "reason": b.reason}) + "\n")
 
-    def _loader(self, dataset: PreferenceDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool) -> StatefulDataLoader:
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         # A seeded DistributedSampler (also for one process) gives an order that depends only on
-        # (seed, epoch), so a resumed run sees the same batches as an uninterrupted one.
+        # (seed, epoch); the stateful loader's position is saved in every checkpoint, so a run
+        # resumed mid-epoch goes on at the next batch.
         sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed)
-        return DataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=self.collator,
-                          num_workers=self.hparams.num_workers, persistent_workers=self.hparams.num_workers > 0)
+        return StatefulDataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
+                                  collate_fn=self.collator, num_workers=self.hparams.num_workers,
+                                  persistent_workers=self.hparams.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader(self.train_set, shuffle=True)
 
     def val_dataloader(self):
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        if self.val_set is None:
+            return []
+        world = self.trainer.world_size if self.trainer else 1
+        return self._loader(EvenShares(self.val_set, world), shuffle=False)
+
+
+class EvenShares(Dataset):
+    """``dataset`` padded with repeats to a multiple of ``world`` items, the repeats marked
+    ``counted: False``: every rank gets as many batches (a sharded model needs every rank in every
+    forward) and validation metrics count each pair once."""
+
+    def __init__(self, dataset: Dataset, world: int):
+        self.dataset = dataset
+        self.size = math.ceil(len(dataset) / world) * world
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict:
+        n = len(self.dataset)
+        return {**self.dataset[i % n], "counted": i < n}

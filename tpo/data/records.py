@@ -13,6 +13,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from tpo.data.frames import VideoReadError, count_frames
+from tpo.errors import TPOError
 
 REQUIRED_TEXT = ("id", "video", "question", "chosen", "rejected")
 MANIPULATIONS = ("irrelevant", "incomplete")
@@ -30,7 +31,7 @@ class BadRecord:
         return f"{where}: {self.reason}"
 
 
-class BadRecordsError(ValueError):
+class BadRecordsError(TPOError):
     """Raised when a preference file has records that cannot be trained on."""
 
     def __init__(self, bad: list[BadRecord], shown: int = 20):
@@ -91,7 +92,7 @@ def _default_video_root(path: Path) -> Path:
         try:
             root = json.loads(manifest.read_text()).get("video_root")
         except (json.JSONDecodeError, AttributeError):
-            raise ValueError(f"{manifest}: not a valid manifest (expected a JSON object)") from None
+            raise TPOError(f"{manifest}: not a valid manifest (expected a JSON object)") from None
         if root:
             return Path(root)
     return path.parent
@@ -106,7 +107,7 @@ def read_records(path: str | Path, video_root: str | Path | None = None) -> tupl
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"preference file not found: {path}")
+        raise TPOError(f"preference file not found: {path}")
     root = Path(video_root) if video_root is not None else _default_video_root(path)
     parsed: list[Record] = []
     bad: list[BadRecord] = []

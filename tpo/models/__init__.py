@@ -1,5 +1,6 @@
 """Supported video-LMM families. Add a family by adding one :class:`ModelAdapter` here."""
 
+from tpo.errors import ConfigError
 from tpo.models.adapter import IGNORE_INDEX, PARTS, ModelAdapter, PromptEncoding, pad_token_id
 
 _LLAVA_PARTS = {
@@ -28,7 +29,7 @@ FAMILIES: dict[str, ModelAdapter] = {
 def get_adapter(family: str) -> ModelAdapter:
     if family not in FAMILIES:
         known = ", ".join(f"{name} ({a.description})" for name, a in FAMILIES.items())
-        raise ValueError(f"unknown model family {family!r}; supported families: {known}")
+        raise ConfigError(f"unknown model family {family!r}; supported families: {known}")
     return FAMILIES[family]
 
 

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from tpo.errors import ConfigError
+
 IGNORE_INDEX = -100
 # Processor outputs with one entry per token; everything else is a vision tensor.
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -57,17 +59,24 @@ class ModelAdapter:
     mrope: bool = False  # 3-D multimodal rotary positions (Qwen2-VL): see tpo/shared_prefix.py
 
     # ---- loading -------------------------------------------------------------------------
-    def load(self, path: str, dtype: torch.dtype | None = None):
-        """``(model, processor)`` from a local directory or hub id (``builtin:`` paths resolved)."""
-        from transformers import AutoConfig, AutoModelForImageTextToText
+    def load_config(self, path: str):
+        """The checkpoint's ``transformers`` config, checked to belong to this family."""
+        from transformers import AutoConfig
 
-        path = _resolve(path)
-        model_type = AutoConfig.from_pretrained(path).model_type
-        if model_type not in self.model_types:
-            raise ValueError(
-                f"{path} holds a {model_type!r} model, but model family {self.family!r} expects one of "
+        config = AutoConfig.from_pretrained(_resolve(path))
+        if config.model_type not in self.model_types:
+            raise ConfigError(
+                f"{path} holds a {config.model_type!r} model, but model family {self.family!r} expects one of "
                 f"{list(self.model_types)}; set `family` to match the checkpoint"
             )
+        return config
+
+    def load(self, path: str, dtype: torch.dtype | None = None):
+        """``(model, processor)`` from a local directory or hub id (``builtin:`` paths resolved)."""
+        from transformers import AutoModelForImageTextToText
+
+        path = _resolve(path)
+        self.load_config(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype or torch.float32)
         return model, self.load_processor(path)
 
@@ -109,7 +118,7 @@ class ModelAdapter:
     def set_trainable(self, model: nn.Module, trainable: list[str] | tuple[str, ...]) -> None:
         unknown = set(trainable) - set(PARTS)
         if unknown:
-            raise ValueError(f"unknown trainable part(s) {sorted(unknown)}; choose from {list(PARTS)}")
+            raise ConfigError(f"unknown trainable part(s) {sorted(unknown)}; choose from {list(PARTS)}")
         for name, param in model.named_parameters():
             param.requires_grad_(self.part_of(name) in trainable)
 

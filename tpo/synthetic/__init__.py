@@ -8,10 +8,9 @@ Configs may name them with ``builtin:`` paths, resolved (and built once, then ca
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from tpo.synthetic.tiny_models import BUILDERS, build_tiny, cache_dir, tiny_model_path
+from tpo.synthetic.tiny_models import BUILDERS, build_once, build_tiny, cache_dir, tiny_model_path
 from tpo.synthetic.world import write_preference_dataset
 
 _DEMO_VERSION = "4"
@@ -19,13 +18,10 @@ _DEMO_VERSION = "4"
 
 def demo_dataset_path() -> Path:
     """The demo preference set, written once under the cache directory."""
-    root = cache_dir() / f"demo-v{_DEMO_VERSION}"
-    if not (root / "preferences.jsonl").exists():
-        tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    def build(tmp: Path) -> None:
         write_preference_dataset(tmp, num_videos=20, pairs_per_video=4, num_frames=32)
-        if not root.exists():
-            tmp.rename(root)
-    return root / "preferences.jsonl"
+
+    return build_once(cache_dir() / f"demo-v{_DEMO_VERSION}", build, "preferences.jsonl") / "preferences.jsonl"
 
 
 def resolve(path: str | Path) -> Path | str:
@@ -42,4 +38,5 @@ def resolve(path: str | Path) -> Path | str:
     raise ValueError(f"unknown built-in asset {text!r}; available: {', '.join(options)}")
 
 
-__all__ = ["build_tiny", "cache_dir", "demo_dataset_path", "resolve", "tiny_model_path", "write_preference_dataset"]
+__all__ = ["build_once", "build_tiny", "cache_dir", "demo_dataset_path", "resolve", "tiny_model_path",
+           "write_preference_dataset"]

@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import torch
+from filelock import FileLock
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -181,16 +183,32 @@ def build_tiny(family: str, seed: int = 0):
     return model.eval(), processor
 
 
-def tiny_model_path(family: str) -> Path:
-    """Save the tiny model of ``family`` once under the cache directory and return its path."""
-    path = cache_dir() / f"tiny-{family}-v{_BUILD_VERSION}"
-    if not (path / "config.json").exists():
-        model, processor = build_tiny(family)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        if path.exists():  # another process built it meanwhile
-            shutil.rmtree(tmp)
-        else:
+def build_once(path: Path, build: Callable[[Path], object], done: str) -> Path:
+    """``path``, made by ``build(tmp_dir)`` the first time (the file ``done`` marks it finished).
+
+    A file lock makes processes started together (the ranks of a multi-process run) build it once:
+    the others wait and then use it. The temporary directory is renamed into place, so a killed
+    build never leaves a half-written ``path``.
+    """
+    if (path / done).exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{path}.lock"):
+        if not (path / done).exists():
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            build(tmp)
+            shutil.rmtree(path, ignore_errors=True)
             tmp.rename(path)
     return path
+
+
+def tiny_model_path(family: str) -> Path:
+    """Save the tiny model of ``family`` once under the cache directory and return its path."""
+    def build(tmp: Path) -> None:
+        model, processor = build_tiny(family)
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    return build_once(cache_dir() / f"tiny-{family}-v{_BUILD_VERSION}", build, "config.json")

@@ -14,9 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from tpo.data.collate import _pad, _sequence
 from tpo.data.frames import read_frames, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.models import IGNORE_INDEX, get_adapter, pad_token_id
-from tpo.synthetic.tiny_models import build_llava_onevision, cache_dir
+from tpo.synthetic.tiny_models import build_llava_onevision, build_once, cache_dir
 from tpo.synthetic.toy import answer_text, name, questions
 from tpo.synthetic.world import Event, random_events, render_frames, write_video
 
@@ -149,14 +147,6 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
 def toy_base_path(cfg: ToyBaseConfig = ToyBaseConfig()) -> Path:
     """The toy base model for ``cfg``, trained on first use and cached."""
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    path = cache_dir() / f"toy-base-v{_VERSION}-{digest}"
-    if not (path / "config.json").exists():
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.mkdir(parents=True, exist_ok=True)
-        train_toy_base(tmp, cfg)
-        if path.exists():
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(path)
-    return path
+    return build_once(cache_dir() / f"toy-base-v{_VERSION}-{digest}", lambda tmp: train_toy_base(tmp, cfg),
+                      "config.json")
 
