@@ -34,13 +34,15 @@ def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 def tpo_loss(
     policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, chosen_tokens: torch.Tensor,
-    beta: float, alpha: float, loss_type: LossType = "sigmoid",
+    beta: float, alpha: float, loss_type: LossType = "sigmoid", sft_tokens: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss and its metrics from per-pair sequence log-probs (all of shape ``(B,)``).
 
     The SFT term is the mean negative log-likelihood per chosen-response token over the batch
     (total NLL of the chosen tokens / their number), i.e. the usual token-level cross-entropy,
-    so α weighs it independently of response length.
+    so α weighs it independently of response length. ``sft_tokens`` replaces the divisor: with
+    several processes, the global token count / the number of processes, so that the average of
+    the ranks' losses (what data parallelism optimises) is the loss of the whole global batch.
     """
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
@@ -54,7 +56,8 @@ def tpo_loss(
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose sigmoid, ipo or hinge")
     dpo = dpo.mean()
-    sft = -policy_chosen.sum() / chosen_tokens.sum().clamp(min=1)
+    tokens = chosen_tokens.sum() if sft_tokens is None else sft_tokens
+    sft = -policy_chosen.sum() / tokens.clamp(min=1)
     chosen_rewards = (beta * chosen_ratio).detach()
     rejected_rewards = (beta * rejected_ratio).detach()
     return {

@@ -180,9 +180,13 @@ class TPOModule(L.LightningModule):
         n = len(batch["ids"])
         policy_logps, tokens = self.sequence_logps(self.policy, batch)
         ref_logps = self._reference_logps(batch)
-        h = self.hparams
+        h, chosen_tokens = self.hparams, tokens[:n][rows]
+        sft_tokens = None
+        if self.training and self.trainer.world_size > 1:
+            total = self.trainer.strategy.reduce(chosen_tokens.sum().float(), reduce_op="sum")
+            sft_tokens = total / self.trainer.world_size
         return tpo_loss(policy_logps[:n][rows], policy_logps[n:][rows], ref_logps[:n][rows], ref_logps[n:][rows],
-                        tokens[:n][rows], beta=h.beta, alpha=h.alpha, loss_type=h.loss_type)
+                        chosen_tokens, beta=h.beta, alpha=h.alpha, loss_type=h.loss_type, sft_tokens=sft_tokens)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._step(batch)
