@@ -222,7 +222,7 @@ class TPOModule(L.LightningModule):
         h = self.hparams
         params = [p for p in self.policy.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = max(1, optimizer_steps(self.trainer, len(self.trainer.datamodule.train_dataloader())))
         scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(h.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -243,3 +243,18 @@ class TPOModule(L.LightningModule):
         else:
             torch.nn.utils.clip_grads_with_norm_([p for p in self.policy.parameters() if p.grad is not None],
                                                  gradient_clip_val, norm)
+
+
+def optimizer_steps(trainer: L.Trainer, batches_per_epoch: int) -> int:
+    """The run's number of optimizer steps, as Lightning's ``trainer.estimated_stepping_batches``.
+
+    Computed from the loader's length because asking the trainer sets its train loader up before a
+    sharded checkpoint is restored, and the loader's mid-epoch position is then never applied (Lightning
+    2.6, strategies that restore after setup): a resumed run would start the epoch over.
+    """
+    if trainer.max_epochs == -1:
+        return trainer.max_steps
+    limit = trainer.limit_train_batches
+    batches = min(batches_per_epoch, limit) if isinstance(limit, int) else int(batches_per_epoch * limit)
+    steps = math.ceil(batches / trainer.accumulate_grad_batches) * max(trainer.max_epochs, 1)
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
