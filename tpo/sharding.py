@@ -18,6 +18,7 @@ reduced in fp32 and the optimizer updates fp32 master weights.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -113,3 +114,21 @@ def load_full_weights(adapter: ModelAdapter, model_path: str, dtype: torch.dtype
     for model in models:
         set_model_state_dict(model, dict(full), options=options)  # it replaces the dict's values with shards
     del full
+
+
+@contextmanager
+def root_unsharded(model: nn.Module):
+    """Keep a sharded model's root parameters gathered (a no-op for other models).
+
+    ``generate()`` calls the vision encoder directly, outside the root module's forward, so the
+    root unit's parameters (patch embedding, projector) would still be shards there."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    model.unshard()
+    try:
+        yield model
+    finally:
+        model.reshard()

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from tpo.models.adapter import ModelAdapter, PromptEncoding, pad_token_id
+from tpo.sharding import root_unsharded
 
 
 def resolve_device(device: str) -> torch.device:
@@ -49,8 +50,9 @@ def generate_texts(model, tokenizer, inputs: dict[str, torch.Tensor], max_new_to
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     if seed is not None:
         torch.manual_seed(seed)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer),
-                         eos_token_id=stop_token_ids(model, tokenizer), **sampling)
+    with root_unsharded(model):
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer),
+                             eos_token_id=stop_token_ids(model, tokenizer), **sampling)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
     return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 

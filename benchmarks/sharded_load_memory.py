@@ -1,0 +1,228 @@
+"""Peak host memory (RSS) per rank while loading policy + reference: FSDP2-sharded vs replicated.
+
+- ``replicated``: what every rank did before sharding: ``from_pretrained`` twice (policy, reference);
+- ``sharded``: ``tpo.sharding``: both models built empty and sharded, rank 0 reads the checkpoint
+  once and broadcasts it into every rank's shards (a live reference);
+- ``sharded_policy_only``: the same with the policy alone (precomputed reference log-probs).
+
+The model is a random LLaVA-OneVision (fp32) whose Qwen2 blocks hold nearly all its weights. Each
+rank is a fresh process (gloo, CPU), so its peak is its own.
+
+    python benchmarks/sharded_load_memory.py [--hidden 1024] [--layers 5] [--intermediate 4096] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+CASES = {"replicated": 2, "sharded": 2, "sharded_policy_only": 1}  # case -> models loaded
+BASELINE = "replicated"
+WORKER_TAG = "RESULT "
+MB = 2**20
+
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+class PeakRSS:
+    """Peak resident set size over a window, in bytes above the RSS at its start.
+
+    ``VmHWM`` (like ``ru_maxrss``) is the peak over the process's whole life, so it is first reset to
+    the current RSS by writing "5" to ``/proc/self/clear_refs`` (Linux >= 4.0). Where that is refused,
+    a thread samples ``VmRSS`` every millisecond instead, which can only miss a spike shorter than
+    that (it reads low, never high); both are taken when both work.
+    """
+
+    def __enter__(self):
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self.hwm_reset = True
+        except OSError:
+            self.hwm_reset = False
+        self.base = self.sampled = _status_kb("VmRSS")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.sampled = max(self.sampled, _status_kb("VmRSS"))
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        peak = max(self.sampled, _status_kb("VmHWM") if self.hwm_reset else 0)
+        self.peak = (peak - self.base) * 1024
+        self.held = (_status_kb("VmRSS") - self.base) * 1024
+
+
+def build_checkpoint(path: Path, hidden: int, layers: int, intermediate: int, save_dtype: str = "bfloat16") -> int:
+    """Save a random LLaVA-OneVision with that Qwen2 text model under ``path`` in ``save_dtype``;
+    the bytes of its fp32 parameters (one full copy as loaded)."""
+    import torch
+
+    from tpo.synthetic.tiny_models import build_llava_onevision
+
+    torch.manual_seed(0)
+    model, processor = build_llava_onevision(text=dict(
+        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=8, num_key_value_heads=8))
+    full = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.to(getattr(torch, save_dtype)).save_pretrained(path)
+    processor.save_pretrained(path)
+    return full
+
+
+def load_models(case: str, model_dir: str, rank: int, world: int) -> list:
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from tpo import sharding
+    from tpo.models import get_adapter
+
+    adapter = get_adapter("llava_onevision")
+    if case == "replicated":
+        return [adapter.load(model_dir, torch.float32)[0] for _ in range(CASES[case])]
+    mesh = init_device_mesh("cpu", (world,))
+    preparers = [lambda m: adapter.set_trainable(m, ("language_model", "projector")),
+                 lambda m: m.requires_grad_(False)][:CASES[case]]
+    models = [sharding.build_sharded(adapter, model_dir, torch.float32, mesh, "32-true", prepare,
+                                     checkpointing=i == 0) for i, prepare in enumerate(preparers)]
+    sharding.load_full_weights(adapter, model_dir, torch.float32, models, rank)
+    return models
+
+
+def max_diff_to_checkpoint(models: list, model_dir: str, rank: int) -> float | None:
+    """Largest |difference| between each model's gathered weights and the safetensors file (rank 0)."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    gathered = [get_model_state_dict(m, options=options) for m in models]  # every rank takes part
+    if rank != 0:
+        return None
+    saved = load_file(str(Path(model_dir) / "model.safetensors"))
+    assert all(set(g) == set(saved) for g in gathered), "parameter names differ from the checkpoint's"
+    return max((g[k] - saved[k].float()).abs().max().item() for g in gathered for k in saved)
+
+
+def worker(case: str, model_dir: str, check: bool) -> None:
+    """One rank (RANK, WORLD_SIZE, MASTER_* from the environment): print its result as JSON."""
+    import accelerate  # noqa: F401  imports done before the baseline
+    import torch.distributed as dist
+    import torch.distributed.checkpoint.state_dict  # noqa: F401
+    import torch.distributed.fsdp  # noqa: F401
+    import transformers
+
+    from tpo import sharding  # noqa: F401
+
+    transformers.LlavaOnevisionForConditionalGeneration  # noqa: B018  its lazy import, too
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.barrier()
+    with PeakRSS() as rss:
+        models = load_models(case, model_dir, rank, world)
+    result = dict(case=case, rank=rank, peak=rss.peak, held=rss.held, hwm_reset=rss.hwm_reset)
+    if check:
+        result["max_diff"] = max_diff_to_checkpoint(models, model_dir, rank)
+    print(WORKER_TAG + json.dumps(result), flush=True)
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def measure(model_dir: str | Path, case: str, world: int = 2, check: bool = False) -> list[dict]:
+    """Run ``case`` on ``world`` fresh processes; one dict per rank: peak / held bytes above baseline."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
+               OMP_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--worker", case, "--out", str(model_dir)] + (["--check"] if check else [])
+    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(world)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        if p.returncode != 0:
+            raise RuntimeError(f"{case} rank failed ({p.returncode}):\n{err[-3000:]}")
+    results = [json.loads(next(line[len(WORKER_TAG):] for line in out.splitlines() if line.startswith(WORKER_TAG)))
+               for out, _ in outputs]
+    return sorted(results, key=lambda r: r["rank"])
+
+
+def llava_video_7b_params() -> int:
+    """LLaVA-Video-7B-Qwen2's parameter count: Qwen2-7B + SigLIP-so400m (26 layers) + projector, on meta."""
+    from accelerate import init_empty_weights
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
+                              SiglipVisionConfig)
+
+    config = LlavaOnevisionConfig(
+        vision_config=SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+                                         num_attention_heads=16, image_size=384, patch_size=14),
+        text_config=Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                                num_attention_heads=28, num_key_value_heads=4, vocab_size=152064))
+    with init_empty_weights():
+        return sum(p.numel() for p in LlavaOnevisionForConditionalGeneration(config).parameters())
+
+
+def print_formula(params: float, world: int) -> None:
+    full = 4 * params / 1e9  # GB of fp32 weights
+    print(f"\nfp32 weights, P params, world W (full copy = 4P bytes):")
+    print("  replicated, every rank:      2 x 4P")
+    print("  sharded, rank 0:             4P (the one full copy read) + n x 4P/W   (n = sharded models)")
+    print("  sharded, other ranks:        n x 4P/W")
+    print(f"P = {params:.2e} (LLaVA-Video-7B-Qwen2 built on meta: {llava_video_7b_params():.3e}), W = {world}:")
+    print(f"  replicated: {2 * full:.0f} GB per rank ({2 * full * world:.0f} GB per {world}-rank node)")
+    for n, label in [(2, "live reference"), (1, "policy only")]:
+        print(f"  sharded, {label:14s}: rank 0 {full + n * full / world:.0f} GB, "
+              f"other ranks {n * full / world:.0f} GB ({full + n * full:.0f} GB per node)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=5)
+    parser.add_argument("--intermediate", type=int, default=4096)
+    parser.add_argument("--save-dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                        help="the checkpoint's dtype (it is always loaded as float32); see the module docstring")
+    parser.add_argument("--out", help="where to save the random checkpoint (default: a temporary directory)")
+    parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
+    parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.out, args.check)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.out or tmp)
+        full = build_checkpoint(model_dir, args.hidden, args.layers, args.intermediate, args.save_dtype)
+        print(f"checkpoint {args.save_dtype}, loaded as float32: full copy {full / MB:.0f} MB, "
+              f"one shard {full / 2 / MB:.0f} MB (world 2)\n")
+        runs = {}
+        for case in CASES:
+            start = time.perf_counter()
+            runs[case] = measure(model_dir, case)
+            print(f"{case}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    print(f"{'case':20s} {'rank':>4s} {'full MB':>8s} {'shard MB':>8s} {'peak +MB':>9s} {'held +MB':>9s} "
+          f"{'peak/full':>9s} {'vs replicated':>13s}")
+    for case, results in runs.items():
+        for r in results:
+            base = runs[BASELINE][r["rank"]]["peak"]
+            print(f"{case:20s} {r['rank']:4d} {full / MB:8.0f} {full / 2 / MB:8.0f} {r['peak'] / MB:9.0f} "
+                  f"{r['held'] / MB:9.0f} {r['peak'] / full:9.2f} {r['peak'] / base:13.2f}")
+    print_formula(8.0e9, 8)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Multi-process training for real: 2 CPU processes (gloo) through the `tpo` command, FSDP2 and DDP.
+
+Every run here is `python -m tpo ...` in a subprocess; Lightning starts the second rank itself.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from step_log import read
+
+from tpo.data.datamodule import PreferenceDataModule
+from tpo.models import get_adapter
+from tpo.shared_prefix import shared_prefix_logps
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "builtin:tiny-llava_onevision"
+EPOCHS, STEPS_PER_EPOCH, CHECKPOINT_EVERY = 4, 6, 4  # 24 train pairs, a global batch of 4
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+
+
+def _tpo(*args, cwd, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tpo", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=_env(), timeout=timeout)
+
+
+def _config(root: Path, pref_file, base: str = "demo_fsdp.yaml", **trainer) -> Path:
+    """A copy of ``base`` on the small test set: checkpoints every few steps, every step logged to steps.jsonl."""
+    config = yaml.safe_load((REPO / "lightning_configs" / base).read_text())
+    config["trainer"].update(default_root_dir=str(root), max_epochs=EPOCHS, enable_progress_bar=False, **trainer)
+    config["trainer"]["callbacks"] = [
+        {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+         "init_args": {"every_n_train_steps": CHECKPOINT_EVERY, "save_top_k": -1, "save_last": True}},
+        {"class_path": "step_log.StepLog", "init_args": {"path": str(root / "steps.jsonl")}},
+    ]
+    config["data"].update(path=str(pref_file), val_fraction=0.25, batch_size=4 // config["trainer"]["devices"])
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _run_dir(root: Path) -> Path:
+    return root / "lightning_logs" / "version_0"
+
+
+@pytest.fixture(scope="module")
+def mcq_file(tmp_path_factory, pref_file):
+    clips = sorted((pref_file.parent / "videos").glob("*.mp4"))[:2]
+    path = tmp_path_factory.mktemp("mcq") / "mcq.jsonl"
+    path.write_text("".join(json.dumps({"video": str(c), "question": "Which shape comes first?",
+                                        "options": ["a red square", "a blue circle"], "answer": "A"}) + "\n"
+                            for c in clips))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory, pref_file, mcq_file):
+    """The sharded demo recipe, uninterrupted, with an in-training MCQ evaluation and the final log-probs."""
+    root = tmp_path_factory.mktemp("fsdp")
+    config = _config(root, pref_file)
+    done = _tpo("fit", "--config", config, "--trainer.callbacks+=step_log.FinalLogps",
+                "--trainer.callbacks.path", root / "final_logps.json",
+                "--trainer.callbacks+=tpo.evaluate.MCQEval", "--trainer.callbacks.data", mcq_file,
+                "--trainer.callbacks.every_n_steps", 12, "--trainer.callbacks.max_new_tokens", 4, cwd=root)
+    return {"root": root, "config": config, "done": done}
+
+
+def test_sharded_demo_finishes_and_its_export_scores_like_the_sharded_model(fsdp_run, pref_file):
+    done = fsdp_run["done"]
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("TPO fit done") == 1 and "on 2 process(es)" in done.stdout  # rank 0 only
+    assert "Traceback" not in done.stderr
+    export = _run_dir(fsdp_run["root"]) / "export"
+    final = json.loads((fsdp_run["root"] / "final_logps.json").read_text())
+    adapter = get_adapter("llava_onevision")
+    model, processor = adapter.load(str(export))
+    dm = PreferenceDataModule(str(pref_file), model_path=str(export), family="llava_onevision", val_fraction=0.25)
+    dm.setup("fit")
+    batch = dm.collator([dm.val_set[i] for i in range(len(final["ids"]))])
+    assert batch["ids"] == final["ids"]
+    with torch.no_grad():
+        exported = shared_prefix_logps(adapter, model.eval(), batch)[0]
+    assert torch.allclose(exported, torch.tensor(final["logps"]), atol=1e-5)
+    base, _ = adapter.load(MODEL)
+    with torch.no_grad():
+        assert not torch.allclose(shared_prefix_logps(adapter, base.eval(), batch)[0], exported, atol=1e-3)
+
+
+def test_in_training_evaluation_runs_on_both_ranks(fsdp_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(_run_dir(fsdp_run["root"])))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("eval/mcq/accuracy")]
+    assert steps == [0, 12, 24]
+    assert {"train/grad_norm", "perf/peak_memory_gib", "rewards/accuracy"} <= set(events.Tags()["scalars"])
+
+
+def test_sharded_losses_match_one_process(fsdp_run, pref_file, tmp_path):
+    config = _config(tmp_path, pref_file, base="demo.yaml")
+    done = _tpo("fit", "--config", config, "--trainer.max_steps", STEPS_PER_EPOCH + 2, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    single, sharded = read(tmp_path / "steps.jsonl"), read(fsdp_run["root"] / "steps.jsonl")
+    assert list(single) == list(range(1, STEPS_PER_EPOCH + 3))
+    for step, expected in single.items():
+        assert sorted(sharded[step]["ids"]) == sorted(expected["ids"])  # the same global batch
+        assert sharded[step]["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6), step
+    assert sharded[1]["rewards/chosen"] == 0.0 and sharded[1]["rewards/rejected"] == 0.0
+
+
+def test_checkpoints_are_sharded_hold_no_reference_and_resume_exactly(fsdp_run, tmp_path):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    checkpoint = _run_dir(fsdp_run["root"]) / "checkpoints" / f"epoch=0-step={CHECKPOINT_EVERY}.ckpt"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    keys = list(FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata)
+    weights = [k for k in keys if k.startswith("state_dict.")]
+    assert weights and all(k.startswith("state_dict.policy.") for k in weights)
+    assert not any("reference" in k for k in keys)
+
+    done = _tpo("fit", "--config", fsdp_run["config"], "--trainer.default_root_dir", tmp_path,
+                "--trainer.callbacks.path", tmp_path / "steps.jsonl", "--ckpt_path", checkpoint, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    _assert_continues(read(fsdp_run["root"] / "steps.jsonl"), read(tmp_path / "steps.jsonl"), CHECKPOINT_EVERY)
+
+
+def _assert_continues(uninterrupted: dict, resumed: dict, after: int) -> None:
+    """The resumed run trains exactly the uninterrupted run's remaining steps, with its losses."""
+    assert list(resumed) == [s for s in uninterrupted if s > after]
+    for step, row in resumed.items():
+        assert row["ids"] == uninterrupted[step]["ids"], step  # no pair skipped or trained twice
+        assert row["loss"] == pytest.approx(uninterrupted[step]["loss"], rel=1e-6, abs=1e-6), step
+
+
+def test_killed_run_resumes_at_the_next_batch(fsdp_run, tmp_path):
+    """SIGKILL both ranks mid-epoch, then resume from the last checkpoint."""
+    steps = tmp_path / "steps.jsonl"
+    command = [sys.executable, "-m", "tpo", "fit", "--config", str(fsdp_run["config"]),
+               "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks.path", str(steps)]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    kill_after = CHECKPOINT_EVERY + 2  # the step-4 checkpoint is written, the epoch (6 steps) not over
+    deadline = time.monotonic() + 300
+    while not (steps.exists() and max(read(steps), default=0) >= kill_after):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = max(read(steps))
+    assert killed_at < EPOCHS * STEPS_PER_EPOCH
+
+    last = _run_dir(tmp_path) / "checkpoints" / "last.ckpt"
+    resumed_log = tmp_path / "resumed.jsonl"
+    done = _tpo("fit", "--config", fsdp_run["config"], "--trainer.default_root_dir", tmp_path / "resumed",
+                "--trainer.callbacks.path", resumed_log, "--ckpt_path", last, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    uninterrupted, resumed = read(fsdp_run["root"] / "steps.jsonl"), read(resumed_log)
+    resumed_from = min(resumed) - 1
+    assert resumed_from % CHECKPOINT_EVERY == 0 and resumed_from % STEPS_PER_EPOCH != 0  # mid-epoch
+    assert resumed_from <= killed_at
+    _assert_continues(uninterrupted, resumed, resumed_from)
+
+
+def test_precompute_ref_on_two_processes_matches_one_and_starts_at_zero_rewards(pref_file, tmp_path):
+    files = {}
+    for base in ("demo_fsdp.yaml", "demo.yaml"):
+        root = tmp_path / base.removesuffix(".yaml")
+        files[base] = root / "ref.json"
+        done = _tpo("precompute-ref", "--config", _config(root, pref_file, base=base),
+                    "--model.reference_logps", files[base], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert done.stdout.count("records written") == 1
+    two, one = (json.loads(files[b].read_text()) for b in ("demo_fsdp.yaml", "demo.yaml"))
+    assert two["model"] == one["model"] and two["entries"].keys() == one["entries"].keys() and len(one["entries"]) == 32
+    for rid, entry in one["entries"].items():
+        assert two["entries"][rid]["logps"] == pytest.approx(entry["logps"], rel=1e-5, abs=1e-4)
+
+    root = tmp_path / "fit"
+    done = _tpo("fit", "--config", _config(root, pref_file), "--model.reference_logps", files["demo_fsdp.yaml"],
+                "--trainer.max_steps", 1, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    first = read(root / "steps.jsonl")[1]
+    assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
+
+
+def test_bf16_mixed_sharded_run_computes_its_reference_file_and_starts_at_zero_rewards(pref_file, tmp_path):
+    done = _tpo("fit", "--config", _config(tmp_path, pref_file, precision="bf16-mixed"),
+                "--model.reference_logps", tmp_path / "ref.json", "--trainer.max_steps", 2, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    first = read(tmp_path / "steps.jsonl")[1]
+    assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0
+    assert (tmp_path / "ref.json").exists()
+
+
+def test_ddp_fit_and_validate(pref_file, tmp_path):
+    config = _config(tmp_path, pref_file, base="demo.yaml", strategy="ddp", devices=2)
+    done = _tpo("fit", "--config", config, "--trainer.max_epochs", 1, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("TPO fit done") == 1 and "on 2 process(es)" in done.stdout
+    checkpoint = next((_run_dir(tmp_path) / "checkpoints").glob("epoch=0-step=*.ckpt"))
+    done = _tpo("validate", "--config", config, "--ckpt_path", checkpoint, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "val/rewards/accuracy" in done.stdout
+
+
+def test_bad_records_print_one_message_and_exit_2(pref_file, tmp_path):
+    lines = pref_file.read_text().splitlines()
+    record = json.loads(lines[1])
+    record["frame_indices"] = [0, 999]
+    bad = tmp_path / "prefs.jsonl"
+    bad.write_text("\n".join([lines[0], json.dumps(record)] + lines[2:]) + "\n")
+    (tmp_path / "videos").symlink_to(pref_file.parent / "videos")
+    done = _tpo("fit", "--config", _config(tmp_path, pref_file), "--data.path", bad, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("bad preference record") == 1 and "frame index 999 is beyond" in done.stderr
+    assert "Traceback" not in done.stderr
