@@ -5,10 +5,14 @@
   once and broadcasts it into every rank's shards (a live reference);
 - ``sharded_policy_only``: the same with the policy alone (precomputed reference log-probs).
 
-The model is a random LLaVA-OneVision (fp32) whose Qwen2 blocks hold nearly all its weights. Each
-rank is a fresh process (gloo, CPU), so its peak is its own.
+The model is a random LLaVA-OneVision whose Qwen2 blocks hold nearly all its weights, saved in bf16
+(as LLaVA-Video-7B is released) and loaded as fp32 master weights. ``--save-dtype float32`` shows
+why: a checkpoint already in the loaded dtype is memory-mapped by ``from_pretrained``, its
+parameters are views of the file, and nothing is resident until first read (and copied on first
+write), so loading alone looks free. Each rank is a fresh process (gloo, CPU).
 
-    python benchmarks/sharded_load_memory.py [--hidden 1024] [--layers 5] [--intermediate 4096] [--out DIR]
+    python benchmarks/sharded_load_memory.py [--hidden 1024] [--layers 5] [--intermediate 4096]
+        [--save-dtype bfloat16|float32] [--out DIR]
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 CASES = {"replicated": 2, "sharded": 2, "sharded_policy_only": 1}  # case -> models loaded
 BASELINE = "replicated"
 WORKER_TAG = "RESULT "
-MB = 2**20
+MB = 2**20  # "MB" in the table; the 7B estimate is in GB = 1e9 bytes
 
 
 def _status_kb(field: str) -> int:
@@ -105,52 +109,57 @@ def load_models(case: str, model_dir: str, rank: int, world: int) -> list:
 
 
 def max_diff_to_checkpoint(models: list, model_dir: str, rank: int) -> float | None:
-    """Largest |difference| between each model's gathered weights and the safetensors file (rank 0)."""
-    from safetensors.torch import load_file
+    """Largest |difference| between each model's gathered weights and ``from_pretrained``'s (rank 0)."""
+    import torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from tpo.models import get_adapter
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     gathered = [get_model_state_dict(m, options=options) for m in models]  # every rank takes part
     if rank != 0:
         return None
-    saved = load_file(str(Path(model_dir) / "model.safetensors"))
-    assert all(set(g) == set(saved) for g in gathered), "parameter names differ from the checkpoint's"
-    return max((g[k] - saved[k].float()).abs().max().item() for g in gathered for k in saved)
+    # Not the safetensors file itself: transformers 5 saves LLaVA under its original key names.
+    loaded = get_adapter("llava_onevision").load(model_dir, torch.float32)[0].state_dict()
+    assert all(set(g) == set(loaded) for g in gathered), "parameter names differ from from_pretrained's"
+    return max((g[k] - loaded[k]).abs().max().item() for g in gathered for k in loaded)
 
 
 def worker(case: str, model_dir: str, check: bool) -> None:
     """One rank (RANK, WORLD_SIZE, MASTER_* from the environment): print its result as JSON."""
-    import accelerate  # noqa: F401  imports done before the baseline
+    import ctypes
+    import gc
+
     import torch.distributed as dist
-    import torch.distributed.checkpoint.state_dict  # noqa: F401
-    import torch.distributed.fsdp  # noqa: F401
-    import transformers
 
-    from tpo import sharding  # noqa: F401
+    from tpo.synthetic import resolve
 
-    transformers.LlavaOnevisionForConditionalGeneration  # noqa: B018  its lazy import, too
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    # Warm-up on the tiny model: first-call costs that do not grow with the model (lazy imports of
+    # transformers / accelerate / FSDP modules, gloo buffers; ~25 MB) stay out of the measurement.
+    load_models(case, str(resolve("builtin:tiny-llava_onevision")), rank, world)
+    gc.collect()
     dist.barrier()
     with PeakRSS() as rss:
         models = load_models(case, model_dir, rank, world)
-    result = dict(case=case, rank=rank, peak=rss.peak, held=rss.held, hwm_reset=rss.hwm_reset)
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc keeps freed heap memory; give it back to see what is live
+    live = (_status_kb("VmRSS") - rss.base) * 1024
+    result = dict(case=case, rank=rank, peak=rss.peak, held=rss.held, live=live, hwm_reset=rss.hwm_reset)
     if check:
         result["max_diff"] = max_diff_to_checkpoint(models, model_dir, rank)
     print(WORKER_TAG + json.dumps(result), flush=True)
     dist.destroy_process_group()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure(model_dir: str | Path, case: str, world: int = 2, check: bool = False) -> list[dict]:
-    """Run ``case`` on ``world`` fresh processes; one dict per rank: peak / held bytes above baseline."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world),
-               OMP_NUM_THREADS="1")
+    """Run ``case`` on ``world`` fresh processes; per rank: bytes above its baseline at the peak
+    (``peak``), right after loading (``held``) and once freed heap memory is trimmed (``live``)."""
+    with socket.socket() as s:  # a free port (another process could take it before rank 0 does: rare)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), OMP_NUM_THREADS="1")
     cmd = [sys.executable, __file__, "--worker", case, "--out", str(model_dir)] + (["--check"] if check else [])
     procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for r in range(world)]
@@ -164,14 +173,15 @@ def measure(model_dir: str | Path, case: str, world: int = 2, check: bool = Fals
 
 
 def llava_video_7b_params() -> int:
-    """LLaVA-Video-7B-Qwen2's parameter count: Qwen2-7B + SigLIP-so400m (26 layers) + projector, on meta."""
+    """LLaVA-Video-7B-Qwen2's parameters: Qwen2-7B + SigLIP-so400m (26 layers, no head) + projector."""
     from accelerate import init_empty_weights
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
                               SiglipVisionConfig)
 
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
-                                         num_attention_heads=16, image_size=384, patch_size=14),
+                                         num_attention_heads=16, image_size=384, patch_size=14,
+                                         vision_use_head=False),
         text_config=Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                                 num_attention_heads=28, num_key_value_heads=4, vocab_size=152064))
     with init_empty_weights():
@@ -180,15 +190,19 @@ def llava_video_7b_params() -> int:
 
 def print_formula(params: float, world: int) -> None:
     full = 4 * params / 1e9  # GB of fp32 weights
-    print(f"\nfp32 weights, P params, world W (full copy = 4P bytes):")
-    print("  replicated, every rank:      2 x 4P")
-    print("  sharded, rank 0:             4P (the one full copy read) + n x 4P/W   (n = sharded models)")
-    print("  sharded, other ranks:        n x 4P/W")
-    print(f"P = {params:.2e} (LLaVA-Video-7B-Qwen2 built on meta: {llava_video_7b_params():.3e}), W = {world}:")
-    print(f"  replicated: {2 * full:.0f} GB per rank ({2 * full * world:.0f} GB per {world}-rank node)")
+    print(f"""
+fp32 weights of P parameters (a full copy is 4P bytes), W ranks, n sharded models (2: live reference):
+  replicated, every rank:  2 x 4P
+  sharded, rank 0:         4P (the one full copy read) + n x 4P/W
+  sharded, other ranks:    n x 4P/W
+RSS also counts the checkpoint file's pages while from_pretrained has it mapped (2P for bf16; clean
+page cache the kernel can drop): rank 0 reaches 4P + 2P while reading, replicated ranks 2 x 4P + 2P.
+P = {params:.2e} (LLaVA-Video-7B-Qwen2's architecture built on meta: {llava_video_7b_params():.4e}), W = {world}:
+  replicated:              {2 * full:.0f} GB per rank, {2 * full * world:.0f} GB per node""")
     for n, label in [(2, "live reference"), (1, "policy only")]:
-        print(f"  sharded, {label:14s}: rank 0 {full + n * full / world:.0f} GB, "
-              f"other ranks {n * full / world:.0f} GB ({full + n * full:.0f} GB per node)")
+        print(f"  sharded, {label + ':':15s} rank 0 {full + n * full / world:.0f} GB (RSS while reading "
+              f"{max(1.5 * full, full + n * full / world):.0f}), other ranks {n * full / world:.0f} GB, "
+              f"{full + n * full:.0f} GB per node")
 
 
 def main() -> None:
@@ -199,7 +213,7 @@ def main() -> None:
     parser.add_argument("--save-dtype", choices=["bfloat16", "float32"], default="bfloat16",
                         help="the checkpoint's dtype (it is always loaded as float32); see the module docstring")
     parser.add_argument("--out", help="where to save the random checkpoint (default: a temporary directory)")
-    parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=list(CASES), help=argparse.SUPPRESS)  # one rank; --out: the model
     parser.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -215,12 +229,12 @@ def main() -> None:
             runs[case] = measure(model_dir, case)
             print(f"{case}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
     print(f"{'case':20s} {'rank':>4s} {'full MB':>8s} {'shard MB':>8s} {'peak +MB':>9s} {'held +MB':>9s} "
-          f"{'peak/full':>9s} {'vs replicated':>13s}")
+          f"{'live +MB':>9s} {'peak/full':>9s} {'peak vs replicated':>18s}")
     for case, results in runs.items():
         for r in results:
             base = runs[BASELINE][r["rank"]]["peak"]
             print(f"{case:20s} {r['rank']:4d} {full / MB:8.0f} {full / 2 / MB:8.0f} {r['peak'] / MB:9.0f} "
-                  f"{r['held'] / MB:9.0f} {r['peak'] / full:9.2f} {r['peak'] / base:13.2f}")
+                  f"{r['held'] / MB:9.0f} {r['live'] / MB:9.0f} {r['peak'] / full:9.2f} {r['peak'] / base:18.2f}")
     print_formula(8.0e9, 8)
 
 

@@ -44,8 +44,8 @@ class FinalLogps(L.Callback):
 def read(path) -> dict[int, dict]:
     """``{step: {"loss": ..., "ids": [all ranks' ids], ...}}`` from a StepLog file."""
     steps: dict[int, dict] = {}
-    for line in open(path):
-        row = json.loads(line)
+    rows = sorted((json.loads(line) for line in open(path)), key=lambda r: (r["step"], r["rank"]))
+    for row in rows:  # ranks append concurrently: ids are put in rank order
         step = steps.setdefault(row["step"], {"ids": [], **{k: row[k] for k in row if k not in ("ids", "rank")}})
         step["ids"] += row["ids"]
-    return dict(sorted(steps.items()))
+    return steps

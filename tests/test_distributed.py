@@ -110,11 +110,11 @@ def test_in_training_evaluation_runs_on_both_ranks(fsdp_run):
 
 def test_sharded_losses_match_one_process(fsdp_run, pref_file, tmp_path):
     config = _config(tmp_path, pref_file, base="demo.yaml")
-    done = _tpo("fit", "--config", config, "--trainer.max_steps", STEPS_PER_EPOCH + 2, cwd=tmp_path)
+    done = _tpo("fit", "--config", config, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     single, sharded = read(tmp_path / "steps.jsonl"), read(fsdp_run["root"] / "steps.jsonl")
-    assert list(single) == list(range(1, STEPS_PER_EPOCH + 3))
-    for step, expected in single.items():
+    assert list(single) == list(sharded) == list(range(1, EPOCHS * STEPS_PER_EPOCH + 1))
+    for step, expected in list(single.items())[:STEPS_PER_EPOCH + 2]:  # fp32 rounding grows with every step
         assert sorted(sharded[step]["ids"]) == sorted(expected["ids"])  # the same global batch
         assert sharded[step]["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6), step
     assert sharded[1]["rewards/chosen"] == 0.0 and sharded[1]["rewards/rejected"] == 0.0
@@ -124,7 +124,7 @@ def test_checkpoints_are_sharded_hold_no_reference_and_resume_exactly(fsdp_run, 
     from torch.distributed.checkpoint import FileSystemReader
 
     checkpoint = _run_dir(fsdp_run["root"]) / "checkpoints" / f"epoch=0-step={CHECKPOINT_EVERY}.ckpt"
-    assert sorted(p.name for p in checkpoint.iterdir()) == ["__0_0.distcp", "__1_0.distcp", "meta.pt"]
+    assert {"__0_0.distcp", "__1_0.distcp", "meta.pt"} <= {p.name for p in checkpoint.iterdir()}  # a shard per rank
     keys = list(FileSystemReader(str(checkpoint)).read_metadata().state_dict_metadata)
     weights = [k for k in keys if k.startswith("state_dict.")]
     assert weights and all(k.startswith("state_dict.policy.") for k in weights)
