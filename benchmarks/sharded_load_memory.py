@@ -29,7 +29,6 @@ import time
 from pathlib import Path
 
 CASES = {"replicated": 2, "sharded": 2, "sharded_policy_only": 1}  # case -> models loaded
-BASELINE = "replicated"
 WORKER_TAG = "RESULT "
 MB = 2**20  # "MB" in the table; the 7B estimate is in GB = 1e9 bytes
 
@@ -44,20 +43,20 @@ class PeakRSS:
 
     ``VmHWM`` (like ``ru_maxrss``) is the peak over the process's whole life, so it is first reset to
     the current RSS by writing "5" to ``/proc/self/clear_refs`` (Linux >= 4.0). Where that is refused,
-    a thread samples ``VmRSS`` every millisecond instead, which can only miss a spike shorter than
-    that (it reads low, never high); both are taken when both work.
+    a thread samples ``VmRSS`` every millisecond instead: it can only miss a spike shorter than that,
+    so it reads low, never high.
     """
 
     def __enter__(self):
+        self.base = self.sampled = _status_kb("VmRSS")
+        self._stop, self._thread = threading.Event(), None
         try:
             Path("/proc/self/clear_refs").write_text("5")
             self.hwm_reset = True
         except OSError:
             self.hwm_reset = False
-        self.base = self.sampled = _status_kb("VmRSS")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -65,9 +64,10 @@ class PeakRSS:
             self.sampled = max(self.sampled, _status_kb("VmRSS"))
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        peak = max(self.sampled, _status_kb("VmHWM") if self.hwm_reset else 0)
+        if self._thread:
+            self._stop.set()
+            self._thread.join()
+        peak = _status_kb("VmHWM") if self.hwm_reset else max(self.sampled, _status_kb("VmRSS"))
         self.peak = (peak - self.base) * 1024
         self.held = (_status_kb("VmRSS") - self.base) * 1024
 
@@ -232,9 +232,11 @@ def main() -> None:
           f"{'live +MB':>9s} {'peak/full':>9s} {'peak vs replicated':>18s}")
     for case, results in runs.items():
         for r in results:
-            base = runs[BASELINE][r["rank"]]["peak"]
+            base = runs["replicated"][r["rank"]]["peak"]
             print(f"{case:20s} {r['rank']:4d} {full / MB:8.0f} {full / 2 / MB:8.0f} {r['peak'] / MB:9.0f} "
                   f"{r['held'] / MB:9.0f} {r['live'] / MB:9.0f} {r['peak'] / full:9.2f} {r['peak'] / base:18.2f}")
+    print("peak / held / live: RSS above the rank's baseline at its peak, right after loading, and after "
+          "malloc_trim\n(glibc keeps freed heap memory: held - live is free memory the process has not given back)")
     print_formula(8.0e9, 8)
 
 

@@ -33,7 +33,7 @@ def test_forward_backward_through_tpo_module(family, pref_file):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_fsdp_wraps_language_and_vision_blocks(family):
+def test_sharding_finds_language_and_vision_blocks(family):
     model, _ = get_adapter(family).load(f"builtin:tiny-{family}")
     names = {c.__name__ for c in get_adapter(family).block_classes(model)}
     assert any(n.endswith("DecoderLayer") for n in names), names

@@ -25,14 +25,23 @@ class Losses(L.Callback):
         self.values.append(outputs["loss"].item())
 
 
-def _fit(root, pref_file, steps=8, **module_args):
+class FirstRewards(L.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == 1:
+            self.values = (trainer.callback_metrics["rewards/chosen"].item(),
+                           trainer.callback_metrics["rewards/rejected"].item())
+
+
+def _fit(root, pref_file, steps=8, precision="32-true", ckpt_path=None, checkpoint=False, **module_args):
     L.seed_everything(0)
     module = TPOModule(MODEL, FAMILY, beta=0.3, lr=3e-3, **module_args)
-    losses = Losses()
+    losses, rewards = Losses(), FirstRewards()
     trainer = L.Trainer(default_root_dir=root, max_steps=steps, accelerator="cpu", enable_progress_bar=False,
-                        enable_model_summary=False, logger=False, enable_checkpointing=False, callbacks=[losses])
+                        enable_model_summary=False, logger=False, enable_checkpointing=checkpoint, precision=precision,
+                        callbacks=[losses, rewards])
     dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0, val_fraction=0.25)
-    trainer.fit(module, dm)
+    trainer.fit(module, dm, ckpt_path=ckpt_path)
+    module.first_rewards = getattr(rewards, "values", None)
     return module, losses.values, dm
 
 
@@ -51,8 +60,10 @@ def test_precomputed_reference_trains_like_the_live_reference(tmp_path, pref_fil
 def test_stale_or_foreign_caches_are_refused(tmp_path, pref_file):
     cache = tmp_path / "ref.json"
     _fit(tmp_path / "a", pref_file, steps=1, reference_logps=str(cache))
-    with pytest.raises(StaleReferenceError, match="another model, dtype or processor"):
+    with pytest.raises(StaleReferenceError, match="another model, dtype, precision or processor"):
         _fit(tmp_path / "b", pref_file, steps=1, reference_logps=str(cache), dtype="bfloat16")
+    with pytest.raises(StaleReferenceError, match="another model, dtype, precision or processor"):
+        _fit(tmp_path / "b", pref_file, steps=1, reference_logps=str(cache), precision="bf16-mixed")
     edited = tmp_path / "edited.jsonl"
     lines = pref_file.read_text().splitlines()
     record = json.loads(lines[0])
@@ -64,12 +75,21 @@ def test_stale_or_foreign_caches_are_refused(tmp_path, pref_file):
 
 
 def test_resume_without_the_cache_is_refused(tmp_path, pref_file):
-    module = TPOModule(MODEL, FAMILY, reference_logps=str(tmp_path / "missing.json"))
-    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4)
-    dm.setup("fit")
-    module.configure_model()
-    with pytest.raises(FileNotFoundError, match="resumed run cannot compute them"):
-        module.load_reference_logps(dm, resuming=True)
+    cache = tmp_path / "ref.json"
+    _fit(tmp_path / "a", pref_file, steps=2, reference_logps=str(cache), checkpoint=True)
+    checkpoint = next((tmp_path / "a").rglob("*.ckpt"))
+    cache.unlink()
+    with pytest.raises(StaleReferenceError, match="resumed run cannot compute them"):
+        _fit(tmp_path / "a", pref_file, steps=4, reference_logps=str(cache), ckpt_path=checkpoint)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("reference", ["live", "precomputed"])
+def test_first_step_rewards_are_exactly_zero(tmp_path, pref_file, precision, reference):
+    """The reference is the starting policy, under the training precision: nothing to reward yet."""
+    path = str(tmp_path / "ref.json") if reference == "precomputed" else None
+    module, _, _ = _fit(tmp_path, pref_file, steps=1, precision=precision, reference_logps=path)
+    assert module.first_rewards == (0.0, 0.0)
 
 
 def test_precompute_ref_command(tmp_path, pref_file):

@@ -182,7 +182,7 @@ class TPOModule(L.LightningModule):
         ref_logps = self._reference_logps(batch)
         h, chosen_tokens = self.hparams, tokens[:n][rows]
         sft_tokens = None
-        if self.training and self.trainer.world_size > 1:
+        if self.training and self._trainer is not None and self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(chosen_tokens.sum().float(), reduce_op="sum")
             sft_tokens = total / self.trainer.world_size
         return tpo_loss(policy_logps[:n][rows], policy_logps[n:][rows], ref_logps[:n][rows], ref_logps[n:][rows],
