@@ -151,7 +151,7 @@ def test_killed_run_resumes_at_the_next_batch(fsdp_run, tmp_path):
                "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks.path", str(steps)]
     proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    kill_after = CHECKPOINT_EVERY + 2  # the step-4 checkpoint is written, the epoch (6 steps) not over
+    kill_after = 2 * CHECKPOINT_EVERY + 2  # the step-8 checkpoint (mid second epoch) is written
     deadline = time.monotonic() + 300
     while not (steps.exists() and max(read(steps), default=0) >= kill_after):
         assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it could be killed"

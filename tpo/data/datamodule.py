@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 import lightning as L
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from tpo.data.collate import SharedPrefixCollator
 from tpo.data.frames import read_frames
@@ -149,7 +150,7 @@ class PreferenceDataModule(L.LightningDataModule):
         # A seeded DistributedSampler (also for one process) gives an order that depends only on
         # (seed, epoch); the stateful loader's position is saved in every checkpoint, so a run
         # resumed mid-epoch goes on at the next batch.
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.hparams.seed)
         return StatefulDataLoader(dataset, batch_size=self.hparams.batch_size, sampler=sampler,
                                   collate_fn=self.collator, num_workers=self.hparams.num_workers,
                                   persistent_workers=self.hparams.num_workers > 0)
@@ -162,6 +163,18 @@ class PreferenceDataModule(L.LightningDataModule):
             return []
         world = self.trainer.world_size if self.trainer else 1
         return self._loader(EvenShares(self.val_set, world), shuffle=False)
+
+
+class ResumableSampler(StatefulDistributedSampler):
+    """torchdata's resumable distributed sampler, whose state also holds the epoch: the loader builds
+    its iterator (and so the epoch's order) before Lightning sets the resumed epoch on the sampler."""
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "epoch": self.epoch}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.set_epoch(state_dict["epoch"])
 
 
 class EvenShares(Dataset):
