@@ -136,6 +136,21 @@ def test_checkpoints_are_sharded_hold_no_reference_and_resume_exactly(fsdp_run, 
     _assert_continues(read(fsdp_run["root"] / "steps.jsonl"), read(tmp_path / "steps.jsonl"), CHECKPOINT_EVERY)
 
 
+def test_sharded_checkpoint_consolidates_into_one_evaluable_file(fsdp_run, tmp_path):
+    from tpo.evaluate.model import load_for_eval
+
+    sharded = _run_dir(fsdp_run["root"]) / "checkpoints" / f"epoch=0-step={CHECKPOINT_EVERY}.ckpt"
+    with pytest.raises(ValueError, match="consolidate_checkpoint"):
+        load_for_eval(str(sharded), dtype=torch.float32, device="cpu")
+    one_file = tmp_path / "step4.ckpt"
+    done = subprocess.run([sys.executable, "-m", "lightning.fabric.utilities.consolidate_checkpoint", str(sharded),
+                           "--output_file", str(one_file)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, model, _ = load_for_eval(str(one_file), dtype=torch.float32, device="cpu")  # strict: every policy weight
+    base, _ = get_adapter("llava_onevision").load(MODEL)
+    assert any(not torch.equal(p, base.state_dict()[k]) for k, p in model.state_dict().items())
+
+
 def _assert_continues(uninterrupted: dict, resumed: dict, after: int) -> None:
     """The resumed run trains exactly the uninterrupted run's remaining steps, with its losses."""
     assert list(resumed) == [s for s in uninterrupted if s > after]

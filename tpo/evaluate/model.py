@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tpo.errors import TPOError
 from tpo.models import FAMILIES, ModelAdapter, get_adapter
 from tpo.models.generate import answer_questions, resolve_device
 
@@ -28,12 +29,14 @@ def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = tor
     """``(adapter, model, processor)`` in eval mode.
 
     ``path`` is a model directory / hub id / ``builtin:`` path (a base model or a TPO HF export), or
-    a Lightning ``.ckpt`` from ``tpo fit``: its policy weights are loaded into the base model the
+    a Lightning ``.ckpt`` from ``tpo fit`` (or a consolidated sharded one): its policy weights are loaded into the base model the
     run started from (``model_path`` in the checkpoint's hyper-parameters).
     """
-    if str(path).endswith(".ckpt"):
+    if str(path).endswith((".ckpt", ".consolidated")):
         if Path(path).is_dir():
-            raise ValueError(f"{path} is a sharded (FSDP) checkpoint; evaluate the run's HF export instead")
+            raise TPOError(f"{path} is a sharded (FSDP2) checkpoint: make it one file with `python -m "
+                           f"lightning.fabric.utilities.consolidate_checkpoint {path}` and evaluate "
+                           f"{path}.consolidated, or evaluate the run's HF export")
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
         hparams = ckpt.get("hyper_parameters", {})
         if "model_path" not in hparams:
