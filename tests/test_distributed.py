@@ -67,26 +67,29 @@ def mcq_file(tmp_path_factory, pref_file):
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory, pref_file, mcq_file):
-    """The sharded demo recipe, uninterrupted, with an in-training MCQ evaluation and the final log-probs."""
+    """The sharded recipe on the small test set, uninterrupted, with an in-training MCQ evaluation."""
     root = tmp_path_factory.mktemp("fsdp")
     config = _config(root, pref_file)
-    done = _tpo("fit", "--config", config, "--trainer.callbacks+=step_log.FinalLogps",
-                "--trainer.callbacks.path", root / "final_logps.json",
-                "--trainer.callbacks+=tpo.evaluate.MCQEval", "--trainer.callbacks.data", mcq_file,
-                "--trainer.callbacks.every_n_steps", 12, "--trainer.callbacks.max_new_tokens", 4, cwd=root)
+    done = _tpo("fit", "--config", config, "--trainer.callbacks+=tpo.evaluate.MCQEval",
+                "--trainer.callbacks.data", mcq_file, "--trainer.callbacks.every_n_steps", 12,
+                "--trainer.callbacks.max_new_tokens", 4, cwd=root)
+    assert done.returncode == 0, done.stderr[-4000:]
     return {"root": root, "config": config, "done": done}
 
 
-def test_sharded_demo_finishes_and_its_export_scores_like_the_sharded_model(fsdp_run, pref_file):
-    done = fsdp_run["done"]
+def test_readme_sharded_demo_finishes_and_its_export_scores_like_the_sharded_model(tmp_path):
+    """`python -m tpo fit --config lightning_configs/demo_fsdp.yaml`, as the README gives it."""
+    done = _tpo("fit", "--config", REPO / "lightning_configs" / "demo_fsdp.yaml", "--trainer.default_root_dir",
+                tmp_path, "--trainer.callbacks+=step_log.FinalLogps", "--trainer.callbacks.path",
+                tmp_path / "final_logps.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("TPO fit done") == 1 and "on 2 process(es)" in done.stdout  # rank 0 only
-    assert "Traceback" not in done.stderr
-    export = _run_dir(fsdp_run["root"]) / "export"
-    final = json.loads((fsdp_run["root"] / "final_logps.json").read_text())
+    assert "Traceback" not in done.stderr and "args parameter" not in done.stderr
+    export = _run_dir(tmp_path) / "export"
+    final = json.loads((tmp_path / "final_logps.json").read_text())
     adapter = get_adapter("llava_onevision")
-    model, processor = adapter.load(str(export))
-    dm = PreferenceDataModule(str(pref_file), model_path=str(export), family="llava_onevision", val_fraction=0.25)
+    model, _ = adapter.load(str(export))
+    dm = PreferenceDataModule("builtin:demo", model_path=str(export), family="llava_onevision", val_fraction=0.15)
     dm.setup("fit")
     batch = dm.collator([dm.val_set[i] for i in range(len(final["ids"]))])
     assert batch["ids"] == final["ids"]
@@ -242,3 +245,11 @@ def test_bad_records_print_one_message_and_exit_2(pref_file, tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("bad preference record") == 1 and "frame index 999 is beyond" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_validate_from_a_sharded_checkpoint(fsdp_run, tmp_path):
+    checkpoint = _run_dir(fsdp_run["root"]) / "checkpoints" / "last.ckpt"
+    done = _tpo("validate", "--config", fsdp_run["config"], "--trainer.default_root_dir", tmp_path,
+                "--ckpt_path", checkpoint, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert done.stdout.count("val/rewards/accuracy") == 1  # one table, from rank 0

@@ -78,6 +78,8 @@ def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m tpo``. Our own errors (bad records, a stale reference file, a wrong
     setting) print as one message from rank 0 and exit with status 2."""
     argv = sys.argv[1:] if args is None else list(args)
+    # torchdata's StatefulDataLoader calls a deprecated torch function at every iterator (torchdata 0.11)
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
     try:
         if argv[:1] == ["precompute-ref"]:
             precompute_reference(argv[1:])

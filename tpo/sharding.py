@@ -95,7 +95,10 @@ def build_sharded(adapter: ModelAdapter, model_path: str, dtype: torch.dtype, me
     for module in list(model.modules()):
         if isinstance(module, blocks):
             fully_shard(module, mesh=mesh, mp_policy=policy)
-    fully_shard(model, mesh=mesh, mp_policy=policy)
+    frozen = not any(p.requires_grad for p in model.parameters())
+    # FSDP2 keeps the root's parameters gathered after forward for the backward that follows; a frozen
+    # model (the reference) has no backward, so it gives them back at once.
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=True if frozen else None)
     buffers = {name: b.clone() for name, b in model.named_buffers()}  # to_empty() discards them
     model.to_empty(device=mesh.device_type)  # "cuda" is this rank's current device
     with torch.no_grad():
