@@ -223,13 +223,17 @@ def test_bf16_mixed_sharded_qwen_computes_its_reference_file_and_starts_at_zero_
     assert (tmp_path / "ref.json").exists()
 
 
-def test_ddp_fit_and_validate(pref_file, tmp_path):
+@pytest.mark.parametrize("lora", [None, "{r: 4, alpha: 8}"])
+def test_ddp_fit_and_validate(pref_file, tmp_path, lora):
     config = _config(tmp_path, pref_file, base="demo.yaml", strategy="ddp", devices=2)
-    done = _tpo("fit", "--config", config, "--trainer.max_epochs", 1, cwd=tmp_path)
+    done = _tpo("fit", "--config", config, "--trainer.max_epochs", 1, *(["--model.lora", lora] if lora else []),
+                cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("TPO fit done") == 1 and "on 2 process(es)" in done.stdout
+    assert (_run_dir(tmp_path) / "export" / "config.json").exists()
     checkpoint = next((_run_dir(tmp_path) / "checkpoints").glob("epoch=0-step=*.ckpt"))
-    done = _tpo("validate", "--config", config, "--ckpt_path", checkpoint, cwd=tmp_path)
+    done = _tpo("validate", "--config", config, "--ckpt_path", checkpoint, *(["--model.lora", lora] if lora else []),
+                cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "val/rewards/accuracy" in done.stdout
 

@@ -37,11 +37,8 @@ class HFExport(L.Callback):
         if not self.enabled or trainer.interrupted:
             return
         self.path = export_dir(trainer)
-        if is_lora(pl_module.policy):
-            if trainer.world_size > 1:
-                raise NotImplementedError("HF export of a LoRA policy trained on several processes is not supported "
-                                          "yet; export from the checkpoint on one process")
-            pl_module.policy = pl_module.policy.merge_and_unload()  # the adapters folded into the weights
+        if is_lora(pl_module.policy):  # LoRA trains replicated (DDP): every rank merges the same adapters
+            pl_module.policy = pl_module.policy.merge_and_unload()
         state = full_policy_state_dict(pl_module.policy)
         if trainer.is_global_zero:
             pl_module.policy.save_pretrained(self.path, state_dict=state)

@@ -12,7 +12,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
-from tpo import reference
+from tpo import reference, sharding
 from tpo.errors import ConfigError
 from tpo.lora import LoraSettings, add_lora
 from tpo.loss import LossType, tpo_loss
@@ -95,8 +95,6 @@ class TPOModule(L.LightningModule):
         self.policy.train()  # from_pretrained returns eval mode
 
     def _configure_sharded(self) -> None:
-        from tpo import sharding
-
         h, strategy = self.hparams, self.trainer.strategy
         if h.lora is not None:
             raise ConfigError("LoRA is not supported with the sharded strategy; train LoRA with `strategy: ddp`")

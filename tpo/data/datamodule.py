@@ -118,7 +118,8 @@ class PreferenceDataModule(L.LightningDataModule):
         h = self.hparams
         adapter = get_adapter(h.family)
         self.collator = SharedPrefixCollator(adapter, adapter.load_processor(h.model_path))
-        records, bad = read_records(resolve(h.path), h.video_root)
+        on_rank_zero = self.trainer is None or self.trainer.is_global_zero
+        records, bad = read_records(resolve(h.path), h.video_root, progress=on_rank_zero)
         if bad:
             if h.on_bad_record == "error":
                 raise BadRecordsError(bad)
@@ -136,9 +137,11 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _report_skipped(self, bad) -> None:
         self.skipped = bad
+        log_dir = self.trainer.log_dir if self.trainer is not None else None  # a broadcast: every rank asks
+        if self.trainer is not None and not self.trainer.is_global_zero:
+            return
         log.warning("skipping %d bad preference record(s): %s", len(bad), summarize(bad))
-        log_dir = self.trainer.log_dir if self.trainer is not None else None
-        if log_dir is None or (self.trainer is not None and self.trainer.global_rank != 0):
+        if log_dir is None:
             return
         Path(log_dir).mkdir(parents=True, exist_ok=True)
         with open(Path(log_dir) / SKIPPED_FILE, "w") as f:

@@ -98,7 +98,8 @@ def _default_video_root(path: Path) -> Path:
     return path.parent
 
 
-def read_records(path: str | Path, video_root: str | Path | None = None) -> tuple[list[Record], list[BadRecord]]:
+def read_records(path: str | Path, video_root: str | Path | None = None,
+                 progress: bool = True) -> tuple[list[Record], list[BadRecord]]:
     """Parse and check a preference JSONL file; returns ``(good, bad)`` records.
 
     ``video_root`` defaults to the ``video_root`` in a ``manifest.json`` beside the file (as
@@ -134,7 +135,7 @@ def read_records(path: str | Path, video_root: str | Path | None = None) -> tupl
             seen[rid] += 1
             parsed.append(Record(rec, number, root / rec["video"]))
     good = []
-    for record in tqdm(parsed, desc=f"checking videos of {path.name}", disable=len(parsed) < 500):
+    for record in tqdm(parsed, desc=f"checking videos of {path.name}", disable=not progress or len(parsed) < 500):
         problem = _video_problem(record)
         if problem:
             bad.append(BadRecord(str(path), record.line, record["id"], problem))
