@@ -98,3 +98,27 @@ def test_validation_shares_are_even_and_repeats_are_not_counted(pref_file):
     assert items[5]["id"] == items[0]["id"]
     batch = dm.collator(items[4:])
     assert batch["counted"].tolist() == [True, False]
+
+
+def test_tied_embeddings_stay_tied(tmp_path, pref_file):
+    """LLaVA-OneVision-0.5B ties its LM head to the embeddings; sharding must keep one shared weight."""
+    from tpo.synthetic.tiny_models import build_llava_onevision
+
+    torch.manual_seed(0)
+    model, processor = build_llava_onevision(text={"tie_word_embeddings": True})
+    model.save_pretrained(tmp_path / "tied")
+    processor.save_pretrained(tmp_path / "tied")
+    path = str(tmp_path / "tied")
+    module = TPOModule(path, FAMILY, beta=0.3, lr=1e-2)
+    dm = PreferenceDataModule(str(pref_file), model_path=path, family=FAMILY, batch_size=2)
+    trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, strategy=FSDP2Strategy(),
+                        max_steps=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
+                        enable_checkpointing=False)
+    try:
+        trainer.fit(module, dm)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    policy = module.policy
+    assert policy.lm_head.weight is policy.model.language_model.embed_tokens.weight
+    assert not torch.equal(policy.lm_head.weight.to_local(), model.lm_head.weight)  # it trained, as one weight

@@ -104,6 +104,7 @@ def build_sharded(adapter: ModelAdapter, model_path: str, dtype: torch.dtype, me
     with torch.no_grad():
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
+    model.tie_weights()  # to_empty() gives every module its own parameter: tied embeddings must share one again
     return model
 
 
