@@ -74,6 +74,18 @@ def precompute_reference(args: list[str]) -> None:
         print(f"reference log-probs for {len(cli.model.reference_table)} records {state}: {path}")
 
 
+def close_process_group(wait_for_peers: bool = True) -> None:
+    """Destroy the process group, after all ranks got here (``wait_for_peers``). Lightning keeps it open
+    after fit; left to interpreter shutdown, gloo's threads can abort a finished run ("terminate called
+    without an active exception", exit status -6)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``python -m tpo``. Our own errors (bad records, a stale reference file, a wrong
     setting) print as one message from rank 0 and exit with status 2."""
@@ -85,7 +97,9 @@ def main(args: list[str] | None = None) -> None:
             precompute_reference(argv[1:])
         else:
             TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=args)
+        close_process_group()
     except TPOError as err:
         if rank_zero_only.rank == 0:
             print(f"error: {err}", file=sys.stderr)
+        close_process_group(wait_for_peers=False)  # the other ranks stopped on the same error, or were stopped
         raise SystemExit(2) from None
