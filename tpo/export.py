@@ -14,9 +14,9 @@ def full_policy_state_dict(policy) -> dict[str, torch.Tensor]:
     """The policy's full weights on CPU. Sharded (FSDP2) weights are gathered: every rank must call
     this; rank 0 gets the weights (the other ranks get an empty dict)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    from torch.distributed.tensor import DTensor
+    from torch.distributed.fsdp import FSDPModule
 
-    if not any(isinstance(p, DTensor) for p in policy.parameters()):
+    if not isinstance(policy, FSDPModule):
         return {k: v.cpu() for k, v in policy.state_dict().items()}
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(policy, options=options)

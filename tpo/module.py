@@ -226,22 +226,19 @@ class TPOModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Logs ``train/grad_norm`` (global, before clipping) and clips by it; sharded gradients included."""
-        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
-        if not grads:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        if not params:
             return
-        norm = torch.nn.utils.get_total_norm(grads)
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if hasattr(norm, "full_tensor"):  # a DTensor: each rank holds the norm of its shards only
             norm = norm.full_tensor()
         self.log("train/grad_norm", norm, batch_size=1)
         if gradient_clip_val is None:
             return
         if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_([p for p in self.policy.parameters() if p.grad is not None],
-                                            gradient_clip_val)
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
-            torch.nn.utils.clip_grads_with_norm_([p for p in self.policy.parameters() if p.grad is not None],
-                                                 gradient_clip_val, norm)
-
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
 def optimizer_steps(trainer: L.Trainer, batches_per_epoch: int) -> int:
     """The run's number of optimizer steps, as Lightning's ``trainer.estimated_stepping_batches``.

@@ -29,8 +29,8 @@ def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = tor
     """``(adapter, model, processor)`` in eval mode.
 
     ``path`` is a model directory / hub id / ``builtin:`` path (a base model or a TPO HF export), or
-    a Lightning ``.ckpt`` from ``tpo fit`` (or a consolidated sharded one): its policy weights are loaded into the base model the
-    run started from (``model_path`` in the checkpoint's hyper-parameters).
+    a Lightning ``.ckpt`` from ``tpo fit`` (or a consolidated sharded one): its policy weights are
+    loaded into the base model the run started from (``model_path`` in the checkpoint's hyper-parameters).
     """
     if str(path).endswith((".ckpt", ".consolidated")):
         if Path(path).is_dir():
