@@ -26,8 +26,13 @@ EPOCHS, STEPS_PER_EPOCH, CHECKPOINT_EVERY = 4, 6, 4  # 24 train pairs, a global 
 pytestmark = pytest.mark.slow
 
 
+# Set by any in-process distributed run earlier in the session; each run here must pick its own.
+LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+
+
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
 
 
 def _tpo(*args, cwd, timeout=600) -> subprocess.CompletedProcess:

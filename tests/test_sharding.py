@@ -1,5 +1,8 @@
 """FSDP2Strategy on one process (the 1-GPU case, here on CPU): what configure_model builds."""
 
+import os
+from contextlib import contextmanager
+
 import lightning as L
 import pytest
 import torch
@@ -24,6 +27,20 @@ class ComputeDtypes(L.Callback):
         attention.q_proj.register_forward_hook(lambda m, args, out: self.seen.append((m.weight.dtype, out.dtype)))
 
 
+@contextmanager
+def own_process_group():
+    """A fit in this process starts a process group and sets MASTER_PORT & co.: both go again after,
+    so later tests (and the runs they start) get a fresh port."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def sharded(tmp_path_factory, pref_file):
     L.seed_everything(0)
@@ -34,10 +51,9 @@ def sharded(tmp_path_factory, pref_file):
                         strategy=FSDP2Strategy(), precision="bf16-mixed", max_steps=2, gradient_clip_val=1.0,
                         enable_progress_bar=False, enable_model_summary=False, logger=False,
                         enable_checkpointing=False, callbacks=[dtypes])
-    trainer.fit(module, dm)
-    yield module, dtypes, trainer
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    with own_process_group():
+        trainer.fit(module, dm)
+        yield module, dtypes, trainer
 
 
 def test_policy_is_sharded_with_fp32_master_weights_and_bf16_compute(sharded):
@@ -79,12 +95,8 @@ def test_unsupported_precision_is_a_clear_error(tmp_path, pref_file):
     dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=2)
     trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, strategy=FSDP2Strategy(),
                         precision="bf16-true", max_steps=1, logger=False, enable_checkpointing=False)
-    try:
-        with pytest.raises(ValueError, match="precision 'bf16-true' is not supported"):
-            trainer.fit(module, dm)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    with own_process_group(), pytest.raises(ValueError, match="precision 'bf16-true' is not supported"):
+        trainer.fit(module, dm)
 
 
 def test_validation_shares_are_even_and_repeats_are_not_counted(pref_file):
@@ -114,11 +126,8 @@ def test_tied_embeddings_stay_tied(tmp_path, pref_file):
     trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, strategy=FSDP2Strategy(),
                         max_steps=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
                         enable_checkpointing=False)
-    try:
+    with own_process_group():
         trainer.fit(module, dm)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
     policy = module.policy
     assert policy.lm_head.weight is policy.model.language_model.embed_tokens.weight
     assert not torch.equal(policy.lm_head.weight.to_local(), model.lm_head.weight)  # it trained, as one weight
