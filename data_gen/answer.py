@@ -13,14 +13,15 @@ from data_gen.config import AnswerConfig, ApiConfig, fingerprint
 from data_gen.decode import FRAMES
 from data_gen.index import Video
 from data_gen.runner import Job, StageRunner
-from tpo.data.frames import VideoReadError
+from tpo.data.frames import Clip, VideoInfo, VideoReadError, frame_metadata
 
 SIDES = {"chosen": "chosen_frames", "rejected": "rejected_frames"}
 
 
 def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConfig) -> list[Job]:
     """Two jobs per question (``<question id>::chosen`` / ``::rejected``)."""
-    settings = {k: cfg[k] for k in ("backend", "model", "family", "max_new_tokens", "temperature")}
+    settings = {k: cfg[k] for k in ("backend", "model", "family", "max_new_tokens", "temperature", "time_instruction")}
+    settings["format"] = 2  # answers are {text, truncated}
     jobs = []
     for q in questions:
         video = videos[q["segment"].video]
@@ -31,6 +32,16 @@ def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConf
     return jobs
 
 
+def read_clip(video: Video, sampled: tuple[int, ...], frames: tuple[int, ...]) -> Clip:
+    """The frames ``frames`` of ``video`` with their real timing, as training will show them."""
+    images = FRAMES.get(video.path, sampled, frames)
+    return Clip(images, frame_metadata(VideoInfo(video.num_frames, video.fps), list(frames), *images.shape[1:3]))
+
+
+def answer_outcome(text: str, truncated: bool) -> Outcome:
+    return Outcome(True, {"text": text, "truncated": truncated}) if text else Outcome(False, reason="empty answer")
+
+
 class LocalAnswerer:
     def __init__(self, cfg: AnswerConfig):
         import torch
@@ -39,7 +50,7 @@ class LocalAnswerer:
         from tpo.models.generate import resolve_device
 
         self.cfg = cfg
-        self.adapter = get_adapter(cfg.family)
+        self.adapter = get_adapter(cfg.family, cfg.time_instruction)
         self.model, self.processor = self.adapter.load(cfg.model, getattr(torch, cfg.dtype))
         self.model.to(resolve_device(cfg.device)).eval()
 
@@ -50,7 +61,7 @@ class LocalAnswerer:
         for i, job in enumerate(jobs):
             video, sampled, frames, question = job.payload
             try:
-                ready.append((i, FRAMES.get(video.path, sampled, frames), question))
+                ready.append((i, read_clip(video, sampled, frames), question))
             except VideoReadError as err:
                 outcomes[i] = Outcome(False, reason=str(err))
         if ready:
@@ -58,8 +69,8 @@ class LocalAnswerer:
             answers = answer_questions(self.adapter, self.model, self.processor, [r[1] for r in ready],
                                        [r[2] for r in ready], self.cfg.max_new_tokens, self.cfg.temperature,
                                        seed=int(jobs[0].key[:8], 16))
-            for (i, _, _), text in zip(ready, answers):
-                outcomes[i] = Outcome(True, text) if text else Outcome(False, reason="empty answer")
+            for (i, _, _), answer in zip(ready, answers):
+                outcomes[i] = answer_outcome(answer.text, answer.truncated)
         return outcomes
 
 
@@ -74,7 +85,7 @@ class ApiAnswerer:
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
         urls = [jpeg_data_url(im, 512, 90) for im in images]
-        return self.client.ask(user_message(question, urls), parse_text,
+        return self.client.ask(user_message(question, urls), lambda text: {"text": parse_text(text), "truncated": False},
                                max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature)
 
 

@@ -93,7 +93,7 @@ class LocalCaptioner:
             texts = generate_texts(self.model, self.processor.tokenizer, dict(inputs), self.cfg.max_tokens,
                                    self.cfg.temperature, seed=0)
             for (i, _), caption in zip(images, texts):
-                outcomes[i] = Outcome(True, caption) if caption else Outcome(False, reason="empty caption")
+                outcomes[i] = Outcome(True, caption.text) if caption.text else Outcome(False, reason="empty caption")
         return outcomes
 
 

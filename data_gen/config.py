@@ -78,6 +78,8 @@ class AnswerConfig:
     family: str | None = None  # local backend: the adapter family (see tpo.models.FAMILIES)
     base_url: str | None = "${api.base_url}"
     max_new_tokens: int = 256
+    truncated: str = "drop"  # an answer cut at max_new_tokens: drop its pair (counted) | keep (no end token)
+    time_instruction: bool = False  # local backend: LLaVA-Video's time instruction in the prompt
     temperature: float = 0.0  # 0: greedy
     batch_size: int = 8
     dtype: str = "bfloat16"
@@ -144,6 +146,8 @@ def _check(cfg) -> None:
     for name, choices in (("caption", ("openai", "transformers")), ("answer", ("local", "openai"))):
         if cfg[name].backend not in choices:
             raise ConfigError(f"{name}.backend must be one of {list(choices)}, got {cfg[name].backend!r}")
+    if cfg.answer.truncated not in ("drop", "keep"):
+        raise ConfigError(f"answer.truncated must be 'drop' or 'keep', got {cfg.answer.truncated!r}")
     if cfg.answer.backend == "local" and not cfg.answer.family:
         raise ConfigError("answer.family is required with answer.backend=local (e.g. llava_onevision)")
     if cfg.questions.per_segment < 1 or not cfg.questions.types:

@@ -25,6 +25,16 @@ from data_gen.write import (SCHEMA_VERSION, build_record, category, count_by, pa
                             write_jsonl)
 
 
+def precheck(pair: dict, truncated: str) -> tuple[str, str] | None:
+    """``(rule, reason)`` when a pair is dropped before the post-filter, else ``None``."""
+    if pair["chosen"] == pair["rejected"]:
+        return "identical", "chosen and rejected answers are identical"
+    cut = [side for side, was_cut in pair["truncated"].items() if was_cut]
+    if cut and truncated == "drop":
+        return "truncated", f"the {' and '.join(cut)} answer stopped at answer.max_new_tokens"
+    return None
+
+
 def shard_dir(output_dir: str | Path, num_shards: int, shard_index: int) -> Path:
     """Where one shard writes: the output directory itself, or ``shard-<i>-of-<n>`` inside it."""
     out = Path(output_dir)
@@ -133,26 +143,28 @@ class Pipeline:
             self._timed("answer", run_answers, jobs, cfg.answer, cfg.api, self.stats, self._runner("answer"))
             answers = self._collect("answer", jobs)
 
-            candidates, identical = [], []
+            candidates, rejected_early = [], []
             for q in questions:
                 chosen, rejected = answers.get(q["id"] + "::chosen"), answers.get(q["id"] + "::rejected")
                 if chosen is None or rejected is None:
                     continue
-                pair = {**q, "chosen": chosen, "rejected": rejected,
+                pair = {**q, "chosen": chosen["text"], "rejected": rejected["text"],
+                        "truncated": {"chosen": chosen["truncated"], "rejected": rejected["truncated"]},
                         "captions_text": format_captions(captions[q["segment"].id], fps[q["segment"].video])}
-                (identical if chosen == rejected else candidates).append(pair)
+                problem = precheck(pair, cfg.answer.truncated)
+                (rejected_early.append((pair, problem)) if problem else candidates.append(pair))
 
             jobs = filter_jobs(candidates, cfg.postfilter)
             self._timed("postfilter", run_postfilter, jobs, cfg.postfilter, cfg.api, self.stats,
                         self._runner("postfilter"))
             verdicts = self._collect("postfilter", jobs)
-            return self._write(usable, segments, questions, answers, candidates, identical, captions, verdicts,
+            return self._write(usable, segments, questions, answers, candidates, rejected_early, captions, verdicts,
                                time.perf_counter() - start)
         finally:
             self.cache.close()
 
     # ---- output ---------------------------------------------------------------------------------
-    def _write(self, usable, segments, questions, answers, candidates, identical, captions, verdicts,
+    def _write(self, usable, segments, questions, answers, candidates, rejected_early, captions, verdicts,
                seconds: float) -> dict:
         cfg = self.cfg
         provenance = {
@@ -162,9 +174,8 @@ class Pipeline:
         }
         judge = provenance["judge"] or "none"
         kept, dropped = [], []
-        for pair in identical:
-            verdict = {"kept": False, "rule": "identical", "reason": "chosen and rejected answers are identical",
-                       "judge": "data_gen"}
+        for pair, (rule, reason) in rejected_early:
+            verdict = {"kept": False, "rule": rule, "reason": reason, "judge": "data_gen"}
             dropped.append(build_record(pair, pair["chosen"], pair["rejected"], captions[pair["segment"].id],
                                         verdict, provenance))
         for pair in candidates:
@@ -179,7 +190,7 @@ class Pipeline:
         write_jsonl(self.out / "skipped.jsonl", self.skipped, "video")
         write_jsonl(self.out / "failures.jsonl", self.failures, "id")
 
-        by_rule = count_by([r for r in dropped if r["filter"]["rule"] != "identical"],
+        by_rule = count_by([r for r in dropped if r["filter"]["rule"] in RULES],
                            lambda r: f"{r['filter']['rule']}: {RULES[r['filter']['rule']]}")
         stats = {
             "videos": {"found": self.found, "usable": len(usable), "skipped": len(self.skipped),
@@ -191,7 +202,9 @@ class Pipeline:
                           "segments_failed": sum(f["stage"] == "questions" for f in self.failures),
                           "written": len(questions), "by_type": count_by(questions, lambda q: q["type"])},
             "answers": {"ok": len(answers), "failed": sum(f["stage"] == "answer" for f in self.failures)},
-            "pairs": {"candidates": len(candidates) + len(identical), "identical_answers": len(identical),
+            "pairs": {"candidates": len(candidates) + len(rejected_early),
+                      "identical_answers": sum(rule == "identical" for _, (rule, _) in rejected_early),
+                      "truncated_answers": sum(rule == "truncated" for _, (rule, _) in rejected_early),
                       "judged": len(verdicts), "kept": len(kept), "dropped_by_rule": by_rule},
             "records": {"written": len(kept), "by_manipulation": count_by(kept, lambda r: r["manipulation"]),
                         "by_question_type": count_by(kept, lambda r: r["question_type"])},

@@ -54,6 +54,7 @@ def build_record(question: dict, chosen: str, rejected: str, captions: list[dict
         "question": question["question"],
         "chosen": chosen,
         "rejected": rejected,
+        **{f"{side}_truncated": True for side, cut in question["truncated"].items() if cut},
         "manipulation": seg.kind,
         "chosen_frames": list(seg.chosen_frames),
         "rejected_frames": list(seg.rejected_frames),

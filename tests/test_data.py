@@ -70,3 +70,26 @@ def test_collated_labels_cover_response_tokens_only(pref_file):
         assert (labels[row, : length - len(response)] == IGNORE_INDEX).all()
     # chosen and rejected rows of a pair share one prompt and one video
     assert torch.equal(batch["inputs"]["video_grid_thw"][:2], batch["inputs"]["video_grid_thw"][2:])
+
+
+def test_a_truncated_answer_gets_no_end_of_turn_token(pref_file):
+    """Training must not teach the model to stop where a generation was merely cut off."""
+    import numpy as np
+
+    from tpo.data.collate import SharedPrefixCollator
+    from tpo.data.frames import Clip, VideoInfo, frame_metadata
+    from tpo.models import get_adapter
+
+    adapter = get_adapter("llava_onevision")
+    processor = adapter.load_processor("builtin:tiny-llava_onevision")
+    eos = processor.tokenizer.eos_token_id
+    clip = Clip(np.zeros((4, 32, 32, 3), dtype=np.uint8), frame_metadata(VideoInfo(40, 10.0), [0, 10, 20, 30]))
+    item = {"id": "a", "question": "What happens?", "chosen": "The red square moves", "rejected": "Nothing.",
+            "clip": clip}
+    collate = SharedPrefixCollator(adapter, processor)
+    for flags, chosen_ends in (({}, True), ({"chosen_truncated": True}, False)):
+        batch = collate([{**item, **flags}])
+        p, c, r = batch["segments"][0].tolist()
+        ids = batch["inputs"]["input_ids"][0]
+        assert (ids[p + c - 1].item() == eos) == chosen_ends
+        assert ids[p + c + r - 1].item() == eos  # the rejected answer was complete

@@ -188,3 +188,23 @@ def test_local_captioner_and_api_answerer(raw_videos, scripted_server, tmp_path,
     assert all(r["chosen"].startswith("I see ") and r["filter"]["reason"] == "post-filter disabled" for r in records)
     irrelevant = [r for r in records if r["manipulation"] == "irrelevant"]
     assert irrelevant and all(len(r["captions"]) == 4 and r["captions"][0]["text"] for r in irrelevant)
+
+
+def test_truncated_answers_are_dropped_and_counted_or_kept_without_an_end(reference_run, raw_videos,
+                                                                         scripted_server, tmp_path):
+    """The tiny random policy rarely reaches its end token within 16 tokens: its answers are cut."""
+    kept_run, _ = reference_run  # answer.truncated=keep (synthetic.yaml)
+    rows = [json.loads(line) for name in ("preferences.jsonl", "filtered_out.jsonl")
+            for line in (kept_run / name).read_text().splitlines()]
+    cut = [r for r in rows if r.get("chosen_truncated") or r.get("rejected_truncated")]
+    assert cut and all(r.get(f"{side}_truncated", False) in (True, False) for r in rows for side in ("chosen", "rejected"))
+
+    out = tmp_path / "drop"
+    _, manifest = run(raw_videos, out, scripted_server, "answer.truncated=drop")
+    stats = manifest["counts"]["pairs"]
+    dropped = [json.loads(line) for line in (out / "filtered_out.jsonl").read_text().splitlines()]
+    truncated = [d for d in dropped if d["filter"]["rule"] == "truncated"]
+    assert stats["truncated_answers"] == len(truncated) == len([r for r in cut if r["chosen"] != r["rejected"]])
+    assert all("max_new_tokens" in d["filter"]["reason"] for d in truncated)
+    kept = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
+    assert not any(r.get("chosen_truncated") or r.get("rejected_truncated") for r in kept)

@@ -114,8 +114,8 @@ class Oracle:
         self.letters = {mcq_prompt(i.question, i.options): i.answer_letter for i in items}
         self.calls = 0
 
-    def __call__(self, videos, prompts):
-        assert all(v.ndim == 4 and v.shape[-1] == 3 for v in videos)
+    def __call__(self, clips, prompts):
+        assert all(c.frames.ndim == 4 and c.frames.shape[-1] == 3 and len(c.times) == len(c) for c in clips)
         self.calls += len(prompts)
         return [f"The answer is ({self.letters[p]})." for p in prompts]
 

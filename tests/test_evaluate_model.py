@@ -107,5 +107,6 @@ def test_generation_stops_at_the_end_of_turn_token():
 
     fake = SimpleNamespace(generate=fake_generate, parameters=model.parameters, generation_config=model.generation_config)
     ids = torch.tensor([[5, 6]])
-    assert generate_texts(fake, tokenizer, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 4) == ["B"]
+    out = generate_texts(fake, tokenizer, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, 4)
+    assert [(g.text, g.truncated) for g in out] == [("B", False)]
     assert seen["eos_token_id"] == [7, tokenizer.eos_token_id]

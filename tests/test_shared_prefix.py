@@ -6,6 +6,7 @@ import torch
 
 from conftest import FAMILIES
 from tpo.data.collate import PairCollator, SharedPrefixCollator
+from tpo.data.frames import Clip, VideoInfo, frame_metadata, uniform_frame_indices
 from tpo.loss import response_logps
 from tpo.models import get_adapter
 from tpo.shared_prefix import pair_attention_mask, pair_position_ids
@@ -14,10 +15,17 @@ PAIRS = [("What happens after the red square moves left?", "The blue circle move
          ("In what order?", "Red then blue.", "The green square moves right, then the yellow circle moves down.")]
 
 
+def random_clip(rng, frames=8, seconds=60.0, fps=25.0) -> Clip:
+    """Random frames presented as ``frames`` uniformly sampled from ``seconds`` of video."""
+    info = VideoInfo(int(seconds * fps), fps)
+    return Clip(rng.integers(0, 255, (frames, 64, 64, 3), dtype=np.uint8),
+                frame_metadata(info, uniform_frame_indices(info.num_frames, frames)))
+
+
 def _items(frames=8):
     rng = np.random.default_rng(0)
-    return [{"id": str(i), "question": q, "chosen": c, "rejected": r,
-             "frames": rng.integers(0, 255, (frames, 64, 64, 3), dtype=np.uint8)} for i, (q, c, r) in enumerate(PAIRS)]
+    return [{"id": str(i), "question": q, "chosen": c, "rejected": r, "clip": random_clip(rng, frames)}
+            for i, (q, c, r) in enumerate(PAIRS)]
 
 
 def _grads(model):

@@ -47,6 +47,8 @@ class TPOModule(L.LightningModule):
             ``None``: a live frozen reference model.
         lora: train LoRA adapters on the language model instead of full weights (``trainable`` is then
             ignored); the reference is the same model with its adapters disabled, so there is no copy.
+        time_instruction: LLaVA-Video's sentence on the frames' times before every question (the
+            prompt LLaVA-Video was trained with); passed on to ``data.time_instruction``.
     """
 
     def __init__(
@@ -54,10 +56,11 @@ class TPOModule(L.LightningModule):
         loss_type: LossType = "sigmoid", lr: float = 1e-6, weight_decay: float = 0.0,
         warmup_ratio: float = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
         dtype: str = "float32", reference_logps: str | None = None, lora: LoraSettings | None = None,
+        time_instruction: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.adapter = get_adapter(family)
+        self.adapter = get_adapter(family, time_instruction)
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.policy = None

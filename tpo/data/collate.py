@@ -45,11 +45,11 @@ class PairCollator:
         self.pad_id = pad_token_id(processor)
 
     def __call__(self, items: list[dict]) -> dict:
-        prompts = [self.adapter.encode_prompt(self.processor, it["frames"], it["question"]) for it in items]
+        prompts = [self.adapter.encode_prompt(self.processor, it["clip"], it["question"]) for it in items]
         rows = []
         for side in ("chosen", "rejected"):
             for prompt, it in zip(prompts, items):
-                rows.append(_sequence(prompt.tokens, self.adapter.response_ids(self.processor, it[side])))
+                rows.append(_sequence(prompt.tokens, self.answer_ids(it, side)))
         inputs = {k: _pad([r[k] for r in rows], self.pad_id if k == "input_ids" else 0) for k in rows[0] if k != "labels"}
         for key in prompts[0].vision:
             one_each = torch.cat([p.vision[key] for p in prompts])
@@ -57,13 +57,17 @@ class PairCollator:
         return {"inputs": inputs, "labels": _pad([r["labels"] for r in rows], IGNORE_INDEX),
                 "ids": [it["id"] for it in items]}
 
+    def answer_ids(self, item: dict, side: str) -> list[int]:
+        """An answer's tokens, ending with the end-of-turn token unless the answer was cut off."""
+        return self.adapter.response_ids(self.processor, item[side], end=not item.get(f"{side}_truncated", False))
+
 
 class SharedPrefixCollator(PairCollator):
     """One row per pair, ``[prompt][chosen][rejected]``, for :func:`tpo.shared_prefix.shared_prefix_logps`."""
 
     def __call__(self, items: list[dict]) -> dict:
-        prompts = [self.adapter.encode_prompt(self.processor, it["frames"], it["question"]) for it in items]
-        answers = {side: [self.adapter.response_ids(self.processor, it[side]) for it in items]
+        prompts = [self.adapter.encode_prompt(self.processor, it["clip"], it["question"]) for it in items]
+        answers = {side: [self.answer_ids(it, side) for it in items]
                    for side in ("chosen", "rejected")}
         batch = pack_pairs(prompts, answers["chosen"], answers["rejected"], self.pad_id)
         counted = torch.tensor([it.get("counted", True) for it in items])

@@ -15,7 +15,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from tpo.data.collate import SharedPrefixCollator
-from tpo.data.frames import read_frames
+from tpo.data.frames import read_clip
 from tpo.data.records import BadRecordsError, Record, read_records, summarize
 from tpo.errors import ConfigError, TPOError
 from tpo.models import get_adapter
@@ -36,9 +36,10 @@ class PreferenceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
-        frames = read_frames(rec.video_path, rec["frame_indices"])
-        return {"id": rec["id"], "question": rec["question"], "chosen": rec["chosen"],
-                "rejected": rec["rejected"], "frames": frames}
+        clip = read_clip(rec.video_path, rec["frame_indices"])
+        return {"id": rec["id"], "question": rec["question"], "chosen": rec["chosen"], "rejected": rec["rejected"],
+                "chosen_truncated": rec.data.get("chosen_truncated", False),
+                "rejected_truncated": rec.data.get("rejected_truncated", False), "clip": clip}
 
 
 def split_by_video(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -98,13 +99,15 @@ class PreferenceDataModule(L.LightningDataModule):
         val_fraction: share of videos held out for validation.
         on_bad_record: ``error`` stops before training with every problem listed; ``skip`` drops the
             bad records, logs the count per reason and writes them to ``skipped_records.jsonl``.
+        time_instruction: put LLaVA-Video's sentence on the frames' times before each question (the
+            prompt LLaVA-Video was trained with); use the same setting in ``data_gen`` and evaluation.
     """
 
     def __init__(
         self, path: str, video_root: str | None = None, model_path: str = "", family: str = "",
         batch_size: int = 1, num_workers: int = 0, irrelevant_fraction: float | None = None,
         max_pairs: int | None = None, val_fraction: float = 0.0, seed: int = 0,
-        on_bad_record: Literal["error", "skip"] = "error",
+        on_bad_record: Literal["error", "skip"] = "error", time_instruction: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -116,7 +119,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         h = self.hparams
-        adapter = get_adapter(h.family)
+        adapter = get_adapter(h.family, h.time_instruction)
         self.collator = SharedPrefixCollator(adapter, adapter.load_processor(h.model_path))
         on_rank_zero = self.trainer is None or self.trainer.is_global_zero
         records, bad = read_records(resolve(h.path), h.video_root, progress=on_rank_zero)

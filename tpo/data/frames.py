@@ -1,15 +1,63 @@
-"""Frame sampling and decoding: the one place where video frames are chosen and read."""
+"""Frame sampling and decoding: the one place where video frames are chosen, read and timed.
+
+Every model sees a :class:`Clip`: the decoded frames plus ``transformers``' own
+:class:`~transformers.video_utils.VideoMetadata` (native fps, frame count, duration and the indices
+of the frames shown), so that processors that place frames in time (Qwen2.5-VL's absolute-time
+rotary positions, Qwen3-VL's ``<t seconds>`` stamps) see the video's real timing, identically in
+``data_gen``, training, the reference precompute and evaluation.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+from transformers.video_utils import VideoMetadata
 
 
 class VideoReadError(RuntimeError):
     """A video that is missing, empty or cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float  # native frames per second (0 when the container does not say)
+
+
+class ShownFrames(VideoMetadata):
+    """``VideoMetadata`` whose ``sampled_fps`` is the rate of the frames actually shown.
+
+    ``transformers`` assumes the shown frames are spread over the whole video
+    (``len(frames_indices) / total_num_frames * fps``). A window of 4 consecutive sampled frames
+    (the paper's irrelevant-clip ``S_a``) would then look 8x slower than it is; the mean gap
+    between the shown frames is right for both.
+    """
+
+    @property
+    def sampled_fps(self) -> float:
+        indices = self.frames_indices or []
+        if not self.fps or len(indices) < 2 or indices[-1] == indices[0]:
+            return super().sampled_fps
+        return self.fps * (len(indices) - 1) / (indices[-1] - indices[0])
+
+
+@dataclass
+class Clip:
+    """Frames ``(T, H, W, 3)`` uint8 RGB of one video, with their timing."""
+
+    frames: np.ndarray
+    metadata: VideoMetadata
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def times(self) -> list[float]:
+        """Seconds from the video's start of each shown frame."""
+        return self.metadata.timestamps
 
 
 def uniform_frame_indices(num_total: int, num_frames: int) -> list[int]:
@@ -17,6 +65,15 @@ def uniform_frame_indices(num_total: int, num_frames: int) -> list[int]:
     if num_total <= 0:
         raise ValueError("a video with no frames has nothing to sample")
     return [min(num_total - 1, int((i + 0.5) * num_total / num_frames)) for i in range(num_frames)]
+
+
+def frame_metadata(info: VideoInfo, indices: list[int], height: int | None = None,
+                   width: int | None = None) -> ShownFrames:
+    """The timing of frames ``indices`` of a video, as the processors take it (``video_metadata``)."""
+    fps = info.fps if info.fps > 0 else None
+    return ShownFrames(total_num_frames=info.num_frames, fps=fps, height=height, width=width,
+                       duration=info.num_frames / fps if fps else None, video_backend="decord",
+                       frames_indices=[int(i) for i in indices])
 
 
 def _reader(path: str | Path):
@@ -32,12 +89,17 @@ def _reader(path: str | Path):
 
 
 @lru_cache(maxsize=65536)
+def video_info(path: str | Path) -> VideoInfo:
+    """Frame count and native fps of a video; raises :class:`VideoReadError` when unreadable."""
+    reader = _reader(path)
+    if len(reader) == 0:
+        raise VideoReadError(f"video has no frames: {path}")
+    return VideoInfo(len(reader), float(reader.get_avg_fps() or 0.0))
+
+
 def count_frames(path: str | Path) -> int:
     """Number of decodable frames in a video; raises :class:`VideoReadError` when unreadable."""
-    count = len(_reader(path))
-    if count == 0:
-        raise VideoReadError(f"video has no frames: {path}")
-    return count
+    return video_info(path).num_frames
 
 
 def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
@@ -49,3 +111,9 @@ def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
         return reader.get_batch(list(indices)).asnumpy()
     except Exception as err:
         raise VideoReadError(f"cannot decode frames {indices} of {path}: {str(err).splitlines()[0]}") from None
+
+
+def read_clip(path: str | Path, indices: list[int]) -> Clip:
+    """Frames ``indices`` of a video and their timing."""
+    frames = read_frames(path, indices)
+    return Clip(frames, frame_metadata(video_info(path), indices, *frames.shape[1:3]))

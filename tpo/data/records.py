@@ -17,6 +17,7 @@ from tpo.errors import TPOError
 
 REQUIRED_TEXT = ("id", "video", "question", "chosen", "rejected")
 MANIPULATIONS = ("irrelevant", "incomplete")
+TRUNCATION_FLAGS = ("chosen_truncated", "rejected_truncated")  # optional: the answer stopped at a token limit
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ def _field_problem(rec: dict) -> str | None:
         return "field 'frame_indices' must be a non-empty list of frame numbers"
     if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
         return "field 'frame_indices' must hold only non-negative integers"
+    for flag in TRUNCATION_FLAGS:
+        if not isinstance(rec.get(flag, False), bool):
+            return f"field {flag!r} must be true or false, got {rec[flag]!r}"
     if "manipulation" in rec and rec["manipulation"] not in MANIPULATIONS:
         return f"field 'manipulation' is {rec['manipulation']!r}, expected one of {list(MANIPULATIONS)}"
     return None

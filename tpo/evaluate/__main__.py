@@ -22,6 +22,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N items")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--time-instruction", action=argparse.BooleanOptionalAction, default=None,
+                        help="LLaVA-Video's sentence on the frames' times before each question "
+                             "(default: as the checkpoint was trained, else off)")
 
 
 def _evaluate(args, benchmark: str, data: str, videos: str | None) -> tuple[dict, Path]:
@@ -43,7 +46,8 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None) -> tuple[dict
     if all(i.id in done for i in items):
         answerer = None  # everything answered already: no model needed to summarise
     else:
-        adapter, model, processor = load_for_eval(args.model, args.family, getattr(torch, args.dtype), args.device)
+        adapter, model, processor = load_for_eval(args.model, args.family, getattr(torch, args.dtype), args.device,
+                                                  args.time_instruction)
         answerer = VideoAnswerer(adapter, model, processor, args.max_new_tokens)
     summary = evaluate(items, answerer, args.num_frames, args.batch_size, predictions)
     summary.update({"benchmark": benchmark, "data": str(data), "model": args.model, "num_frames": args.num_frames,

@@ -7,19 +7,18 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from tpo.data.frames import VideoReadError, count_frames, read_frames, uniform_frame_indices
+from tpo.data.frames import Clip, VideoReadError, count_frames, read_clip, uniform_frame_indices
 from tpo.evaluate.answers import extract_choice, mcq_prompt
 from tpo.evaluate.benchmarks import LETTERS, MCQItem
 
-Answerer = Callable[[list[np.ndarray], list[str]], list[str]]  # (videos, prompts) -> replies
+Answerer = Callable[[list[Clip], list[str]], list[str]]  # (clips, prompts) -> replies
 
 
-def item_frames(item: MCQItem, num_frames: int) -> np.ndarray:
+def item_clip(item: MCQItem, num_frames: int) -> Clip:
     indices = item.frame_indices or uniform_frame_indices(count_frames(item.video), num_frames)
-    return read_frames(item.video, indices)
+    return read_clip(item.video, indices)
 
 
 def _prediction(item: MCQItem, reply: str | None = None, error: str | None = None) -> dict:
@@ -63,12 +62,12 @@ def evaluate(items: list[MCQItem], answerer: Answerer, num_frames: int = 32, bat
                 ready, rows = [], []
                 for item in batch:
                     try:
-                        ready.append((item, item_frames(item, num_frames)))
+                        ready.append((item, item_clip(item, num_frames)))
                     except VideoReadError as err:
                         rows.append(_prediction(item, error=str(err)))
                 groups: dict[int, list] = defaultdict(list)  # equal frame counts batch together
-                for item, frames in ready:
-                    groups[len(frames)].append((item, frames))
+                for item, clip in ready:
+                    groups[len(clip)].append((item, clip))
                 for group in groups.values():
                     replies = answerer([f for _, f in group], [mcq_prompt(i.question, i.options) for i, _ in group])
                     rows += [_prediction(item, reply) for (item, _), reply in zip(group, replies)]

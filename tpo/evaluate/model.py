@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from tpo.data.frames import Clip
 from tpo.errors import TPOError
 from tpo.models import FAMILIES, ModelAdapter, get_adapter
 from tpo.models.generate import answer_questions, resolve_device
@@ -25,12 +25,15 @@ def infer_family(path: str) -> str:
     raise ValueError(f"{path}: no supported family loads model type {model_type!r}; families: {list(FAMILIES)}")
 
 
-def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = torch.bfloat16, device: str = "auto"):
+def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = torch.bfloat16, device: str = "auto",
+                  time_instruction: bool | None = None):
     """``(adapter, model, processor)`` in eval mode.
 
     ``path`` is a model directory / hub id / ``builtin:`` path (a base model or a TPO HF export), or
     a Lightning ``.ckpt`` from ``tpo fit`` (or a consolidated sharded one): its policy weights are
     loaded into the base model the run started from (``model_path`` in the checkpoint's hyper-parameters).
+    ``time_instruction`` (LLaVA-Video's prompt sentence on the frames' times) defaults to the
+    checkpoint's training setting, else off.
     """
     if str(path).endswith((".ckpt", ".consolidated")):
         if Path(path).is_dir():
@@ -41,21 +44,24 @@ def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = tor
         hparams = ckpt.get("hyper_parameters", {})
         if "model_path" not in hparams:
             raise ValueError(f"{path} is not a TPO checkpoint (no model_path in its hyper-parameters)")
-        adapter = get_adapter(family or hparams["family"])
+        if time_instruction is None:
+            time_instruction = hparams.get("time_instruction", False)
+        adapter = get_adapter(family or hparams["family"], time_instruction)
         model, processor = adapter.load(hparams["model_path"], dtype)
         policy = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
         model.load_state_dict(policy)
     else:
-        adapter = get_adapter(family or infer_family(path))
+        adapter = get_adapter(family or infer_family(path), bool(time_instruction))
         model, processor = adapter.load(path, dtype)
     return adapter, model.to(resolve_device(device)).eval(), processor
 
 
 class VideoAnswerer:
-    """``answerer(videos, prompts) -> replies``: one batched, greedy generate call."""
+    """``answerer(clips, prompts) -> replies``: one batched, greedy generate call."""
 
     def __init__(self, adapter: ModelAdapter, model, processor, max_new_tokens: int = 16):
         self.adapter, self.model, self.processor, self.max_new_tokens = adapter, model, processor, max_new_tokens
 
-    def __call__(self, videos: list[np.ndarray], prompts: list[str]) -> list[str]:
-        return answer_questions(self.adapter, self.model, self.processor, videos, prompts, self.max_new_tokens)
+    def __call__(self, clips: list[Clip], prompts: list[str]) -> list[str]:
+        answers = answer_questions(self.adapter, self.model, self.processor, clips, prompts, self.max_new_tokens)
+        return [a.text for a in answers]

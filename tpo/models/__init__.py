@@ -1,5 +1,7 @@
 """Supported video-LMM families. Add a family by adding one :class:`ModelAdapter` here."""
 
+from dataclasses import replace
+
 from tpo.errors import ConfigError
 from tpo.models.adapter import IGNORE_INDEX, PARTS, ModelAdapter, PromptEncoding, pad_token_id
 
@@ -26,11 +28,13 @@ FAMILIES: dict[str, ModelAdapter] = {
 }
 
 
-def get_adapter(family: str) -> ModelAdapter:
+def get_adapter(family: str, time_instruction: bool = False) -> ModelAdapter:
+    """The family's adapter; ``time_instruction`` adds LLaVA-Video's sentence on the frames' times to
+    every prompt (the prompt LLaVA-Video was trained with; see the README)."""
     if family not in FAMILIES:
         known = ", ".join(f"{name} ({a.description})" for name, a in FAMILIES.items())
         raise ConfigError(f"unknown model family {family!r}; supported families: {known}")
-    return FAMILIES[family]
+    return replace(FAMILIES[family], time_instruction=time_instruction)
 
 
 __all__ = ["FAMILIES", "IGNORE_INDEX", "PARTS", "ModelAdapter", "PromptEncoding", "get_adapter", "pad_token_id"]

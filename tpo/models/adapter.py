@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import nn
 
+from tpo.data.frames import Clip
 from tpo.errors import ConfigError
 
 IGNORE_INDEX = -100
@@ -34,6 +34,16 @@ def pad_token_id(processor) -> int:
     """The tokenizer's pad id, or its eos id when it has no pad token."""
     tokenizer = getattr(processor, "tokenizer", processor)
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def time_instruction(clip: Clip) -> str:
+    """LLaVA-Video's time instruction (as its training and its authors' evaluation wrote it)."""
+    meta = clip.metadata
+    if meta.fps is None:
+        raise ConfigError("the time instruction needs the video's fps, and this video's container gives none")
+    times = ",".join(f"{t:.2f}s" for t in clip.times)
+    return (f"The video lasts for {meta.duration:.2f} seconds, and {len(clip)} frames are uniformly sampled from it. "
+            f"These frames are located at {times}.Please answer the following questions related to this video.")
 
 
 @dataclass
@@ -57,6 +67,7 @@ class ModelAdapter:
     description: str = ""
     processor_kwargs: dict = field(default_factory=lambda: {"do_sample_frames": False})
     mrope: bool = False  # 3-D multimodal rotary positions (Qwen2-VL): see tpo/shared_prefix.py
+    time_instruction: bool = False  # LLaVA-Video's sentence on the frames' times before the question
 
     # ---- loading -------------------------------------------------------------------------
     def load_config(self, path: str):
@@ -86,22 +97,29 @@ class ModelAdapter:
         return AutoProcessor.from_pretrained(_resolve(path))
 
     # ---- inputs --------------------------------------------------------------------------
-    def prompt_text(self, processor, question: str) -> str:
+    def prompt_text(self, processor, question: str, clip: Clip | None = None) -> str:
+        if self.time_instruction:
+            question = f"{time_instruction(clip)}\n{question}"
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
         return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def encode_prompt(self, processor, frames: np.ndarray, question: str) -> PromptEncoding:
-        """Process one video ``(T, H, W, 3)`` uint8 and its question into a prompt encoding."""
-        out = processor(text=[self.prompt_text(processor, question)], videos=[frames],
-                        return_tensors="pt", **self.processor_kwargs)
+    def encode_prompt(self, processor, clip: Clip, question: str) -> PromptEncoding:
+        """Process one video clip and its question into a prompt encoding.
+
+        The clip's timing goes to the processor as ``video_metadata``: families that place frames in
+        time use it, the others ignore it.
+        """
+        out = processor(text=[self.prompt_text(processor, question, clip)], videos=[clip.frames],
+                        video_metadata=[clip.metadata], return_tensors="pt", **self.processor_kwargs)
         tokens = {k: v[0] for k, v in out.items() if k in PER_TOKEN_KEYS}
         vision = {k: v for k, v in out.items() if k not in PER_TOKEN_KEYS}
         return PromptEncoding(tokens, vision)
 
-    def response_ids(self, processor, response: str) -> list[int]:
-        """The response's tokens followed by the end-of-turn token the model must learn to emit."""
+    def response_ids(self, processor, response: str, end: bool = True) -> list[int]:
+        """The response's tokens followed by the end-of-turn token the model must learn to emit;
+        ``end=False`` for an answer that was cut off, so the model never learns to stop mid-sentence."""
         tok = getattr(processor, "tokenizer", processor)
-        return tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return tok(response, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if end else [])
 
     # ---- structure -----------------------------------------------------------------------
     def part_of(self, param_name: str) -> str:

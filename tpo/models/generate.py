@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import dataclass
+
 import torch
 
+from tpo.data.frames import Clip
 from tpo.models.adapter import ModelAdapter, PromptEncoding, pad_token_id
 from tpo.sharding import root_unsharded
 
@@ -41,26 +43,37 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids + [tokenizer.eos_token_id]))
 
 
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    truncated: bool  # stopped by ``max_new_tokens``, not by an end token: an unfinished answer
+
+
 @torch.inference_mode()
 def generate_texts(model, tokenizer, inputs: dict[str, torch.Tensor], max_new_tokens: int,
-                   temperature: float = 0.0, seed: int | None = None) -> list[str]:
+                   temperature: float = 0.0, seed: int | None = None) -> list[Generation]:
     """Greedy (``temperature == 0``) or sampled continuations of a left-padded batch, decoded."""
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     if seed is not None:
         torch.manual_seed(seed)
+    stops = stop_token_ids(model, tokenizer)
     with root_unsharded(model):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer),
-                             eos_token_id=stop_token_ids(model, tokenizer), **sampling)
+                             eos_token_id=stops, **sampling)
     new_tokens = out[:, inputs["input_ids"].shape[1]:]
-    return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    # A row that never emitted an end token ran until max_new_tokens (rows that stopped are padded
+    # after their end token, so it is there).
+    stopped = torch.isin(new_tokens, torch.tensor(stops, device=new_tokens.device)).any(dim=1).tolist()
+    texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [Generation(text.strip(), not done) for text, done in zip(texts, stopped)]
 
 
-def answer_questions(adapter: ModelAdapter, model, processor, videos: list[np.ndarray], questions: list[str],
-                     max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> list[str]:
-    """The model's answers to ``questions[i]`` about ``videos[i]`` (frames ``(T, H, W, 3)``), one batch."""
+def answer_questions(adapter: ModelAdapter, model, processor, clips: list[Clip], questions: list[str],
+                     max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> list[Generation]:
+    """The model's answers to ``questions[i]`` about ``clips[i]``, one batch."""
     tokenizer = getattr(processor, "tokenizer", processor)
-    prompts = [adapter.encode_prompt(processor, frames, q) for frames, q in zip(videos, questions)]
+    prompts = [adapter.encode_prompt(processor, clip, q) for clip, q in zip(clips, questions)]
     return generate_texts(model, tokenizer, left_padded_batch(prompts, pad_token_id(tokenizer)), max_new_tokens,
                           temperature, seed)

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from tpo.data.collate import _pad, _sequence
-from tpo.data.frames import read_frames, uniform_frame_indices
+from tpo.data.frames import read_clip, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.models import IGNORE_INDEX, get_adapter, pad_token_id
 from tpo.synthetic.tiny_models import build_llava_onevision, build_once, cache_dir
@@ -94,10 +94,10 @@ def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list
         events = random_events(rng, rng.choice(EVENTS_PER_CLIP))
         path = workdir / "clip.mp4"  # written and decoded, so training sees what evaluation sees
         write_video(path, render_frames(events, 8))
-        frames = read_frames(path, uniform_frame_indices(8 * len(events), NUM_FRAMES))
+        clip = read_clip(path, uniform_frame_indices(8 * len(events), NUM_FRAMES))
         vision = None
         for prompt, reply in sft_examples(events, rng, cfg.order_share):
-            enc = adapter.encode_prompt(processor, frames, prompt)
+            enc = adapter.encode_prompt(processor, clip, prompt)
             vision = vision or {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.vision.items()}
             rows.append({"seq": _sequence(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
                          "describe": prompt == DESCRIBE})

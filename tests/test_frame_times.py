@@ -1,0 +1,103 @@
+"""Every model sees the real timing of its frames: fps, frame indices, duration from the decoded video."""
+
+import numpy as np
+import pytest
+import torch
+
+from data_gen.answer import read_clip as data_gen_clip
+from data_gen.index import Video, probe
+from tpo.data.collate import SharedPrefixCollator
+from tpo.data.datamodule import PreferenceDataModule
+from tpo.data.frames import Clip, VideoInfo, frame_metadata, read_clip, uniform_frame_indices
+from tpo.evaluate.benchmarks import MCQItem
+from tpo.evaluate.mcq import item_clip
+from tpo.models import get_adapter
+from tpo.shared_prefix import pair_position_ids
+
+FPS = 25.0
+
+
+def _clip(frames: np.ndarray, seconds: float, indices=None) -> Clip:
+    info = VideoInfo(int(seconds * FPS), FPS)
+    indices = indices or uniform_frame_indices(info.num_frames, len(frames))
+    return Clip(frames, frame_metadata(info, indices))
+
+
+def _video_positions(family: str, clip: Clip):
+    """Temporal positions of the video tokens on the training path (collator + pair positions)."""
+    adapter = get_adapter(family)
+    model, processor = adapter.load(f"builtin:tiny-{family}")
+    item = {"id": "0", "question": "What happens?", "chosen": "A.", "rejected": "B.", "clip": clip}
+    batch = SharedPrefixCollator(adapter, processor)([item])
+    positions = pair_position_ids(adapter, model, batch["inputs"], batch["segments"])
+    video = batch["inputs"]["input_ids"][0] == processor.video_token_id
+    return positions[0, 0, video], batch["inputs"], model.config
+
+
+def test_qwen2_5_vl_places_frames_at_their_real_times():
+    frames = np.random.default_rng(0).integers(0, 255, (32, 32, 32, 3), dtype=np.uint8)
+    short, long = _clip(frames, 10.0), _clip(frames, 200.0)
+    got = {}
+    for name, clip in (("short", short), ("long", long)):
+        temporal, inputs, config = _video_positions("qwen2_5_vl", clip)
+        meta = clip.metadata
+        gap_s = (meta.frames_indices[-1] - meta.frames_indices[0]) / (len(clip) - 1) / meta.fps
+        # one temporal grid step covers 2 frames; the model spaces steps tokens_per_second * seconds apart
+        assert inputs["second_per_grid_ts"].item() == pytest.approx(2 * gap_s, rel=1e-6)
+        step = config.vision_config.tokens_per_second * inputs["second_per_grid_ts"].item()
+        grid_t = len(clip) // 2
+        per_step = len(temporal) // grid_t
+        start = temporal[0].item()
+        expected = torch.tensor([start + int(g * step) for g in range(grid_t) for _ in range(per_step)])
+        assert torch.equal(temporal, expected)
+        got[name] = temporal
+    assert not torch.equal(got["short"], got["long"])
+    assert got["long"][-1] - got["long"][0] > 15 * (got["short"][-1] - got["short"][0])  # 20x the seconds
+
+
+def test_a_window_of_consecutive_frames_keeps_its_real_rate():
+    """The irrelevant ``S_a`` (4 consecutive of 32 sampled frames) is not 8x slower than the whole video."""
+    info = VideoInfo(5000, FPS)  # 200 s
+    sampled = uniform_frame_indices(info.num_frames, 32)
+    whole, window = frame_metadata(info, sampled), frame_metadata(info, sampled[8:12])
+    assert whole.sampled_fps == pytest.approx(32 / 200, rel=0.01)
+    assert window.sampled_fps == pytest.approx(whole.sampled_fps, rel=0.01)
+    assert window.timestamps == [i / FPS for i in sampled[8:12]]
+
+
+def test_every_stage_times_frames_from_the_decoded_video(pref_file):
+    """data_gen's answer stage, training (and so the reference precompute) and evaluation agree."""
+    dm = PreferenceDataModule(str(pref_file), model_path="builtin:tiny-qwen2_5_vl", family="qwen2_5_vl")
+    dm.setup("fit")
+    record = dm.train_set.records[0]
+    training = dm.train_set[0]["clip"]
+    path, indices = record.video_path, record["frame_indices"]
+    video = Video(record["video"], path, identity="x", **probe(path))
+    generation = data_gen_clip(video, tuple(indices), tuple(indices))
+    evaluation = item_clip(MCQItem("q", path, "?", ["a", "b"], 0, frame_indices=indices), 32)
+    assert video.fps > 0 and training.metadata.fps == pytest.approx(video.fps)
+    for clip in (generation, evaluation):
+        assert clip.times == training.times and clip.metadata.sampled_fps == training.metadata.sampled_fps
+        assert np.array_equal(clip.frames, training.frames)
+    batch = dm.collator([dm.train_set[0]])
+    assert batch["inputs"]["second_per_grid_ts"].item() == pytest.approx(2 / training.metadata.sampled_fps)
+
+
+def test_llava_video_time_instruction_is_an_option():
+    frames = np.zeros((8, 32, 32, 3), dtype=np.uint8)
+    clip = _clip(frames, 10.0)
+    processor = get_adapter("llava_onevision").load_processor("builtin:tiny-llava_onevision")
+    plain = get_adapter("llava_onevision").prompt_text(processor, "What happens?", clip)
+    timed = get_adapter("llava_onevision", time_instruction=True).prompt_text(processor, "What happens?", clip)
+    assert "lasts for" not in plain
+    times = ",".join(f"{t:.2f}s" for t in clip.times)
+    assert (f"The video lasts for 10.00 seconds, and 8 frames are uniformly sampled from it. These frames are "
+            f"located at {times}.Please answer the following questions related to this video.\nWhat happens?") in timed
+    assert times.startswith("0.60s,1.84s")
+
+
+def test_read_clip_reports_the_container_timing(pref_file):
+    path = next((pref_file.parent / "videos").glob("*.mp4"))
+    clip = read_clip(path, [0, 8, 16])
+    assert clip.metadata.fps == pytest.approx(probe(path)["fps"]) and clip.metadata.total_num_frames == 32
+    assert clip.times == pytest.approx([0, 8 / clip.metadata.fps, 16 / clip.metadata.fps])
