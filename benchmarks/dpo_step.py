@@ -139,7 +139,7 @@ def run_variant(variant: str, args) -> dict:
         else:
             with torch.no_grad():
                 ref = logps(reference, batch)[0]
-        out = tpo_loss(policy_logps[:n], policy_logps[n:], ref[:n], ref[n:], tokens[:n], beta=0.1, alpha=1.0)
+        out = tpo_loss(policy_logps[:n], policy_logps[n:], ref[:n], ref[n:], tokens[:n], tokens[n:], beta=0.1, alpha=1.0)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,7 @@ def test_loss_and_metrics_match_hand_computation():
     pc, pr = torch.tensor([-10.0, -20.0]), torch.tensor([-12.0, -15.0])
     rc, rr = torch.tensor([-11.0, -19.0]), torch.tensor([-11.0, -16.0])
     tokens = torch.tensor([4, 6])
-    out = tpo_loss(pc, pr, rc, rr, tokens, beta=0.2, alpha=0.5)
+    out = tpo_loss(pc, pr, rc, rr, tokens, torch.tensor([3, 9]), beta=0.2, alpha=0.5)
     # pair 1: chosen ratio 1, rejected ratio -1 -> h = 2;  pair 2: chosen -1, rejected 1 -> h = -2
     dpo = (-math.log(_sigmoid(0.2 * 2)) - math.log(_sigmoid(0.2 * -2))) / 2
     sft = 30.0 / 10  # total chosen NLL / total chosen tokens
@@ -33,18 +33,17 @@ def test_loss_and_metrics_match_hand_computation():
 def test_ipo_and_hinge():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.0))  # h = 2
     tokens = torch.tensor([1])
-    ipo = tpo_loss(pc, pr, rc, rr, tokens, beta=0.5, alpha=0.0, loss_type="ipo")["loss"].item()
-    hinge = tpo_loss(pc, pr, rc, rr, tokens, beta=0.25, alpha=0.0, loss_type="hinge")["loss"].item()
-    assert ipo == pytest.approx((2 - 1 / (2 * 0.5)) ** 2)
+    hinge = tpo_loss(pc, pr, rc, rr, tokens, tokens, beta=0.25, alpha=0.0, loss_type="hinge")["loss"].item()
     assert hinge == pytest.approx(max(0.0, 1 - 0.25 * 2))
     with pytest.raises(ValueError, match="unknown loss_type"):
-        tpo_loss(pc, pr, rc, rr, tokens, beta=0.1, alpha=0.0, loss_type="kto")
+        tpo_loss(pc, pr, rc, rr, tokens, tokens, beta=0.1, alpha=0.0, loss_type="kto")
 
 
 def test_dpo_gradient_pushes_chosen_up_and_rejected_down():
     pc = torch.tensor([-5.0], requires_grad=True)
     pr = torch.tensor([-5.0], requires_grad=True)
-    loss = tpo_loss(pc, pr, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([3]), beta=0.1, alpha=0.0)["loss"]
+    loss = tpo_loss(pc, pr, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([3]), torch.tensor([3]),
+                    beta=0.1, alpha=0.0)["loss"]
     loss.backward()
     assert pc.grad.item() < 0 < pr.grad.item()
 
@@ -64,3 +63,24 @@ def test_response_logps_sum_response_tokens_only():
     changed = logits.clone()
     changed[0, :2] = torch.randn(2, 11) * 10
     assert torch.equal(response_logps(changed, labels)[0][0], logps[0])
+
+
+def test_ipo_uses_per_token_log_ratios():
+    """IPO as defined (Azar et al.; TRL): log-ratios averaged over each answer's own tokens."""
+    pc, pr = torch.tensor([-10.0, -6.0]), torch.tensor([-30.0, -4.0])
+    rc, rr = torch.tensor([-14.0, -5.0]), torch.tensor([-24.0, -8.0])
+    chosen_tokens, rejected_tokens = torch.tensor([4, 2]), torch.tensor([12, 1])
+    beta = 0.5
+    out = tpo_loss(pc, pr, rc, rr, chosen_tokens, rejected_tokens, beta=beta, alpha=0.0, loss_type="ipo")
+    # pair 1: chosen (-10 + 14) / 4 = 1, rejected (-30 + 24) / 12 = -0.5 -> h = 1.5
+    # pair 2: chosen (-6 + 5) / 2 = -0.5, rejected (-4 + 8) / 1 = 4 -> h = -4.5
+    expected = ((1.5 - 1 / (2 * beta)) ** 2 + (-4.5 - 1 / (2 * beta)) ** 2) / 2
+    assert out["loss"].item() == pytest.approx(expected)
+    assert out["rewards/chosen"].item() == pytest.approx(beta * (1 - 0.5) / 2)
+    assert out["rewards/rejected"].item() == pytest.approx(beta * (-0.5 + 4) / 2)
+    # summed log-ratios (h = 4 - (-6) = 10 for pair 1) would give a different loss
+    summed = ((10 - 1) ** 2 + (-1 - 4 - 1) ** 2) / 2
+    assert out["loss"].item() != pytest.approx(summed)
+    # the rejected answers' lengths reach the loss: a longer rejected answer changes it
+    longer = tpo_loss(pc, pr, rc, rr, chosen_tokens, rejected_tokens * 2, beta=beta, alpha=0.0, loss_type="ipo")
+    assert longer["loss"].item() != pytest.approx(expected)

@@ -2,7 +2,10 @@
 
     L = -log σ(β[(log πθ(r+) - log πref(r+)) - (log πθ(r-) - log πref(r-))]) + α · NLL(r+)
 
-(paper eq. 1-3). Sequence log-probabilities are sums over response tokens only.
+(paper eq. 1-3). Sequence log-probabilities are sums over response tokens only, except for IPO
+(Azar et al. 2023, as TRL implements it), whose log-ratios are per-token means:
+
+    L_IPO = (h̄ - 1/(2β))²,  h̄ = (log πθ(r+) - log πref(r+))/|r+| - (log πθ(r-) - log πref(r-))/|r-|
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 
 def tpo_loss(
     policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, chosen_tokens: torch.Tensor,
+    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, chosen_tokens: torch.Tensor, rejected_tokens: torch.Tensor,
     beta: float, alpha: float, loss_type: LossType = "sigmoid", sft_tokens: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The loss and its metrics from per-pair sequence log-probs (all of shape ``(B,)``).
+    """The loss and its metrics from per-pair sequence log-probs and token counts (all ``(B,)``).
+
+    The rewards (``β ×`` log-ratio) are those the loss sees: per-token means for ``ipo``, sums otherwise.
 
     The SFT term is the mean negative log-likelihood per chosen-response token over the batch
     (total NLL of the chosen tokens / their number), i.e. the usual token-level cross-entropy,
@@ -46,6 +51,9 @@ def tpo_loss(
     """
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
+    if loss_type == "ipo":
+        chosen_ratio = chosen_ratio / chosen_tokens.clamp(min=1)
+        rejected_ratio = rejected_ratio / rejected_tokens.clamp(min=1)
     h = chosen_ratio - rejected_ratio
     if loss_type == "sigmoid":
         dpo = -F.logsigmoid(beta * h)

@@ -181,13 +181,14 @@ class TPOModule(L.LightningModule):
         n = len(batch["ids"])
         policy_logps, tokens = self.sequence_logps(self.policy, batch)
         ref_logps = self._reference_logps(batch)
-        h, chosen_tokens = self.hparams, tokens[:n][rows]
+        h, chosen_tokens, rejected_tokens = self.hparams, tokens[:n][rows], tokens[n:][rows]
         sft_tokens = None
         if self.training and self._trainer is not None and self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(chosen_tokens.sum().float(), reduce_op="sum")
             sft_tokens = total / self.trainer.world_size
         return tpo_loss(policy_logps[:n][rows], policy_logps[n:][rows], ref_logps[:n][rows], ref_logps[n:][rows],
-                        chosen_tokens, beta=h.beta, alpha=h.alpha, loss_type=h.loss_type, sft_tokens=sft_tokens)
+                        chosen_tokens, rejected_tokens, beta=h.beta, alpha=h.alpha, loss_type=h.loss_type,
+                        sft_tokens=sft_tokens)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._step(batch)
