@@ -73,3 +73,14 @@ def test_positions_restart_for_the_rejected_answer():
     segments = torch.tensor([[3, 2, 2]])
     inputs = {"input_ids": torch.zeros(1, 7, dtype=torch.long)}
     assert pair_position_ids(get_adapter("llava_onevision"), None, inputs, segments).tolist() == [[0, 1, 2, 3, 4, 3, 4]]
+
+
+def test_mrope_is_detected_from_the_model_also_through_a_lora_wrapper():
+    from tpo.lora import add_lora
+
+    adapter = get_adapter("qwen3_vl")
+    model, _ = adapter.load("builtin:tiny-qwen3_vl")
+    assert adapter.rope_index(model) == model.model.get_rope_index
+    assert adapter.rope_index(add_lora(model, adapter, {"r": 4})) == model.model.get_rope_index
+    llava = get_adapter("llava_onevision")
+    assert llava.rope_index(llava.load("builtin:tiny-llava_onevision")[0]) is None
