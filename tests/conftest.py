@@ -4,12 +4,22 @@ import tempfile
 # Every test shares one cache of built-in assets, separate from the user's ~/.cache/tpo.
 os.environ.setdefault("TPO_CACHE", os.path.join(tempfile.gettempdir(), "tpo-test-cache"))
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from tpo.synthetic import write_preference_dataset  # noqa: E402
 from tpo.synthetic.tiny_models import BUILDERS  # noqa: E402
 
 FAMILIES = sorted(BUILDERS)
+
+
+def random_clip(rng, frames=8, seconds=60.0, fps=25.0, size=64):
+    """Random frames presented as ``frames`` uniformly sampled from ``seconds`` of video."""
+    from tpo.data.frames import Clip, VideoInfo, frame_metadata, uniform_frame_indices
+
+    info = VideoInfo(int(seconds * fps), fps)
+    return Clip(rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8),
+                frame_metadata(info, uniform_frame_indices(info.num_frames, frames)))
 
 
 @pytest.fixture(scope="session")

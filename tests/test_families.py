@@ -1,10 +1,12 @@
 """A tiny model of every supported family trains through the same TPOModule."""
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILIES
+from conftest import FAMILIES, random_clip
 from tpo.data.datamodule import PreferenceDataModule
+from tpo.evaluate.model import VideoAnswerer, infer_family, load_for_eval
 from tpo.models import get_adapter
 from tpo.module import TPOModule
 
@@ -38,6 +40,20 @@ def test_sharding_finds_language_and_vision_blocks(family):
     names = {c.__name__ for c in get_adapter(family).block_classes(model)}
     assert any(n.endswith("DecoderLayer") for n in names), names
     assert any(n.endswith(("EncoderLayer", "VisionBlock")) for n in names), names
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_evaluation_loads_the_family_and_batched_generation_matches_one_at_a_time(family):
+    """Left padding (and, for M-RoPE models, 3-D positions of a padded batch) must not change answers."""
+    assert infer_family(f"builtin:tiny-{family}") == family
+    adapter, model, processor = load_for_eval(f"builtin:tiny-{family}", dtype=torch.float32, device="cpu")
+    rng = np.random.default_rng(0)
+    videos = [random_clip(rng) for _ in range(2)]
+    questions = ["Which?", "In what order do the shapes move after the red square, and which one stops last?"]
+    answer = VideoAnswerer(adapter, model, processor, max_new_tokens=6)
+    batched = answer(videos, questions)
+    assert batched == [answer([v], [q])[0] for v, q in zip(videos, questions)]
+    assert all(batched)
 
 
 def test_trainable_parts_are_configurable():

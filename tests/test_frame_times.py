@@ -101,3 +101,27 @@ def test_read_clip_reports_the_container_timing(pref_file):
     clip = read_clip(path, [0, 8, 16])
     assert clip.metadata.fps == pytest.approx(probe(path)["fps"]) and clip.metadata.total_num_frames == 32
     assert clip.times == pytest.approx([0, 8 / clip.metadata.fps, 16 / clip.metadata.fps])
+
+
+def test_qwen3_vl_writes_the_real_frame_times_into_the_prompt():
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    adapter = get_adapter("qwen3_vl")
+    model, processor = adapter.load("builtin:tiny-qwen3_vl")
+    encoded = {}
+    for seconds in (10.0, 200.0):
+        clip = _clip(frames, seconds)
+        prompt = adapter.encode_prompt(processor, clip, "What happens?")
+        text = processor.tokenizer.decode(prompt.tokens["input_ids"])
+        # one stamp per temporal patch of 2 frames: the mean time of its frames
+        stamps = [(a + b) / 2 for a, b in zip(clip.times[::2], clip.times[1::2])]
+        assert [f"<{t:.1f} seconds>" in text for t in stamps] == [True] * 4, text
+        encoded[seconds] = prompt
+        item = {"id": "0", "question": "What happens?", "chosen": "A.", "rejected": "B.", "clip": clip}
+        batch = SharedPrefixCollator(adapter, processor)([item])
+        positions = pair_position_ids(adapter, model, batch["inputs"], batch["segments"])
+        base, _ = adapter.rope_index(model)(input_ids=batch["inputs"]["input_ids"],
+                                            mm_token_type_ids=batch["inputs"]["mm_token_type_ids"],
+                                            video_grid_thw=batch["inputs"]["video_grid_thw"])
+        p = batch["segments"][0, 0].item()
+        assert torch.equal(positions[:, :, :p], base[:, :, :p])  # the prompt's positions are the model's own
+    assert not torch.equal(encoded[10.0].tokens["input_ids"], encoded[200.0].tokens["input_ids"])

@@ -4,22 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAMILIES
+from conftest import FAMILIES, random_clip
 from tpo.data.collate import PairCollator, SharedPrefixCollator
-from tpo.data.frames import Clip, VideoInfo, frame_metadata, uniform_frame_indices
 from tpo.loss import response_logps
 from tpo.models import get_adapter
 from tpo.shared_prefix import pair_attention_mask, pair_position_ids
 
 PAIRS = [("What happens after the red square moves left?", "The blue circle moves up, then stops.", "Nothing."),
          ("In what order?", "Red then blue.", "The green square moves right, then the yellow circle moves down.")]
-
-
-def random_clip(rng, frames=8, seconds=60.0, fps=25.0) -> Clip:
-    """Random frames presented as ``frames`` uniformly sampled from ``seconds`` of video."""
-    info = VideoInfo(int(seconds * fps), fps)
-    return Clip(rng.integers(0, 255, (frames, 64, 64, 3), dtype=np.uint8),
-                frame_metadata(info, uniform_frame_indices(info.num_frames, frames)))
 
 
 def _items(frames=8):
@@ -81,3 +73,14 @@ def test_positions_restart_for_the_rejected_answer():
     segments = torch.tensor([[3, 2, 2]])
     inputs = {"input_ids": torch.zeros(1, 7, dtype=torch.long)}
     assert pair_position_ids(get_adapter("llava_onevision"), None, inputs, segments).tolist() == [[0, 1, 2, 3, 4, 3, 4]]
+
+
+def test_mrope_is_detected_from_the_model_also_through_a_lora_wrapper():
+    from tpo.lora import add_lora
+
+    adapter = get_adapter("qwen3_vl")
+    model, _ = adapter.load("builtin:tiny-qwen3_vl")
+    assert adapter.rope_index(model) == model.model.get_rope_index
+    assert adapter.rope_index(add_lora(model, adapter, {"r": 4})) == model.model.get_rope_index
+    llava = get_adapter("llava_onevision")
+    assert llava.rope_index(llava.load("builtin:tiny-llava_onevision")[0]) is None

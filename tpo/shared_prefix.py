@@ -4,7 +4,7 @@ Chosen and rejected answers share their prompt (32 frames of video tokens plus t
 thousands of tokens) and differ in a few dozen to a few hundred response tokens. Each pair is
 packed into one row ``[prompt][chosen][rejected]``; a block attention mask lets the rejected
 tokens see the prompt but not the chosen ones, and their positions restart where the prompt
-ends (for Qwen2-VL's 3-D multimodal positions too). The video is encoded once, the prompt runs
+ends (for 3-D multimodal positions too). The video is encoded once, the prompt runs
 once, gradients flow through it from both answers, and the LM head runs only from the first
 response position on: no vocabulary logits for video and prompt tokens.
 
@@ -81,15 +81,15 @@ def pair_position_ids(adapter: ModelAdapter, model, inputs: dict, segments: torc
     pos = torch.arange(length, device=segments.device).expand(len(segments), -1).clone()
     p, c, r = (segments[:, i, None] for i in range(3))
     in_rejected = (pos >= p + c) & (pos < p + c + r)
-    if not adapter.mrope:
+    rope_index = adapter.rope_index(model)
+    if rope_index is None:
         return torch.where(in_rejected, pos - c, pos)
-    # Qwen2-VL: 3-D positions from the model for [prompt][chosen], then text positions for rejected
-    # continue from the prompt's last position exactly as the chosen ones do.
-    base = model.model
-    names = inspect.signature(base.get_rope_index).parameters
+    # M-RoPE (Qwen-VL): 3-D positions from the model for [prompt][chosen], then text positions for
+    # rejected continue from the prompt's last position exactly as the chosen ones do.
+    names = inspect.signature(rope_index).parameters
     kwargs = {k: v for k, v in inputs.items() if k in names and k != "attention_mask"}
     two_d = (pos < p + c).long()  # rejected and padding left out of the 3-D computation
-    positions, _ = base.get_rope_index(attention_mask=two_d, **kwargs)
+    positions, _ = rope_index(attention_mask=two_d, **kwargs)
     last_prompt = positions.gather(2, (p - 1).unsqueeze(0).expand(3, -1, -1).to(positions.device))  # (3, B, 1)
     rejected_pos = last_prompt + 1 + (pos - p - c).unsqueeze(0)
     return torch.where(in_rejected.unsqueeze(0), rejected_pos, positions)

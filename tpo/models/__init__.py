@@ -15,14 +15,17 @@ _QWEN_PARTS = {
     "projector": ("model.visual.merger",),
     "language_model": ("model.language_model", "lm_head"),
 }
+# Qwen3-VL also projects intermediate vision features into the first decoder layers (deepstack).
+_QWEN3_PARTS = {**_QWEN_PARTS, "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")}
 
 FAMILIES: dict[str, ModelAdapter] = {
     a.family: a
     for a in [
         ModelAdapter("llava_onevision", ("llava_onevision",), _LLAVA_PARTS,
                      "LLaVA-OneVision and LLaVA-Video (LlavaOnevisionForConditionalGeneration)"),
-        ModelAdapter("qwen2_vl", ("qwen2_vl",), _QWEN_PARTS, "Qwen2-VL", mrope=True),
-        ModelAdapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN_PARTS, "Qwen2.5-VL", mrope=True),
+        ModelAdapter("qwen2_vl", ("qwen2_vl",), _QWEN_PARTS, "Qwen2-VL"),
+        ModelAdapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN_PARTS, "Qwen2.5-VL"),
+        ModelAdapter("qwen3_vl", ("qwen3_vl",), _QWEN3_PARTS, "Qwen3-VL (Qwen3VLForConditionalGeneration)"),
         ModelAdapter("llava_next_video", ("llava_next_video",), _LLAVA_PARTS, "LLaVA-NeXT-Video"),
     ]
 }

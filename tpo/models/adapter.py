@@ -66,7 +66,6 @@ class ModelAdapter:
     parts: dict[str, tuple[str, ...]]  # trainable part -> parameter-name prefixes
     description: str = ""
     processor_kwargs: dict = field(default_factory=lambda: {"do_sample_frames": False})
-    mrope: bool = False  # 3-D multimodal rotary positions (Qwen2-VL): see tpo/shared_prefix.py
     time_instruction: bool = False  # LLaVA-Video's sentence on the frames' times before the question
 
     # ---- loading -------------------------------------------------------------------------
@@ -139,6 +138,22 @@ class ModelAdapter:
             raise ConfigError(f"unknown trainable part(s) {sorted(unknown)}; choose from {list(PARTS)}")
         for name, param in model.named_parameters():
             param.requires_grad_(self.part_of(name) in trainable)
+
+    @staticmethod
+    def rope_index(model: nn.Module | None):
+        """The model's multimodal rotary-position function (``get_rope_index``: 3-D M-RoPE positions of
+        Qwen2-VL and its successors, GLM-4V, ...), or None for a model with 1-D positions.
+
+        Looked up along the ``.model`` chain, so a ``peft`` wrapper or the bare inner model work too.
+        """
+        for _ in range(4):  # peft wrapper -> LoRA model -> *ForConditionalGeneration -> inner model
+            if model is None:
+                return None
+            rope_index = getattr(model, "get_rope_index", None)
+            if callable(rope_index):
+                return rope_index
+            model = getattr(model, "model", None)
+        return None
 
     @staticmethod
     def block_classes(model: nn.Module) -> set[type[nn.Module]]:

@@ -95,8 +95,39 @@ def build_llava_onevision(corpus: list[str] = CORPUS, text: dict | None = None, 
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
+_QWEN_VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+_QWEN_VISION_IDS = ["vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"]
+# Frames are resized to FRAME_SIZE x FRAME_SIZE (the pixel budget is per frame with the cap on).
+_QWEN_PATCHES = dict(size={"shortest_edge": FRAME_SIZE * FRAME_SIZE, "longest_edge": FRAME_SIZE * FRAME_SIZE},
+                     patch_size=PATCH, temporal_patch_size=2, merge_size=2)
+
+
+def _qwen_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
+    """The Qwen-VL tokenizer and the vision token ids its model config names."""
+    tok = build_tokenizer(_QWEN_SPECIALS + _QWEN_VISION_TOKENS, "<|im_end|>", "<|endoftext|>",
+                          {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+    return tok, {name: tok.convert_tokens_to_ids(t) for name, t in zip(_QWEN_VISION_IDS, _QWEN_VISION_TOKENS)}
+
+
+def _mrope_parameters(text: dict, ratio: tuple[int, int, int]) -> dict:
+    """Multimodal rotary parameters splitting each head's frequencies (t, h, w) in ``ratio``."""
+    half = text.get("head_dim", text["hidden_size"] // text["num_attention_heads"]) // 2
+    t, h, _ = (half * r // sum(ratio) for r in ratio)
+    return {"rope_type": "default", "mrope_section": [t, h, half - t - h], "rope_theta": 10000.0}
+
+
+def _qwen_processor(processor_class, video_processor, tok):
+    from transformers import Qwen2VLImageProcessor
+
+    template = _CHATML_TEMPLATE.replace("{{ VIDEO }}", "<|vision_start|><|video_pad|><|vision_end|>")
+    return processor_class(
+        image_processor=Qwen2VLImageProcessor(**_QWEN_PATCHES), video_processor=video_processor, tokenizer=tok,
+        chat_template=template.replace("{{ IMAGE }}", "<|vision_start|><|image_pad|><|vision_end|>"),
+    )
+
+
 def _build_qwen_vl(version: str):
-    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor
+    from transformers import Qwen2VLVideoProcessor
 
     if version == "2":
         from transformers import Qwen2VLConfig as Config, Qwen2VLForConditionalGeneration as Model
@@ -105,9 +136,7 @@ def _build_qwen_vl(version: str):
         from transformers import Qwen2_5_VLConfig as Config, Qwen2_5_VLForConditionalGeneration as Model
         from transformers import Qwen2_5_VLProcessor as Processor
 
-    vision_tokens = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    tok = build_tokenizer(_QWEN_SPECIALS + vision_tokens, "<|im_end|>", "<|endoftext|>",
-                          {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
+    tok, ids = _qwen_tokenizer()
     text = _text_config_kwargs(len(tok))
     vision = dict(depth=1, num_heads=2, patch_size=PATCH, spatial_merge_size=2, temporal_patch_size=2)
     if version == "2":
@@ -115,21 +144,10 @@ def _build_qwen_vl(version: str):
     else:
         vision.update(hidden_size=32, intermediate_size=64, out_hidden_size=text["hidden_size"],
                       window_size=2 * PATCH * 2, fullatt_block_indexes=[0])
-    half = text["hidden_size"] // text["num_attention_heads"] // 2  # rotary frequencies per head
-    sections = [half // 4, 3 * half // 8, half - half // 4 - 3 * half // 8]  # (t, h, w) as 16:24:24
-    mrope = {"rope_type": "default", "mrope_section": sections, "rope_theta": 10000.0}
-    ids = {name: tok.convert_tokens_to_ids(t) for name, t in zip(
-        ["vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"], vision_tokens)}
-    config = Config(text_config=dict(**text, rope_parameters=mrope), vision_config=vision, **ids)
-    pixels = {"shortest_edge": FRAME_SIZE * FRAME_SIZE, "longest_edge": FRAME_SIZE * FRAME_SIZE}
-    shape = dict(size=pixels, patch_size=PATCH, temporal_patch_size=2, merge_size=2)
-    template = _CHATML_TEMPLATE.replace("{{ VIDEO }}", "<|vision_start|><|video_pad|><|vision_end|>")
-    processor = Processor(
-        image_processor=Qwen2VLImageProcessor(**shape),
-        video_processor=Qwen2VLVideoProcessor(**shape, cap_pixels_per_frame=True),
-        tokenizer=tok, chat_template=template.replace("{{ IMAGE }}", "<|vision_start|><|image_pad|><|vision_end|>"),
-    )
-    return Model(config), processor
+    config = Config(text_config=dict(**text, rope_parameters=_mrope_parameters(text, (2, 3, 3))),
+                    vision_config=vision, **ids)
+    video = Qwen2VLVideoProcessor(**_QWEN_PATCHES, cap_pixels_per_frame=True)
+    return Model(config), _qwen_processor(Processor, video, tok)
 
 
 def build_qwen2_vl():
@@ -138,6 +156,22 @@ def build_qwen2_vl():
 
 def build_qwen2_5_vl():
     return _build_qwen_vl("2.5")
+
+
+def build_qwen3_vl():
+    """Qwen3-VL: deepstack vision features, interleaved M-RoPE, and a ``<t seconds>`` timestamp
+    (from the video's fps) before each temporal patch of the video, which the processor writes."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    tok, ids = _qwen_tokenizer()
+    text = {**_text_config_kwargs(len(tok)), "head_dim": 32}  # its config defaults head_dim to 128
+    text["rope_parameters"] = {**_mrope_parameters(text, (6, 5, 5)), "mrope_interleaved": True}
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=PATCH, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=text["hidden_size"],
+                  num_position_embeddings=(FRAME_SIZE // PATCH) ** 2, deepstack_visual_indexes=[0])
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
+    video = Qwen3VLVideoProcessor(**_QWEN_PATCHES, cap_pixels_per_frame=True)
+    return Qwen3VLForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok)
 
 
 def build_llava_next_video():
@@ -170,6 +204,7 @@ BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "qwen2_vl": build_qwen2_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
+    "qwen3_vl": build_qwen3_vl,
     "llava_next_video": build_llava_next_video,
 }
 
