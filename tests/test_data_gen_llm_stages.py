@@ -140,3 +140,11 @@ def test_bad_questions_are_dropped_and_counted_not_re_asked(tmp_path):
         assert [d["reason"] for d in outcome.value["dropped"]] == ["type not configured", "no question text",
                                                                    "not an object"]
         assert "'poetry' is not one of" in outcome.value["dropped"][0]["detail"]
+
+
+def test_the_honouring_server_holds_replies_to_the_schema(scripted_server, tmp_path):
+    """(So the honoured runs above show the schema sent is a valid one the scripts' replies fit.)"""
+    scripted_server.scripts["scripted-llm"] = _with_bad_questions
+    stats, runner = _ask_questions(scripted_server, tmp_path, concurrency=1)
+    assert len(runner.transient) == 8 and stats["questions/retries_5xx"] == 16
+    assert {r["status"] for r in scripted_server.requests} == {500}
