@@ -85,7 +85,7 @@ class ApiAnswerer:
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
         urls = [jpeg_data_url(im, 512, 90) for im in images]
-        return self.client.ask(user_message(question, urls), lambda text: {"text": parse_text(text), "truncated": False},
+        return self.client.ask(user_message(question, urls), parse_text, mark_truncated=True,
                                max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature)
 
 

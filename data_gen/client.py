@@ -2,6 +2,10 @@
 
 The ``openai`` client's own retries are switched off so that every retry is ours: counted,
 bounded by ``api.max_retries``, spaced by exponential backoff or the server's ``Retry-After``.
+
+Stages that want JSON pass a ``response_format`` (a JSON schema, OpenAI's structured output, which
+vLLM serves too). An endpoint that rejects it is asked prompt-only from then on: the prompt asks
+for JSON and the stage's parser finds and validates it, as it does for every reply.
 """
 
 from __future__ import annotations
@@ -92,15 +96,29 @@ def _retry_cause(err: Exception) -> str | None:
     return None
 
 
+def _rejects_response_format(err: openai.APIStatusError) -> bool:
+    """A 400 / 422 that names ``response_format`` or its schema: no structured output here."""
+    text = f"{err.message} {err.body}".lower()
+    return err.status_code in (400, 422) and any(
+        word in text for word in ("response_format", "json_schema", "json schema", "structured output"))
+
+
 class ChatClient:
-    """One endpoint + model; ``ask`` returns an :class:`Outcome` with the parsed answer."""
+    """One endpoint + model; ``ask`` returns an :class:`Outcome` with the parsed answer.
+
+    One client serves all the threads of a stage, so what it learns about the endpoint (whether
+    it takes ``response_format``) holds for the whole stage.
+    """
 
     def __init__(self, api: ApiConfig, base_url: str | None, model: str, stats: CallStats, stage: str):
         self.api, self.model, self.stats, self.stage = api, model, stats, stage
         self.client = openai.OpenAI(api_key=api_key(api, base_url), base_url=base_url,
                                     timeout=api.timeout_s, max_retries=0)
+        self.structured: bool | None = None  # does the endpoint take response_format? None: not known yet
+        self._structured_lock = threading.RLock()
 
-    def _complete(self, messages: list[dict], **params) -> tuple[str, dict]:
+    def _complete(self, messages: list[dict], **params) -> tuple[str, dict, bool]:
+        """``(text, token usage, cut)``: ``cut`` when the reply stopped at ``max_tokens``."""
         for attempt in range(self.api.max_retries + 1):
             try:
                 self.stats.add(**{f"{self.stage}/requests": 1})
@@ -122,23 +140,66 @@ class ChatClient:
             usage = response.usage
             tokens = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens} if usage else {}
             if not response.choices:
-                return "", tokens
-            return response.choices[0].message.content or "", tokens
+                return "", tokens, False
+            choice = response.choices[0]
+            return choice.message.content or "", tokens, choice.finish_reason == "length"
         raise AssertionError("unreachable")
 
-    def ask(self, messages: list[dict], parse: Callable[[str], object], **params) -> Outcome:
-        """Call, parse; re-ask on malformed output up to ``api.max_format_retries`` times."""
+    def _complete_json(self, messages: list[dict], response_format: dict, params: dict) -> tuple[str, dict, bool]:
+        """``_complete``, asking for ``response_format`` unless the endpoint has refused it.
+
+        The first such request settles whether it takes it while the stage's other threads wait,
+        so an endpoint that does not is sent exactly one request with ``response_format``.
+        """
+        if self.structured is None:
+            with self._structured_lock:
+                if self.structured is None:
+                    reply = self._try_structured(messages, response_format, params)
+                    self.structured = reply is not None
+                    if reply is not None:
+                        return reply
+        if self.structured:
+            reply = self._try_structured(messages, response_format, params)
+            if reply is not None:
+                return reply
+        return self._complete(messages, **params)  # a rejected item is re-asked here: not a failure
+
+    def _try_structured(self, messages: list[dict], response_format: dict,
+                        params: dict) -> tuple[str, dict, bool] | None:
+        """The reply to a request with ``response_format``; ``None`` if the endpoint rejects that
+        (then prompt-only from now on, counted once)."""
+        try:
+            return self._complete(messages, response_format=response_format, **params)
+        except openai.APIStatusError as err:
+            if not _rejects_response_format(err):
+                raise
+        with self._structured_lock:
+            if self.structured is not False:
+                self.structured = False
+                self.stats.add(**{f"{self.stage}/structured_output_unsupported": 1})
+        return None
+
+    def ask(self, messages: list[dict], parse: Callable[[str], object], response_format: dict | None = None,
+            mark_truncated: bool = False, **params) -> Outcome:
+        """Call, parse; re-ask on malformed output up to ``api.max_format_retries`` times.
+
+        ``response_format`` (see :func:`json_schema`) is sent while the endpoint takes it; ``parse``
+        validates every reply all the same. ``mark_truncated``: the value is ``{"text": parsed,
+        "truncated": the reply stopped at max_tokens}``.
+        """
         usage: Counter = Counter()
         problem = ""
         for attempt in range(self.api.max_format_retries + 1):
             try:
-                text, tokens = self._complete(messages, **params)
+                text, tokens, cut = (self._complete(messages, **params) if response_format is None
+                                     else self._complete_json(messages, response_format, params))
             except openai.APIStatusError as err:  # 400, 409, 422...: this request will not succeed
                 return Outcome(False, reason=f"request rejected ({err.status_code}): {err.message}"[:300],
                                usage=dict(usage))
             usage.update(tokens)
             try:
-                return Outcome(True, parse(text), usage=dict(usage))
+                value = {"text": parse(text), "truncated": cut} if mark_truncated else parse(text)
+                return Outcome(True, value, usage=dict(usage))
             except ValueError as err:
                 problem = f"{err} (output: {text[:200]!r})"
                 if attempt < self.api.max_format_retries:
@@ -163,6 +224,18 @@ def jpeg_data_url(frame: np.ndarray, max_side: int, quality: int) -> str:
 def user_message(text: str, image_urls: list[str] = ()) -> list[dict]:
     content = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]
     return [{"role": "user", "content": content + [{"type": "text", "text": text}]}]
+
+
+def strict_object(properties: dict) -> dict:
+    """A JSON schema for an object with exactly ``properties``, all required (as OpenAI's strict
+    mode wants; a type ``["integer", "null"]`` stands for an optional value)."""
+    return {"type": "object", "properties": properties, "required": list(properties),
+            "additionalProperties": False}
+
+
+def json_schema(name: str, properties: dict) -> dict:
+    """A ``response_format`` asking for a :func:`strict_object` reply."""
+    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": strict_object(properties)}}
 
 
 def parse_json_object(text: str) -> dict:

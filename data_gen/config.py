@@ -92,6 +92,9 @@ class PostFilterConfig:
     model: str = "gpt-4o-mini"
     base_url: str | None = "${api.base_url}"
     prompt: str = "postfilter.txt"
+    # rule 1 as the judge's prompt words it (``$rule1``): paper (B of higher quality than A) |
+    # ties_dropped_too (B as good as or better than A); see data_gen.postfilter.RULE1
+    rule1: str = "paper"
     max_tokens: int = 256
     temperature: float = 0.0
 
@@ -150,6 +153,10 @@ def _check(cfg) -> None:
         raise ConfigError(f"answer.truncated must be 'drop' or 'keep', got {cfg.answer.truncated!r}")
     if cfg.answer.backend == "local" and not cfg.answer.family:
         raise ConfigError("answer.family is required with answer.backend=local (e.g. llava_onevision)")
+    from data_gen.postfilter import RULE1  # (postfilter imports this module)
+
+    if cfg.postfilter.rule1 not in RULE1:
+        raise ConfigError(f"postfilter.rule1 must be one of {list(RULE1)}, got {cfg.postfilter.rule1!r}")
     if cfg.questions.per_segment < 1 or not cfg.questions.types:
         raise ConfigError("questions.per_segment must be >= 1 and questions.types non-empty")
 

@@ -17,8 +17,8 @@ from data_gen.client import CallStats
 from data_gen.config import to_dict
 from data_gen.index import index_videos, list_videos, shard
 from data_gen.manipulate import make_segments
-from data_gen.postfilter import RULES, filter_jobs, run_postfilter
-from data_gen.questions import format_captions, question_jobs, run_questions
+from data_gen.postfilter import filter_jobs, rule_labels, run_postfilter
+from data_gen.questions import cached_questions, format_captions, question_jobs, run_questions
 from data_gen.runner import StageRunner
 from data_gen.sample import sample_frames
 from data_gen.write import (SCHEMA_VERSION, build_record, category, count_by, package_versions, write_json,
@@ -135,9 +135,10 @@ class Pipeline:
             fps = {rel: v.fps for rel, v in usable.items()}
             jobs = question_jobs(segments, captions, fps, cfg.questions)
             self._timed("questions", run_questions, jobs, cfg.questions, cfg.api, self.stats, self._runner("questions"))
-            asked = self._collect("questions", jobs)
+            asked = {seg: cached_questions(value) for seg, value in self._collect("questions", jobs).items()}
+            self.questions_dropped = [d for reply in asked.values() for d in reply["dropped"]]
             questions = [{"id": f"{seg.id}::q{j:02d}", "segment": seg, **q}
-                         for seg in segments if seg.id in asked for j, q in enumerate(asked[seg.id])]
+                         for seg in segments if seg.id in asked for j, q in enumerate(asked[seg.id]["questions"])]
 
             jobs = answer_jobs(questions, usable, cfg.answer)
             self._timed("answer", run_answers, jobs, cfg.answer, cfg.api, self.stats, self._runner("answer"))
@@ -190,8 +191,9 @@ class Pipeline:
         write_jsonl(self.out / "skipped.jsonl", self.skipped, "video")
         write_jsonl(self.out / "failures.jsonl", self.failures, "id")
 
-        by_rule = count_by([r for r in dropped if r["filter"]["rule"] in RULES],
-                           lambda r: f"{r['filter']['rule']}: {RULES[r['filter']['rule']]}")
+        rules = rule_labels(cfg.postfilter.rule1)
+        by_rule = count_by([r for r in dropped if r["filter"]["rule"] in rules],
+                           lambda r: f"{r['filter']['rule']}: {rules[r['filter']['rule']]}")
         stats = {
             "videos": {"found": self.found, "usable": len(usable), "skipped": len(self.skipped),
                        "skipped_by_reason": count_by(self.skipped, lambda s: category(s["reason"]))},
@@ -200,7 +202,8 @@ class Pipeline:
                          "failed": sum(f["stage"] == "caption" for f in self.failures)},
             "questions": {"segments_asked": len(self.runners["questions"].outcomes),
                           "segments_failed": sum(f["stage"] == "questions" for f in self.failures),
-                          "written": len(questions), "by_type": count_by(questions, lambda q: q["type"])},
+                          "written": len(questions), "by_type": count_by(questions, lambda q: q["type"]),
+                          "dropped_by_reason": count_by(self.questions_dropped, lambda d: d["reason"])},
             "answers": {"ok": len(answers), "failed": sum(f["stage"] == "answer" for f in self.failures)},
             "pairs": {"candidates": len(candidates) + len(rejected_early),
                       "identical_answers": sum(rule == "identical" for _, (rule, _) in rejected_early),

@@ -11,6 +11,9 @@ the requested ``model``, with scripts that read the synthetic world of ``tpo.syn
 
 Faults can be injected: ``inject("429", "500", "timeout", "garbage", "badbody")`` makes the
 next requests fail that way, in arrival order; ``fault_rate`` fails a random share of them.
+A request's ``response_format`` (a JSON schema) is honoured, like OpenAI and vLLM do (the reply is
+checked against the schema), or, with ``response_format="reject"``, refused with a 400 like an
+endpoint without structured output. Every chat request is logged in ``requests``.
 Run it standalone: ``python -m data_gen.scripted_server --port 8000 --fault-rate 0.1``.
 """
 
@@ -33,6 +36,11 @@ import numpy as np
 from data_gen import toy_llm
 
 FAULTS = ("429", "500", "timeout", "garbage", "badbody")
+RESPONSE_FORMAT_MODES = ("honour", "reject")
+# what OpenAI answers when a model does not take the parameter
+_UNSUPPORTED = {"error": {"message": "Invalid parameter: 'response_format' of type 'json_schema' is not supported "
+                                     "with this model.", "type": "invalid_request_error",
+                          "param": "response_format", "code": None}}
 
 
 # ---- the scripts ---------------------------------------------------------------------------------
@@ -100,6 +108,14 @@ def judge(request: dict) -> str:
     return json.dumps({"keep": True, "rule": None, "reason": "the preferred answer matches the captions"})
 
 
+def _limited(content: str, max_tokens: int | None) -> tuple[str, str]:
+    """A reply cut at ``max_tokens`` (a word is a token here) and its ``finish_reason``, as servers do."""
+    words = content.split(" ")
+    if max_tokens is None or len(words) <= max_tokens:
+        return content, "stop"
+    return " ".join(words[:max_tokens]), "length"
+
+
 def answer(request: dict) -> str:
     colours = []
     for image in _images(request):
@@ -117,14 +133,30 @@ SCRIPTS = {"scripted-captioner": caption, "scripted-llm": write_questions, "scri
            "toy-judge": lambda r: toy_llm.judge(_prompt_text(r))}
 
 
+def _breaks_schema(content: str, response_format: dict) -> str | None:
+    """How a scripted reply breaks the requested ``json_schema`` response format, or ``None``."""
+    import jsonschema
+
+    if response_format.get("type") != "json_schema":
+        return f"unknown response_format type {response_format.get('type')!r}"
+    try:
+        jsonschema.validate(json.loads(content), response_format["json_schema"]["schema"])
+    except (json.JSONDecodeError, jsonschema.ValidationError, jsonschema.SchemaError) as err:
+        return str(err).splitlines()[0]
+    return None
+
+
 # ---- the server ----------------------------------------------------------------------------------
 
 class ScriptedServer:
     """``with ScriptedServer() as server: ... server.base_url ...``"""
 
     def __init__(self, port: int = 0, fault_rate: float = 0.0, seed: int = 0, delay_s: float = 0.0,
-                 timeout_sleep_s: float = 3.0, retry_after_s: float = 0.05):
+                 timeout_sleep_s: float = 3.0, retry_after_s: float = 0.05, response_format: str = "honour"):
+        if response_format not in RESPONSE_FORMAT_MODES:
+            raise ValueError(f"response_format must be one of {RESPONSE_FORMAT_MODES}, got {response_format!r}")
         self.scripts = dict(SCRIPTS)
+        self.response_format = response_format
         self.fault_rate, self.delay_s = fault_rate, delay_s
         self.timeout_sleep_s, self.retry_after_s = timeout_sleep_s, retry_after_s
         self._rng = random.Random(seed)
@@ -133,6 +165,7 @@ class ScriptedServer:
         self.served: Counter = Counter()  # (model, request digest) -> successful responses
         self.faults: Counter = Counter()  # fault kind -> times injected
         self.auth_headers: set[str] = set()
+        self.requests: list[dict] = []  # every chat request: model, prompt, response_format, status
         self.httpd = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.httpd.daemon_threads = True
 
@@ -173,19 +206,34 @@ class ScriptedServer:
         model = request.get("model")
         if model not in self.scripts:
             return 404, {}, json.dumps({"error": {"message": f"model {model!r} not found"}}).encode()
+        if "response_format" in request and self.response_format == "reject":
+            return 400, {}, json.dumps(_UNSUPPORTED).encode()
         try:
             content = "" if fault == "garbage" else self.scripts[model](request)
         except Exception as err:  # a request the script cannot read: the client sent something wrong
             return 400, {}, json.dumps({"error": {"message": f"{type(err).__name__}: {err}"}}).encode()
+        if "response_format" in request and fault != "garbage":
+            broken = _breaks_schema(content, request["response_format"])
+            if broken:  # a real server constrains its output: a script that does not is a bug here
+                message = f"scripted reply breaks the schema: {broken}"
+                return 500, {}, json.dumps({"error": {"message": message}}).encode()
         digest = hashlib.sha256(json.dumps(request["messages"], sort_keys=True).encode()).hexdigest()[:16]
         with self._lock:
             self.served[(model, digest)] += 1
+        content, finish = _limited(content, request.get("max_tokens"))
         body = {"id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": model,
-                "choices": [{"index": 0, "finish_reason": "stop",
+                "choices": [{"index": 0, "finish_reason": finish,
                              "message": {"role": "assistant", "content": content}}],
                 "usage": {"prompt_tokens": len(_prompt_text(request).split()),
                           "completion_tokens": len(content.split()), "total_tokens": 0}}
         return 200, {}, json.dumps(body).encode()
+
+    def _logged(self, request: dict) -> tuple[int, dict, bytes]:
+        status, headers, body = self._respond(request)
+        with self._lock:
+            self.requests.append({"model": request.get("model"), "prompt": _prompt_text(request),
+                                  "response_format": request.get("response_format"), "status": status})
+        return status, headers, body
 
     def _handler(self):
         server = self
@@ -197,7 +245,7 @@ class ScriptedServer:
                 if not self.path.endswith("/chat/completions"):
                     status, headers, body = 404, {}, b'{"error": {"message": "unknown path"}}'
                 else:
-                    status, headers, body = server._respond(request)
+                    status, headers, body = server._logged(request)
                 try:
                     self.send_response(status)
                     self.send_header("content-type", "application/json")
@@ -228,8 +276,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--response-format", choices=RESPONSE_FORMAT_MODES, default="honour",
+                        help="honour a request's JSON schema, or reject it with a 400")
     args = parser.parse_args()
-    with ScriptedServer(args.port, args.fault_rate, args.seed) as server:
+    with ScriptedServer(args.port, args.fault_rate, args.seed, response_format=args.response_format) as server:
         print(f"scripted OpenAI-compatible server at {server.base_url} (Ctrl-C to stop)", flush=True)
         try:
             threading.Event().wait()

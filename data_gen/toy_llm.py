@@ -7,8 +7,9 @@ Served by :mod:`data_gen.scripted_server` under three model names, speaking the 
 - ``toy-llm`` reads the timestamped captions of a clip and writes multiple-choice questions about
   it — what appears right after / right before an object, which way an object moves — in the
   evaluation's prompt format (options listed, answered with the option's text);
-- ``toy-judge`` answers the question from the captions itself and applies the paper's three
-  post-filter rules to the two answers.
+- ``toy-judge`` answers the question from the captions itself and applies the three post-filter
+  rules to the two answers, rule 1 as the prompt words it (a tie drops the pair only if rule 1
+  says "as good as").
 
 They only see what the real models would see (pixels, then caption text), never the ground truth.
 """
@@ -153,7 +154,8 @@ def judge(prompt: str) -> str:
     captions = prompt.split("Captions:\n", 1)[1].split("\n\nQuestion: ", 1)[0]
     question = prompt.split("\n\nQuestion: ", 1)[1].split("\n\nAnswer A: ", 1)[0]
     chosen = prompt.split("\n\nAnswer A: ", 1)[1].split("\n\nAnswer B: ", 1)[0]
-    rejected = prompt.split("\n\nAnswer B: ", 1)[1].split("\n\nDrop the example", 1)[0]
+    rejected, rules = prompt.split("\n\nAnswer B: ", 1)[1].split("\n\nDrop the example", 1)
+    ties_dropped = "as good as" in re.search(r"^1\. (.+)$", rules, re.MULTILINE).group(1)
     stem, options = parse_mcq(question)
     truth = answer_from_captions(stem, objects_in_order(_caption_lines(captions)))
     if truth is None or truth not in options:
@@ -161,9 +163,11 @@ def judge(prompt: str) -> str:
     correct = options.index(truth)
     if extract_choice(chosen, options) != correct:
         return _verdict(2, f"answer A does not pick {truth!r}, which the captions show")
-    if extract_choice(rejected, options) == correct:
+    rejected_right = extract_choice(rejected, options) == correct
+    if rejected_right and ties_dropped:
         return _verdict(1, "answer B picks the right option too")
-    return json.dumps({"keep": True, "rule": None, "reason": f"A picks {truth!r} as the captions show; B does not"})
+    b_picks = "B picks it too" if rejected_right else "B does not"
+    return json.dumps({"keep": True, "rule": None, "reason": f"A picks {truth!r} as the captions show; {b_picks}"})
 
 
 def _verdict(rule: int, reason: str) -> str:

@@ -30,7 +30,7 @@ def _ask(client):
 def test_clean_call_parses_and_counts_tokens(scripted_server):
     client, stats = _client(scripted_server)
     outcome = _ask(client)
-    assert outcome.ok and [q["type"] for q in outcome.value] == ["temporal order", "counting"]
+    assert outcome.ok and [q["type"] for q in outcome.value["questions"]] == ["temporal order", "counting"]
     assert outcome.usage["prompt_tokens"] > 0 and stats.as_dict() == {"questions/requests": 1}
 
 
@@ -94,20 +94,24 @@ def test_missing_key_for_the_openai_endpoint_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("reply, problem", [
     ("no json here", "no JSON object"),
     ('{"questions": []}', "non-empty list"),
-    ('{"questions": [{"type": "temporal order"}]}', "non-empty 'question'"),
-    ('{"questions": [{"type": "poetry", "question": "Why?"}]}', "not one of"),
+    ('{"questions": [{"type": "temporal order"}]}', "no usable question: needs a non-empty 'question'"),
+    ('{"questions": [{"type": "poetry", "question": "Why?"}]}', "no usable question: type 'poetry' is not one of"),
+    ('{"questions": ["Why?", {"type": "counting", "question": ""}]}', r"expected \{type, question\}.*; needs a"),
     ('{"questions": [{"type": "counting", "question": "How many?"', "no JSON object"),
 ])
-def test_question_replies_are_validated(reply, problem):
+def test_replies_without_a_usable_question_are_malformed(reply, problem):
     with pytest.raises(ValueError, match=problem):
         parse_questions(reply, TYPES, 3)
 
 
-def test_question_replies_are_normalised():
+def test_question_replies_are_normalised_and_every_drop_counted():
     reply = '```json\n{"questions": [{"type": "Counting", "question": " How  many? "}, ' \
-            '{"type": "counting", "question": "How many?"}, {"type": "temporal order", "question": "First?"}]}\n```'
-    assert parse_questions(reply, TYPES, 3) == [{"type": "counting", "question": "How many?"},
-                                                {"type": "temporal order", "question": "First?"}]
+            '{"type": "counting", "question": "How many?"}, {"type": "poetry", "question": "Why?"}, ' \
+            '{"type": "temporal order", "question": "First?"}, {"type": "counting", "question": "Last?"}]}\n```'
+    parsed = parse_questions(reply, TYPES, 2)
+    assert parsed["questions"] == [{"type": "counting", "question": "How many?"},
+                                   {"type": "temporal order", "question": "First?"}]
+    assert [d["reason"] for d in parsed["dropped"]] == ["duplicate", "type not configured", "more than asked"]
 
 
 def test_verdicts_are_validated():

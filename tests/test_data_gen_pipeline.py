@@ -9,6 +9,7 @@ import pytest
 
 from data_gen.merge import merge_shards
 from data_gen.pipeline import Pipeline
+from data_gen.scripted_server import ScriptedServer, write_questions
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.data.records import read_records
 from tpo.module import TPOModule
@@ -102,6 +103,36 @@ def test_unrecoverable_items_are_recorded_and_retried_next_run(reference_run, ra
     assert downstream and all(f["reason"].startswith(f"no caption for frame {frame}") for f in downstream)
     run(raw_videos, out, scripted_server)
     assert outputs(out) == outputs(reference_run[0])
+
+
+def _one_bad_question_more(request):
+    reply = json.loads(write_questions(request))
+    reply["questions"].insert(1, {"type": "poetry", "question": "Why?"})
+    return json.dumps(reply)
+
+
+def test_no_structured_output_and_bad_questions_change_no_record(reference_run, raw_videos, tmp_path):
+    """An endpoint that refuses response_format, whose question replies each hold one bad question:
+    each stage falls back to prompt-only once, the bad questions are dropped and counted, and the
+    records are those of the reference run."""
+    out = tmp_path / "prompt-only"
+    with ScriptedServer(response_format="reject") as server:
+        server.scripts["scripted-llm"] = _one_bad_question_more
+        _, manifest = run(raw_videos, out, server)
+    for model, items in (("scripted-llm", 8), ("scripted-judge", 16)):
+        asked = [r for r in server.requests if r["model"] == model]
+        assert asked[0]["response_format"] is not None and asked[0]["status"] == 400
+        assert all(r["response_format"] is None for r in asked[1:]) and len({r["prompt"] for r in asked}) == items
+    calls = manifest["run"]["calls"]
+    assert calls["questions/structured_output_unsupported"] == calls["postfilter/structured_output_unsupported"] == 1
+    assert "questions/retries_malformed" not in calls  # the bad questions cost no re-ask
+    stats, reference = (json.loads((d / "stats.json").read_text()) for d in (out, reference_run[0]))
+    assert reference["questions"]["dropped_by_reason"] == {}
+    assert stats["questions"].pop("dropped_by_reason") == {"type not configured": 8}
+    reference["questions"].pop("dropped_by_reason")
+    assert stats == reference
+    assert {k: v for k, v in outputs(out).items() if k != "stats.json"} == \
+        {k: v for k, v in outputs(reference_run[0]).items() if k != "stats.json"}
 
 
 def test_bad_videos_are_skipped_with_reasons(raw_videos, scripted_server, tmp_path):
@@ -208,3 +239,12 @@ def test_truncated_answers_are_dropped_and_counted_or_kept_without_an_end(refere
     assert all("max_new_tokens" in d["filter"]["reason"] for d in truncated)
     kept = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
     assert not any(r.get("chosen_truncated") or r.get("rejected_truncated") for r in kept)
+
+
+def test_an_api_answer_cut_at_max_tokens_is_truncated(raw_videos, scripted_server, tmp_path):
+    """The OpenAI-compatible backend reads ``finish_reason == "length"`` as a cut answer."""
+    _, manifest = run(raw_videos, tmp_path, scripted_server, "answer.backend=openai", "answer.model=scripted-vlm",
+                      "answer.max_new_tokens=3", "postfilter.enabled=false", "answer.truncated=drop")
+    pairs = manifest["counts"]["pairs"]
+    assert pairs["truncated_answers"] > 0 and pairs["kept"] == 0
+    assert pairs["truncated_answers"] + pairs["identical_answers"] == pairs["candidates"]

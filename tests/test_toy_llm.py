@@ -11,6 +11,7 @@ from PIL import Image
 
 from data_gen.client import jpeg_data_url
 from data_gen.config import prompt_template
+from data_gen.postfilter import judge_prompt
 from data_gen.questions import format_captions, parse_questions
 from data_gen.toy_llm import caption_image, judge, objects_in_order, write_questions
 from tpo.evaluate.answers import extract_choice
@@ -42,9 +43,10 @@ def _question_prompt(captions, count=4, types="temporal order, attribute"):
         captions=format_captions(captions, fps=8.0), num_questions=count, question_types=types)
 
 
-def _judge_prompt(captions, question, chosen, rejected):
-    return Template(prompt_template("postfilter.txt")).substitute(
-        captions=format_captions(captions, fps=8.0), question=question, chosen=chosen, rejected=rejected)
+def _judge_prompt(captions, question, chosen, rejected, rule1="paper"):
+    pair = {"captions_text": format_captions(captions, fps=8.0), "question": question, "chosen": chosen,
+            "rejected": rejected}
+    return judge_prompt(prompt_template("postfilter.txt"), rule1, pair)
 
 
 def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
@@ -54,7 +56,7 @@ def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
         events = random_events(rng, 4)
         captions = _captions(events)
         reply = write_questions(_question_prompt(captions))
-        asked = parse_questions(reply, ["temporal order", "attribute"], 4)
+        asked = parse_questions(reply, ["temporal order", "attribute"], 4)["questions"]
         assert asked and all(q["type"] in ("temporal order", "attribute") for q in asked)
         assert asked[0]["type"] == "temporal order"  # order questions are preferred
         names = [name(e) for e in events]
@@ -74,7 +76,10 @@ def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
             verdict = json.loads(judge(_judge_prompt(captions, q["question"], f"{truth}.", f"{wrong}.")))
             assert verdict == {"keep": True, "rule": None, "reason": verdict["reason"]}
             assert json.loads(judge(_judge_prompt(captions, q["question"], f"{wrong}.", f"{truth}.")))["rule"] == 2
-            assert json.loads(judge(_judge_prompt(captions, q["question"], f"{truth}.", f"{truth}!")))["rule"] == 1
+            # a tie (both pick the truth) is dropped by rule 1 only as ties_dropped_too words it
+            tie = (captions, q["question"], f"{truth}.", f"{truth}!")
+            assert json.loads(judge(_judge_prompt(*tie, rule1="ties_dropped_too")))["rule"] == 1
+            assert json.loads(judge(_judge_prompt(*tie, rule1="paper")))["keep"] is True
             checked += 1
     assert checked >= 60
 
