@@ -72,7 +72,7 @@ def videomme(tmp_path, raw_videos):
 
 class Recorder:
     def __init__(self):
-        self.prompts, self.times = {}, {}
+        self.prompts = {}  # prompt -> the times of the frames shown with it
 
     def __call__(self, clips, prompts):
         for clip, prompt in zip(clips, prompts):
