@@ -84,3 +84,14 @@ def test_mrope_is_detected_from_the_model_also_through_a_lora_wrapper():
     assert adapter.rope_index(add_lora(model, adapter, {"r": 4})) == model.model.get_rope_index
     llava = get_adapter("llava_onevision")
     assert llava.rope_index(llava.load("builtin:tiny-llava_onevision")[0]) is None
+
+
+def test_three_answers_see_the_prompt_and_themselves_and_restart_positions():
+    segments = torch.tensor([[2, 2, 1, 2], [2, 1, 2, 0]])  # (prompt, answer 1..3); row 2 has an empty third answer
+    mask = pair_attention_mask(segments, 7)[:, 0].int().tolist()
+    assert mask[0][4] == [1, 1, 0, 0, 1, 0, 0]  # answer 2: prompt and itself, not answer 1
+    assert mask[0][6] == [1, 1, 0, 0, 0, 1, 1]  # answer 3's last token: prompt and answer 3 so far
+    assert mask[1][4] == [1, 1, 0, 1, 1, 0, 0] and mask[1][5] == [0, 0, 0, 0, 0, 1, 0]  # then padding
+    inputs = {"input_ids": torch.zeros(2, 7, dtype=torch.long)}
+    positions = pair_position_ids(get_adapter("llava_onevision"), None, inputs, segments)
+    assert positions.tolist() == [[0, 1, 2, 3, 2, 2, 3], [0, 1, 2, 2, 3, 5, 6]]

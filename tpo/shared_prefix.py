@@ -8,6 +8,11 @@ ends (for 3-D multimodal positions too). The video is encoded once, the prompt r
 once, gradients flow through it from both answers, and the LM head runs only from the first
 response position on: no vocabulary logits for video and prompt tokens.
 
+The same layout holds any number of answers, ``[prompt][answer 1]...[answer N]`` with each answer
+seeing the prompt and itself only (:func:`pack_answers`, :func:`answer_logps`): multiple-choice
+likelihood scoring (``tpo/evaluate/likelihood.py``) packs the options of a question this way;
+a preference pair is the case ``N = 2`` (:func:`pack_pairs`, :func:`shared_prefix_logps`).
+
 Why a packed row and not a KV-cache continuation: a row is one pure forward, so activation
 checkpointing (which re-runs blocks in backward) and FSDP work unchanged, and a batch of pairs
 is one call. It needs an attention implementation that takes a custom mask (``sdpa``, ``eager``).
@@ -24,22 +29,24 @@ from tpo.models import ModelAdapter, PromptEncoding
 _NEW_TOKEN_VALUES = {"attention_mask": 1}  # per-token keys of response tokens; others are 0
 
 
-def pack_pairs(prompts: list[PromptEncoding], chosen: list[list[int]], rejected: list[list[int]],
-               pad_id: int) -> dict:
-    """Rows ``[prompt][chosen][rejected]`` right-padded, vision tensors once per pair.
+def pack_answers(prompts: list[PromptEncoding], answers: list[list[list[int]]], pad_id: int) -> dict:
+    """Rows ``[prompt][answer 1]...[answer N]`` right-padded, vision tensors once per prompt.
 
-    Returns ``{"inputs": {...}, "segments": (B, 3) long tensor of (prompt, chosen, rejected) lengths}``.
+    ``answers[i]`` are the token ids of prompt ``i``'s answers; a prompt with fewer than the most
+    answers gets empty ones after its own. Returns ``{"inputs": {...}, "segments": (B, 1 + N) long
+    tensor of (prompt, answer 1, ..., answer N) lengths}``.
     """
+    n = max(len(a) for a in answers)
     rows, segments = [], []
-    for prompt, c, r in zip(prompts, chosen, rejected):
-        answers = torch.tensor(c + r, dtype=prompt.tokens["input_ids"].dtype)
+    for prompt, own in zip(prompts, answers):
+        flat = torch.tensor([t for answer in own for t in answer], dtype=prompt.tokens["input_ids"].dtype)
         row = {}
         for key, value in prompt.tokens.items():
-            tail = answers if key == "input_ids" else torch.full((len(answers),), _NEW_TOKEN_VALUES.get(key, 0),
-                                                                 dtype=value.dtype)
+            tail = flat if key == "input_ids" else torch.full((len(flat),), _NEW_TOKEN_VALUES.get(key, 0),
+                                                              dtype=value.dtype)
             row[key] = torch.cat([value, tail])
         rows.append(row)
-        segments.append([len(prompt.tokens["input_ids"]), len(c), len(r)])
+        segments.append([len(prompt.tokens["input_ids"])] + [len(a) for a in own] + [0] * (n - len(own)))
     length = max(len(r["input_ids"]) for r in rows)
     inputs = {}
     for key in rows[0]:
@@ -52,16 +59,33 @@ def pack_pairs(prompts: list[PromptEncoding], chosen: list[list[int]], rejected:
     return {"inputs": inputs, "segments": torch.tensor(segments)}
 
 
+def pack_pairs(prompts: list[PromptEncoding], chosen: list[list[int]], rejected: list[list[int]],
+               pad_id: int) -> dict:
+    """Rows ``[prompt][chosen][rejected]``: :func:`pack_answers` with two answers, segments ``(B, 3)``."""
+    return pack_answers(prompts, [[c, r] for c, r in zip(chosen, rejected)], pad_id)
+
+
+def _segment_of(segments: torch.Tensor, length: int) -> torch.Tensor:
+    """``(B, L)``: 0 for prompt tokens, ``k`` for tokens of answer ``k`` (1-based), ``1 + N`` for padding."""
+    ends = segments.cumsum(1)
+    pos = torch.arange(length, device=segments.device).expand(len(segments), -1).contiguous()
+    return torch.searchsorted(ends.contiguous(), pos, right=True)
+
+
+def _answer_starts(segments: torch.Tensor) -> torch.Tensor:
+    """``(B, 2 + N)``: where each segment starts, then (as the padding's start) where the row ends."""
+    return torch.nn.functional.pad(segments.cumsum(1), (1, 0))
+
+
 def pair_attention_mask(segments: torch.Tensor, length: int) -> torch.Tensor:
-    """``(B, 1, L, L)`` bool, True = may attend: causal, minus rejected→chosen; padding sees itself."""
+    """``(B, 1, L, L)`` bool, True = may attend: causal, each answer sees the prompt and itself only
+    (not the answers before it); padding sees itself. ``segments``: ``(B, 1 + N)`` lengths."""
+    segment = _segment_of(segments, length)
+    padding = segments.shape[1]
+    query, key = segment[:, :, None], segment[:, None, :]
     pos = torch.arange(length, device=segments.device)
-    p, c, r = (segments[:, i, None] for i in range(3))
-    chosen = (pos >= p) & (pos < p + c)  # (B, L)
-    rejected = (pos >= p + c) & (pos < p + c + r)
-    real = pos < p + c + r
     causal = pos[None, :, None] >= pos[None, None, :]
-    blocked = rejected[:, :, None] & chosen[:, None, :]
-    mask = causal & ~blocked & real[:, :, None] & real[:, None, :]
+    mask = causal & ((key == 0) | (key == query)) & (query != padding) & (key != padding)
     return (mask | torch.eye(length, dtype=torch.bool, device=segments.device)).unsqueeze(1)
 
 
@@ -76,30 +100,34 @@ def _as_attention_mask(mask: torch.Tensor, model, dtype: torch.dtype) -> torch.T
 
 
 def pair_position_ids(adapter: ModelAdapter, model, inputs: dict, segments: torch.Tensor) -> torch.Tensor:
-    """Positions as if chosen and rejected each followed the prompt alone."""
+    """Positions as if each answer followed the prompt alone (``segments``: ``(B, 1 + N)`` lengths)."""
     length = inputs["input_ids"].shape[1]
     pos = torch.arange(length, device=segments.device).expand(len(segments), -1).clone()
-    p, c, r = (segments[:, i, None] for i in range(3))
-    in_rejected = (pos >= p + c) & (pos < p + c + r)
+    p = segments[:, 0, None]
+    segment = _segment_of(segments, length)
+    own_start = _answer_starts(segments).gather(1, segment)  # where each token's segment starts
+    in_later_answer = (segment >= 2) & (segment < segments.shape[1])  # answers 2..N (not padding)
     rope_index = adapter.rope_index(model)
     if rope_index is None:
-        return torch.where(in_rejected, pos - c, pos)
-    # M-RoPE (Qwen-VL): 3-D positions from the model for [prompt][chosen], then text positions for
-    # rejected continue from the prompt's last position exactly as the chosen ones do.
+        return torch.where(in_later_answer, pos - (own_start - p), pos)
+    # M-RoPE (Qwen-VL): 3-D positions from the model for [prompt][answer 1], then text positions for
+    # later answers continue from the prompt's last position exactly as the first answer's do.
     names = inspect.signature(rope_index).parameters
     kwargs = {k: v for k, v in inputs.items() if k in names and k != "attention_mask"}
-    two_d = (pos < p + c).long()  # rejected and padding left out of the 3-D computation
+    two_d = (segment <= 1).long()  # later answers and padding left out of the 3-D computation
     positions, _ = rope_index(attention_mask=two_d, **kwargs)
     last_prompt = positions.gather(2, (p - 1).unsqueeze(0).expand(3, -1, -1).to(positions.device))  # (3, B, 1)
-    rejected_pos = last_prompt + 1 + (pos - p - c).unsqueeze(0)
-    return torch.where(in_rejected.unsqueeze(0), rejected_pos, positions)
+    later_pos = last_prompt + 1 + (pos - own_start).unsqueeze(0).to(positions.device)
+    return torch.where(in_later_answer.unsqueeze(0).to(positions.device), later_pos, positions)
 
 
-def shared_prefix_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and token counts of the responses: ``(2B,)`` each, chosen rows then rejected."""
+def answer_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts of every answer of a :func:`pack_answers` batch: ``(B, N)``
+    each (an empty answer: 0 and 0), from one forward over the packed rows."""
     inputs, segments = batch["inputs"], batch["segments"].to(batch["inputs"]["input_ids"].device)
     ids = inputs["input_ids"]
     b, length = ids.shape
+    n = segments.shape[1] - 1
     first = int(segments[:, 0].min()) - 1  # the earliest position that predicts a response token
     model_inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
     mask = _as_attention_mask(pair_attention_mask(segments, length), model, model.dtype)
@@ -107,18 +135,27 @@ def shared_prefix_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[torc
                 logits_to_keep=torch.arange(first, length, device=ids.device), use_cache=False)
     logits = out.logits  # (B, length - first, V)
     rows, preds, targets, owner = [], [], [], []
-    for i, (p, c, r) in enumerate(segments.tolist()):
-        chosen_pred = list(range(p - 1, p + c - 1))
-        rejected_pred = [p - 1] + list(range(p + c, p + c + r - 1))
-        rows += [i] * (c + r)
-        preds += chosen_pred + rejected_pred
-        targets += list(range(p, p + c + r))
-        owner += [i] * c + [b + i] * r
+    for i, (p, *lengths) in enumerate(segments.tolist()):
+        start = p
+        for k, size in enumerate(lengths):
+            # an answer's first token is predicted by the prompt's last position, the rest by itself
+            preds += ([p - 1] + list(range(start, start + size - 1)))[:size]
+            targets += list(range(start, start + size))
+            rows += [i] * size
+            owner += [i * n + k] * size
+            start += size
     device = logits.device
     rows_t, preds_t = torch.tensor(rows, device=device), torch.tensor(preds, device=device) - first
     target_ids = ids[rows_t, torch.tensor(targets, device=device)]
     token_logps = logits[rows_t, preds_t].float().log_softmax(-1).gather(-1, target_ids[:, None]).squeeze(-1)
     owner_t = torch.tensor(owner, device=device)
-    sums = torch.zeros(2 * b, device=device, dtype=token_logps.dtype).index_add(0, owner_t, token_logps)
-    counts = torch.zeros(2 * b, device=device, dtype=torch.long).index_add(0, owner_t, torch.ones_like(owner_t))
-    return sums, counts
+    sums = torch.zeros(b * n, device=device, dtype=token_logps.dtype).index_add(0, owner_t, token_logps)
+    counts = torch.zeros(b * n, device=device, dtype=torch.long).index_add(0, owner_t, torch.ones_like(owner_t))
+    return sums.view(b, n), counts.view(b, n)
+
+
+def shared_prefix_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts of the responses of a :func:`pack_pairs` batch: ``(2B,)``
+    each, chosen rows then rejected (the two-pass layout's order)."""
+    sums, counts = answer_logps(adapter, model, batch)
+    return sums.t().reshape(-1), counts.t().reshape(-1)

@@ -25,41 +25,57 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-instruction", action=argparse.BooleanOptionalAction, default=None,
                         help="LLaVA-Video's sentence on the frames' times before each question "
                              "(default: as the checkpoint was trained, else off)")
+    parser.add_argument("--scoring", choices=["generate", "likelihood"], default="generate",
+                        help="generate a reply and read its letter (default), or pick the option whose "
+                             "'<letter>. <text>' has the highest summed log-likelihood (one forward per question)")
 
 
-def _evaluate(args, benchmark: str, data: str, videos: str | None) -> tuple[dict, Path]:
+def _setting(benchmark: str, subtitles: str | None) -> str:
+    """Video-MME's two columns: with and without subtitles."""
+    return (" (w/ subs)" if subtitles else " (w/o subs)") if benchmark == "videomme" else ""
+
+
+def _answerer(args):
     import torch
 
+    from tpo.evaluate.likelihood import LikelihoodScorer
+    from tpo.evaluate.model import VideoAnswerer, load_for_eval
+
+    adapter, model, processor = load_for_eval(args.model, args.family, getattr(torch, args.dtype), args.device,
+                                              args.time_instruction)
+    if args.scoring == "likelihood":
+        return LikelihoodScorer(adapter, model, processor)
+    return VideoAnswerer(adapter, model, processor, args.max_new_tokens)
+
+
+def _evaluate(args, benchmark: str, data: str, videos: str | None,
+              subtitles: str | None = None) -> tuple[dict, Path]:
     from tpo.evaluate.benchmarks import load_benchmark
     from tpo.evaluate.mcq import evaluate, format_table, read_predictions
-    from tpo.evaluate.model import VideoAnswerer, load_for_eval
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = load_benchmark(benchmark, data, videos)
+    loaded = load_benchmark(benchmark, data, videos, subtitles)
     (out / "bad_items.jsonl").write_text("".join(json.dumps(vars(b)) + "\n" for b in loaded.bad))
     if loaded.bad:
         print(f"{len(loaded.bad)} malformed item(s) left out (see {out / 'bad_items.jsonl'}); first: {loaded.bad[0]}")
     predictions = out / "predictions.jsonl"
     items = loaded.items[: args.limit] if args.limit else loaded.items
     done = read_predictions(predictions)
-    if all(i.id in done for i in items):
-        answerer = None  # everything answered already: no model needed to summarise
-    else:
-        adapter, model, processor = load_for_eval(args.model, args.family, getattr(torch, args.dtype), args.device,
-                                                  args.time_instruction)
-        answerer = VideoAnswerer(adapter, model, processor, args.max_new_tokens)
+    # everything answered already: no model needed to summarise
+    answerer = None if all(i.id in done for i in items) else _answerer(args)
     summary = evaluate(items, answerer, args.num_frames, args.batch_size, predictions)
     summary.update({"benchmark": benchmark, "data": str(data), "model": args.model, "num_frames": args.num_frames,
-                    "malformed_items": len(loaded.bad)})
+                    "malformed_items": len(loaded.bad), "scoring": args.scoring,
+                    **({"subtitles": subtitles is not None} if benchmark == "videomme" else {})})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_table(summary, f"{benchmark} — {args.model}"))
+    print(format_table(summary, f"{benchmark}{_setting(benchmark, subtitles)} — {args.model} ({args.scoring})"))
     print(f"predictions: {predictions}\nsummary:     {out / 'summary.json'}")
     return summary, predictions
 
 
 def _mcq(args) -> None:
-    _evaluate(args, args.benchmark, args.data, args.videos)
+    _evaluate(args, args.benchmark, args.data, args.videos, args.subtitles)
 
 
 def _niah_make(args) -> None:
@@ -88,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     mcq.add_argument("--benchmark", required=True, choices=["videomme", "longvideobench", "mlvu", "jsonl"])
     mcq.add_argument("--data", required=True, help="annotation file (MLVU: the json/ folder)")
     mcq.add_argument("--videos", help="video folder (default: beside --data)")
+    mcq.add_argument("--subtitles", metavar="DIR",
+                     help="videomme only: the authors' subtitle/ folder of <videoID>.srt; the lines at the shown "
+                          "frames' times go before each question ('w/ subs'; default: no subtitles)")
     _model_args(mcq)
     mcq.set_defaults(fn=_mcq)
 

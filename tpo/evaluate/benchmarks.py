@@ -2,7 +2,8 @@
 
 - ``videomme``: Video-MME ``videomme/test-00000-of-00001.parquet`` (or the same rows as JSON):
   ``videoID``, ``question``, ``options`` (``"A. ..."``), ``answer`` (letter), ``duration``,
-  ``task_type``; videos ``<videos>/<videoID>.mp4``.
+  ``task_type``; videos ``<videos>/<videoID>.mp4``; with ``subtitles`` (the authors' ``subtitle/``
+  folder), each item's ``<subtitles>/<videoID>.srt`` (see :mod:`tpo.evaluate.subtitles`).
 - ``longvideobench``: ``lvb_val.json``: ``video_path``, ``question``, ``candidates``,
   ``correct_choice`` (index), ``duration_group``, ``question_category``.
 - ``mlvu``: the ``MLVU/json/`` folder (one JSON per task: ``video``, ``question``,
@@ -38,6 +39,7 @@ class MCQItem:
     duration: str = ""
     frame_indices: list[int] | None = None  # None: uniform sampling
     meta: dict = field(default_factory=dict)  # passed through to the predictions (e.g. NIAH depth)
+    subtitles: Path | None = None  # the .srt whose lines at the shown frames go in the prompt (may not exist)
 
     @property
     def answer_letter(self) -> str:
@@ -109,7 +111,7 @@ def _read_json_list(path: Path) -> list:
     return rows
 
 
-def load_videomme(path: Path, videos: Path) -> Loaded:
+def load_videomme(path: Path, videos: Path, subtitles: Path | None = None) -> Loaded:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -121,7 +123,8 @@ def load_videomme(path: Path, videos: Path) -> Loaded:
         _item(str(path), str(i), row, loaded, id=lambda r: str(r["question_id"]),
               video=lambda r: videos / f"{r['videoID']}.mp4", question=lambda r: r["question"],
               options=lambda r: list(r["options"]), answer=lambda r: r["answer"],
-              category=lambda r: r.get("task_type", ""), duration=lambda r: r.get("duration", ""))
+              category=lambda r: r.get("task_type", ""), duration=lambda r: r.get("duration", ""),
+              subtitles=lambda r: subtitles / f"{r['videoID']}.srt" if subtitles else None)
     return loaded
 
 
@@ -171,14 +174,23 @@ def load_jsonl(path: Path, videos: Path) -> Loaded:
 LOADERS = {"videomme": load_videomme, "longvideobench": load_longvideobench, "mlvu": load_mlvu, "jsonl": load_jsonl}
 
 
-def load_benchmark(name: str, path: str | Path, videos: str | Path | None = None) -> Loaded:
-    """Items of benchmark ``name`` from ``path``; videos under ``videos`` (default: beside ``path``)."""
+def load_benchmark(name: str, path: str | Path, videos: str | Path | None = None,
+                   subtitles: str | Path | None = None) -> Loaded:
+    """Items of benchmark ``name`` from ``path``; videos under ``videos`` (default: beside ``path``);
+    Video-MME's subtitle files under ``subtitles`` (default: none, the "w/o subs" setting)."""
     if name not in LOADERS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {list(LOADERS)}")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{name} annotation file not found: {path}")
-    loaded = LOADERS[name](path, Path(videos) if videos else (path if path.is_dir() else path.parent))
+    extra = {}
+    if subtitles is not None:
+        if name != "videomme":
+            raise ValueError(f"subtitles are read for videomme only, not {name}")
+        if not Path(subtitles).is_dir():
+            raise FileNotFoundError(f"videomme subtitle folder not found: {subtitles}")
+        extra["subtitles"] = Path(subtitles)
+    loaded = LOADERS[name](path, Path(videos) if videos else (path if path.is_dir() else path.parent), **extra)
     ids = [item.id for item in loaded.items]
     if len(ids) != len(set(ids)):
         duplicate = next(i for i in ids if ids.count(i) > 1)

@@ -5,15 +5,24 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 from tqdm.auto import tqdm
 
 from tpo.data.frames import Clip, VideoReadError, count_frames, read_clip, uniform_frame_indices
 from tpo.evaluate.answers import extract_choice, mcq_prompt
 from tpo.evaluate.benchmarks import LETTERS, MCQItem
+from tpo.evaluate.subtitles import SubtitleError, with_subtitles
 
 Answerer = Callable[[list[Clip], list[str]], list[str]]  # (clips, prompts) -> replies
+
+
+class OptionScorer(Protocol):
+    """Scores every option instead of generating a reply (``--scoring likelihood``): the
+    prediction is the option with the highest score."""
+
+    def score_options(self, clips: list[Clip], prompts: list[str], options: list[list[str]]) -> list[list[float]]:
+        ...
 
 
 def item_clip(item: MCQItem, num_frames: int) -> Clip:
@@ -21,11 +30,32 @@ def item_clip(item: MCQItem, num_frames: int) -> Clip:
     return read_clip(item.video, indices)
 
 
-def _prediction(item: MCQItem, reply: str | None = None, error: str | None = None) -> dict:
-    choice = None if reply is None else extract_choice(reply, item.options)
+def item_prompt(item: MCQItem, clip: Clip) -> str:
+    """The question and options, after the subtitles at the clip's frame times when the item has them."""
+    prompt = mcq_prompt(item.question, item.options)
+    return prompt if item.subtitles is None else with_subtitles(prompt, item.subtitles, clip.times)
+
+
+def _prediction(item: MCQItem, reply: str | None = None, error: str | None = None,
+                option_logps: list[float] | None = None) -> dict:
+    """One predictions row. Likelihood scoring has no reply (``None``) and adds ``option_logps``."""
+    if option_logps is not None:
+        choice = max(range(len(option_logps)), key=option_logps.__getitem__)
+    else:
+        choice = None if reply is None else extract_choice(reply, item.options)
     return {"id": item.id, "category": item.category, "duration": item.duration, "answer": item.answer_letter,
             "prediction": None if choice is None else LETTERS[choice], "correct": choice == item.answer,
-            "reply": reply, "error": error, **({"meta": item.meta} if item.meta else {})}
+            "reply": reply, "error": error, **({"meta": item.meta} if item.meta else {}),
+            **({"option_logps": option_logps} if option_logps is not None else {})}
+
+
+def _answer_group(answerer: Answerer | OptionScorer, group: list[tuple[MCQItem, Clip, str]]) -> list[dict]:
+    """Prediction rows for items whose clips have equally many frames (they batch together)."""
+    items, clips, prompts = (list(column) for column in zip(*group))
+    if hasattr(answerer, "score_options"):
+        scores = answerer.score_options(clips, prompts, [item.options for item in items])
+        return [_prediction(item, option_logps=s) for item, s in zip(items, scores)]
+    return [_prediction(item, reply) for item, reply in zip(items, answerer(clips, prompts))]
 
 
 def read_predictions(path: Path) -> dict[str, dict]:
@@ -42,12 +72,15 @@ def read_predictions(path: Path) -> dict[str, dict]:
     return done
 
 
-def evaluate(items: list[MCQItem], answerer: Answerer, num_frames: int = 32, batch_size: int = 4,
+def evaluate(items: list[MCQItem], answerer: Answerer | OptionScorer, num_frames: int = 32, batch_size: int = 4,
              predictions_path: str | Path | None = None, limit: int | None = None,
              progress: bool = True) -> dict:
     """Answer ``items[:limit]`` (skipping those already in ``predictions_path``); return the summary.
 
-    A missing or unreadable video is recorded as that item's ``error`` and counted, not fatal.
+    ``answerer`` generates replies (parsed for a letter) or, an :class:`OptionScorer`, scores the
+    options. Prompts are built after the clip is read: subtitles depend on its frame times. A
+    missing or unreadable video or subtitle file is recorded as that item's ``error`` and
+    counted, not fatal.
     """
     items = items[:limit] if limit is not None else items
     path = Path(predictions_path) if predictions_path else None
@@ -62,15 +95,15 @@ def evaluate(items: list[MCQItem], answerer: Answerer, num_frames: int = 32, bat
                 ready, rows = [], []
                 for item in batch:
                     try:
-                        ready.append((item, item_clip(item, num_frames)))
-                    except VideoReadError as err:
+                        clip = item_clip(item, num_frames)
+                        ready.append((item, clip, item_prompt(item, clip)))
+                    except (VideoReadError, SubtitleError) as err:
                         rows.append(_prediction(item, error=str(err)))
                 groups: dict[int, list] = defaultdict(list)  # equal frame counts batch together
-                for item, clip in ready:
-                    groups[len(clip)].append((item, clip))
+                for entry in ready:
+                    groups[len(entry[1])].append(entry)
                 for group in groups.values():
-                    replies = answerer([f for _, f in group], [mcq_prompt(i.question, i.options) for i, _ in group])
-                    rows += [_prediction(item, reply) for (item, _), reply in zip(group, replies)]
+                    rows += _answer_group(answerer, group)
                 for row in rows:
                     results[row["id"]] = row
                     if out:
@@ -119,5 +152,6 @@ def format_table(summary: dict, title: str = "") -> str:
             lines.append(f"  {field} {name}"[:34].ljust(34) + f"{100 * acc['accuracy']:>8.1f}%{acc['scored']:>7}")
     if summary["macro_accuracy"] is not None and len(summary["by_category"]) > 1:
         lines.append(f"{'mean over categories':34}{100 * summary['macro_accuracy']:>8.1f}%")
-    lines.append(f"errors (missing/unreadable video): {summary['errors']}; unparsed replies: {summary['unparsed']}")
+    lines.append(f"errors (missing/unreadable video or subtitles): {summary['errors']}; "
+                 f"unparsed replies: {summary['unparsed']}")
     return "\n".join(lines)
