@@ -123,3 +123,17 @@ def test_cli_names_the_subtitle_setting_and_scoring(videomme, capsys):
     assert main(argv[:-2] + ["--out", str(videomme / "plain")]) == 0
     assert json.loads((videomme / "plain" / "summary.json").read_text())["subtitles"] is False
     assert "videomme (w/o subs)" in capsys.readouterr().out
+
+
+def test_resuming_with_other_settings_is_refused(videomme, capsys):
+    """Predictions of two settings (w/ and w/o subtitles, two scorings) must never mix in one summary."""
+    out = videomme / "resume"
+    argv = ["mcq", "--benchmark", "videomme", "--data", str(videomme / "videomme.json"), "--videos",
+            str(videomme / "data"), "--model", "builtin:tiny-qwen2_vl", "--out", str(out), "--num-frames", "4",
+            "--dtype", "float32", "--device", "cpu", "--limit", "2", "--scoring", "likelihood"]
+    assert main(argv) == 0
+    assert main(argv + ["--subtitles", str(videomme / "subtitle")]) == 2
+    assert "subtitles: False -> True" in capsys.readouterr().err
+    assert main(argv[:-1] + ["generate"]) == 2
+    assert main(argv[:-2] + ["--limit", "3", "--scoring", "likelihood"]) == 0  # a longer run of the same settings
+    assert json.loads((out / "summary.json").read_text())["scored"] == 3

@@ -48,6 +48,19 @@ def _answerer(args):
     return VideoAnswerer(adapter, model, processor, args.max_new_tokens)
 
 
+def _same_settings(out: Path, settings: dict) -> None:
+    """Refuse to resume into predictions made with other settings (they would be mixed silently)."""
+    path = out / "settings.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed and (out / "predictions.jsonl").exists():
+            diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+            raise ValueError(f"{out} holds predictions made with other settings ({diff}); "
+                             f"use another --out, or delete {out / 'predictions.jsonl'} to start over")
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
 def _evaluate(args, benchmark: str, data: str, videos: str | None,
               subtitles: str | None = None) -> tuple[dict, Path]:
     from tpo.evaluate.benchmarks import load_benchmark
@@ -59,15 +72,18 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     (out / "bad_items.jsonl").write_text("".join(json.dumps(vars(b)) + "\n" for b in loaded.bad))
     if loaded.bad:
         print(f"{len(loaded.bad)} malformed item(s) left out (see {out / 'bad_items.jsonl'}); first: {loaded.bad[0]}")
+    settings = {"benchmark": benchmark, "data": str(data), "model": args.model, "num_frames": args.num_frames,
+                "scoring": args.scoring, "time_instruction": args.time_instruction, "dtype": args.dtype,
+                "max_new_tokens": args.max_new_tokens if args.scoring == "generate" else None,
+                **({"subtitles": subtitles is not None} if benchmark == "videomme" else {})}
+    _same_settings(out, settings)
     predictions = out / "predictions.jsonl"
     items = loaded.items[: args.limit] if args.limit else loaded.items
     done = read_predictions(predictions)
     # everything answered already: no model needed to summarise
     answerer = None if all(i.id in done for i in items) else _answerer(args)
     summary = evaluate(items, answerer, args.num_frames, args.batch_size, predictions)
-    summary.update({"benchmark": benchmark, "data": str(data), "model": args.model, "num_frames": args.num_frames,
-                    "malformed_items": len(loaded.bad), "scoring": args.scoring,
-                    **({"subtitles": subtitles is not None} if benchmark == "videomme" else {})})
+    summary.update({**settings, "malformed_items": len(loaded.bad)})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(summary, f"{benchmark}{_setting(benchmark, subtitles)} — {args.model} ({args.scoring})"))
     print(f"predictions: {predictions}\nsummary:     {out / 'summary.json'}")
