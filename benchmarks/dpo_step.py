@@ -85,14 +85,14 @@ def make_pairs(model, frames: int, batch: int, seed: int = 0) -> list[dict]:
 
 
 def naive_batch(pairs: list[dict]) -> dict:
-    from tpo.data.collate import _pad, _sequence
+    from tpo.data.collate import labelled_sequence, pad_rows
     from tpo.models import IGNORE_INDEX
 
-    rows = [_sequence(p["prompt"].tokens, p[side]) for side in ("chosen", "rejected") for p in pairs]
-    inputs = {k: _pad([r[k] for r in rows], 0) for k in rows[0] if k != "labels"}
+    rows = [labelled_sequence(p["prompt"].tokens, p[side]) for side in ("chosen", "rejected") for p in pairs]
+    inputs = {k: pad_rows([r[k] for r in rows], 0) for k in rows[0] if k != "labels"}
     vision = torch.cat([p["prompt"].vision["pixel_values_videos"] for p in pairs])
     inputs["pixel_values_videos"] = torch.cat([vision, vision])
-    return {"inputs": inputs, "labels": _pad([r["labels"] for r in rows], IGNORE_INDEX)}
+    return {"inputs": inputs, "labels": pad_rows([r["labels"] for r in rows], IGNORE_INDEX)}
 
 
 def packed_batch(pairs: list[dict]) -> dict:

@@ -24,7 +24,8 @@ def _run(args) -> None:
     print(f"  videos:   {counts['videos']['usable']} usable of {counts['videos']['found']} "
           f"(skipped: {counts['videos']['skipped_by_reason'] or 0})")
     print(f"  pairs:    {counts['pairs']['candidates']} answered, {counts['pairs']['identical_answers']} identical, "
-          f"{counts['pairs']['truncated_answers']} truncated (answer.truncated={cfg.answer.truncated}), "
+          f"{counts['pairs']['with_truncated_answer']} with a cut answer ({counts['pairs']['dropped_truncated']} "
+          f"dropped, answer.truncated={cfg.answer.truncated}), "
           f"{counts['pairs']['kept']} kept; dropped by rule: {counts['pairs']['dropped_by_rule'] or 0}")
     print(f"  records:  {counts['records']['written']} {counts['records']['by_manipulation']}")
     print(f"  calls:    {run['calls']}")

@@ -13,7 +13,7 @@ from data_gen.config import AnswerConfig, ApiConfig, fingerprint
 from data_gen.decode import FRAMES
 from data_gen.index import Video
 from data_gen.runner import Job, StageRunner
-from tpo.data.frames import Clip, VideoInfo, VideoReadError, frame_metadata
+from tpo.data.frames import Clip, VideoInfo, VideoReadError, clip_of
 
 SIDES = {"chosen": "chosen_frames", "rejected": "rejected_frames"}
 
@@ -32,10 +32,9 @@ def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConf
     return jobs
 
 
-def read_clip(video: Video, sampled: tuple[int, ...], frames: tuple[int, ...]) -> Clip:
+def video_clip(video: Video, sampled: tuple[int, ...], frames: tuple[int, ...]) -> Clip:
     """The frames ``frames`` of ``video`` with their real timing, as training will show them."""
-    images = FRAMES.get(video.path, sampled, frames)
-    return Clip(images, frame_metadata(VideoInfo(video.num_frames, video.fps), list(frames), *images.shape[1:3]))
+    return clip_of(FRAMES.get(video.path, sampled, frames), VideoInfo(video.num_frames, video.fps), list(frames))
 
 
 def answer_outcome(text: str, truncated: bool) -> Outcome:
@@ -61,7 +60,7 @@ class LocalAnswerer:
         for i, job in enumerate(jobs):
             video, sampled, frames, question = job.payload
             try:
-                ready.append((i, read_clip(video, sampled, frames), question))
+                ready.append((i, video_clip(video, sampled, frames), question))
             except VideoReadError as err:
                 outcomes[i] = Outcome(False, reason=str(err))
         if ready:

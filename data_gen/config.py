@@ -151,6 +151,9 @@ def _check(cfg) -> None:
             raise ConfigError(f"{name}.backend must be one of {list(choices)}, got {cfg[name].backend!r}")
     if cfg.answer.truncated not in ("drop", "keep"):
         raise ConfigError(f"answer.truncated must be 'drop' or 'keep', got {cfg.answer.truncated!r}")
+    if cfg.answer.time_instruction and cfg.answer.backend != "local":
+        raise ConfigError("answer.time_instruction needs answer.backend=local: the openai backend sends the frames "
+                          "as images, without the prompt the model adapters write")
     if cfg.answer.backend == "local" and not cfg.answer.family:
         raise ConfigError("answer.family is required with answer.backend=local (e.g. llava_onevision)")
     from data_gen.postfilter import RULE1  # (postfilter imports this module)

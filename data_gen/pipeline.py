@@ -174,6 +174,7 @@ class Pipeline:
             "judge": cfg.postfilter.model if cfg.postfilter.enabled else None, "seed": cfg.seed,
         }
         judge = provenance["judge"] or "none"
+        answered = candidates + [pair for pair, _ in rejected_early]
         kept, dropped = [], []
         for pair, (rule, reason) in rejected_early:
             verdict = {"kept": False, "rule": rule, "reason": reason, "judge": "data_gen"}
@@ -207,7 +208,8 @@ class Pipeline:
             "answers": {"ok": len(answers), "failed": sum(f["stage"] == "answer" for f in self.failures)},
             "pairs": {"candidates": len(candidates) + len(rejected_early),
                       "identical_answers": sum(rule == "identical" for _, (rule, _) in rejected_early),
-                      "truncated_answers": sum(rule == "truncated" for _, (rule, _) in rejected_early),
+                      "with_truncated_answer": sum(any(p["truncated"].values()) for p in answered),
+                      "dropped_truncated": sum(rule == "truncated" for _, (rule, _) in rejected_early),
                       "judged": len(verdicts), "kept": len(kept), "dropped_by_rule": by_rule},
             "records": {"written": len(kept), "by_manipulation": count_by(kept, lambda r: r["manipulation"]),
                         "by_question_type": count_by(kept, lambda r: r["question_type"])},

@@ -77,6 +77,7 @@ def question_jobs(segments: list[Segment], captions: dict[str, list[dict]], fps:
     """One job per segment whose ``S_a`` is fully captioned (``captions[segment.id]``)."""
     template = prompt_template(cfg.prompt)
     settings = {k: cfg[k] for k in ("model", "per_segment", "types", "max_tokens", "temperature")}
+    settings["parser"] = 2  # 2: a bad question drops alone (replies cached as failures by 1 are asked again)
     jobs = []
     for seg in segments:
         if seg.id not in captions:

@@ -1,5 +1,6 @@
 """`tpo fit --config demo.yaml` end to end: everything a run writes lands under default_root_dir."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,14 +15,23 @@ def test_fit_writes_logs_config_checkpoint_and_export_under_root_dir(tmp_path, p
     root = tmp_path / "my_run"
     cmd = [sys.executable, "-m", "tpo", "fit", "--config", str(REPO / "lightning_configs/demo.yaml"),
            "--trainer.default_root_dir", str(root), "--trainer.max_epochs", "1", "--data.path", str(pref_file),
-           "--data.val_fraction", "0.25", "--model.beta", "0.25"]
+           "--data.val_fraction", "0.25", "--model.beta", "0.25", "--model.time_instruction", "true"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     run = root / "lightning_logs" / "version_0"
     assert "export:" in done.stdout and str(run / "export") in done.stdout
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["beta"] == 0.25 and config["data"]["path"] == str(pref_file)
+    assert config["data"]["time_instruction"] is True  # linked from the model: one prompt for both
     assert list((run / "checkpoints").glob("*.ckpt"))
+    # evaluation prompts the trained model as training did, from the export or the checkpoint
+    from tpo.evaluate.model import load_for_eval, trained_time_instruction
+
+    assert json.loads((run / "export" / "tpo_prompt.json").read_text())["time_instruction"] is True
+    assert trained_time_instruction(str(run / "export"))
+    assert trained_time_instruction(str(next((run / "checkpoints").glob("*.ckpt"))))
+    assert load_for_eval(str(run / "export"), device="cpu")[0].time_instruction
+    assert not trained_time_instruction("builtin:tiny-llava_onevision")
     assert list(run.glob("events.out.tfevents.*"))
     assert (run / "export" / "config.json").exists() and (run / "export" / "processor_config.json").exists()
     assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "runs").exists()

@@ -93,3 +93,16 @@ def test_a_truncated_answer_gets_no_end_of_turn_token(pref_file):
         ids = batch["inputs"]["input_ids"][0]
         assert (ids[p + c - 1].item() == eos) == chosen_ends
         assert ids[p + c + r - 1].item() == eos  # the rejected answer was complete
+
+
+def test_training_warns_when_data_gen_prompted_otherwise(tmp_path, caplog):
+    import json
+
+    from tpo.data.datamodule import warn_if_prompted_otherwise
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"answer": {"backend": "local",
+                                                                               "time_instruction": False}}}))
+    warn_if_prompted_otherwise(tmp_path / "preferences.jsonl", time_instruction=False)
+    assert "did not answer" not in caplog.text
+    warn_if_prompted_otherwise(tmp_path / "preferences.jsonl", time_instruction=True)
+    assert "answer.time_instruction=False but training uses time_instruction=True" in caplog.text

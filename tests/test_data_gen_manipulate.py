@@ -83,6 +83,10 @@ def test_config_errors_name_the_setting(tmp_path):
         load_config(None, base + ["caption.backend=magic"])
     with pytest.raises(ConfigError, match="nonexistent"):
         load_config(None, base + ["questions.nonexistent=1"])
+    with pytest.raises(ConfigError, match="answer.truncated must be 'drop' or 'keep'"):
+        load_config(None, base + ["answer.truncated=cut"])
+    with pytest.raises(ConfigError, match="answer.time_instruction needs answer.backend=local"):
+        load_config(None, base + ["answer.backend=openai", "answer.time_instruction=true"])
     cfg = load_config(None, base + ["api.base_url=http://h/v1"])
     assert cfg.caption.base_url == "http://h/v1" and cfg.postfilter.base_url == "http://h/v1"
     dumped = to_dict(load_config(None, base + ["api.base_url=https://bob:s3cret@h/v1"]))

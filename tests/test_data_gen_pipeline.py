@@ -235,7 +235,8 @@ def test_truncated_answers_are_dropped_and_counted_or_kept_without_an_end(refere
     stats = manifest["counts"]["pairs"]
     dropped = [json.loads(line) for line in (out / "filtered_out.jsonl").read_text().splitlines()]
     truncated = [d for d in dropped if d["filter"]["rule"] == "truncated"]
-    assert stats["truncated_answers"] == len(truncated) == len([r for r in cut if r["chosen"] != r["rejected"]])
+    assert stats["dropped_truncated"] == len(truncated) == len([r for r in cut if r["chosen"] != r["rejected"]])
+    assert stats["with_truncated_answer"] == len(cut)  # identical pairs with a cut answer are counted too
     assert all("max_new_tokens" in d["filter"]["reason"] for d in truncated)
     kept = [json.loads(line) for line in (out / "preferences.jsonl").read_text().splitlines()]
     assert not any(r.get("chosen_truncated") or r.get("rejected_truncated") for r in kept)
@@ -246,5 +247,5 @@ def test_an_api_answer_cut_at_max_tokens_is_truncated(raw_videos, scripted_serve
     _, manifest = run(raw_videos, tmp_path, scripted_server, "answer.backend=openai", "answer.model=scripted-vlm",
                       "answer.max_new_tokens=3", "postfilter.enabled=false", "answer.truncated=drop")
     pairs = manifest["counts"]["pairs"]
-    assert pairs["truncated_answers"] > 0 and pairs["kept"] == 0
-    assert pairs["truncated_answers"] + pairs["identical_answers"] == pairs["candidates"]
+    assert pairs["dropped_truncated"] > 0 and pairs["kept"] == 0
+    assert pairs["dropped_truncated"] + pairs["identical_answers"] == pairs["candidates"]

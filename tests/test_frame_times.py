@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_gen.answer import read_clip as data_gen_clip
+from data_gen.answer import video_clip
 from data_gen.index import Video, probe
 from tpo.data.collate import SharedPrefixCollator
 from tpo.data.datamodule import PreferenceDataModule
@@ -73,7 +73,7 @@ def test_every_stage_times_frames_from_the_decoded_video(pref_file):
     training = dm.train_set[0]["clip"]
     path, indices = record.video_path, record["frame_indices"]
     video = Video(record["video"], path, identity="x", **probe(path))
-    generation = data_gen_clip(video, tuple(indices), tuple(indices))
+    generation = video_clip(video, tuple(indices), tuple(indices))
     evaluation = item_clip(MCQItem("q", path, "?", ["a", "b"], 0, frame_indices=indices), 32)
     assert video.fps > 0 and training.metadata.fps == pytest.approx(video.fps)
     for clip in (generation, evaluation):

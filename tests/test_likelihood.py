@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import FAMILIES
-from tpo.data.collate import _sequence
+from tpo.data.collate import labelled_sequence
 from tpo.data.frames import Clip, VideoInfo, frame_metadata, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.evaluate.benchmarks import MCQItem
@@ -30,7 +30,7 @@ def _one_forward_per_option(scorer, clip, prompt, options) -> list[float]:
     encoding = scorer.adapter.encode_prompt(scorer.processor, clip, prompt)
     scores = []
     for ids in scorer.option_ids(options):
-        row = _sequence(encoding.tokens, ids)
+        row = labelled_sequence(encoding.tokens, ids)
         labels = row.pop("labels")[None]
         out = scorer.model(**{k: v[None] for k, v in row.items()}, **encoding.vision)
         scores.append(response_logps(out.logits, labels)[0].item())

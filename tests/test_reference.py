@@ -32,14 +32,16 @@ class FirstRewards(L.Callback):
                            trainer.callback_metrics["rewards/rejected"].item())
 
 
-def _fit(root, pref_file, steps=8, precision="32-true", ckpt_path=None, checkpoint=False, **module_args):
+def _fit(root, pref_file, steps=8, precision="32-true", ckpt_path=None, checkpoint=False, time_instruction=False,
+         **module_args):
     L.seed_everything(0)
-    module = TPOModule(MODEL, FAMILY, beta=0.3, lr=3e-3, **module_args)
+    module = TPOModule(MODEL, FAMILY, beta=0.3, lr=3e-3, time_instruction=time_instruction, **module_args)
     losses, rewards = Losses(), FirstRewards()
     trainer = L.Trainer(default_root_dir=root, max_steps=steps, accelerator="cpu", enable_progress_bar=False,
                         enable_model_summary=False, logger=False, enable_checkpointing=checkpoint, precision=precision,
                         callbacks=[losses, rewards])
-    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0, val_fraction=0.25)
+    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0, val_fraction=0.25,
+                              time_instruction=time_instruction)
     trainer.fit(module, dm, ckpt_path=ckpt_path)
     module.first_rewards = getattr(rewards, "values", None)
     return module, losses.values, dm
@@ -60,17 +62,21 @@ def test_precomputed_reference_trains_like_the_live_reference(tmp_path, pref_fil
 def test_stale_or_foreign_caches_are_refused(tmp_path, pref_file):
     cache = tmp_path / "ref.json"
     _fit(tmp_path / "a", pref_file, steps=1, reference_logps=str(cache))
-    with pytest.raises(StaleReferenceError, match="another model, dtype, precision or processor"):
+    stale = "another model, dtype, precision, processor or prompt settings"
+    with pytest.raises(StaleReferenceError, match=stale):
         _fit(tmp_path / "b", pref_file, steps=1, reference_logps=str(cache), dtype="bfloat16")
-    with pytest.raises(StaleReferenceError, match="another model, dtype, precision or processor"):
+    with pytest.raises(StaleReferenceError, match=stale):
         _fit(tmp_path / "b", pref_file, steps=1, reference_logps=str(cache), precision="bf16-mixed")
+    with pytest.raises(StaleReferenceError, match=stale):  # the prompts the log-probs were taken on changed
+        _fit(tmp_path / "b", pref_file, steps=1, reference_logps=str(cache), time_instruction=True)
     edited = tmp_path / "edited.jsonl"
     lines = pref_file.read_text().splitlines()
     record = json.loads(lines[0])
     record["chosen"] += " Then it stops."
-    edited.write_text("\n".join([json.dumps(record)] + lines[1:]) + "\n")
+    cut = {**json.loads(lines[1]), "rejected_truncated": True}  # no end-of-turn token scored now
+    edited.write_text("\n".join([json.dumps(record), json.dumps(cut)] + lines[2:]) + "\n")
     (tmp_path / "videos").symlink_to(pref_file.parent / "videos")
-    with pytest.raises(StaleReferenceError, match=r"0 record\(s\) missing, 1 changed"):
+    with pytest.raises(StaleReferenceError, match=r"0 record\(s\) missing, 2 changed"):
         _fit(tmp_path / "c", edited, steps=1, reference_logps=str(cache))
 
 

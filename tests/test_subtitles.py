@@ -44,12 +44,18 @@ def test_srt_with_bom_crlf_tags_and_settings(tmp_path):
 
 @pytest.mark.parametrize("text, line", [("1\n00:00:01,000 -> 00:00:02,000\nhi\n", 2),
                                         ("1\n00:00:01,000 --> 00:00:02\nhi\n\n2\n", 2),
-                                        ("1\n00:00:01,000 --> 00:00:02,000\nhi\n\n\n2\nno timing\n", 7),
-                                        ("1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n", 5)])
+                                        ("1\n00:00:01,000 --> 00:00:02,000\nhi\n\n2\n00:00:03 --> 4\nx\n", 6)])
 def test_malformed_srt_names_file_and_line(tmp_path, text, line):
     (tmp_path / "bad.srt").write_text(text)
     with pytest.raises(SubtitleError, match=rf"bad\.srt line {line}: "):
         read_srt(tmp_path / "bad.srt")
+
+
+def test_blocks_without_a_time_are_skipped_with_a_warning(tmp_path, caplog):
+    (tmp_path / "stray.srt").write_text("1\n00:00:01,000 --> 00:00:02,000\nhi\n\ncontinued\n\n\n2\n"
+                                        "00:00:03,000 --> 00:00:04,000\nthere\n\n3\n")
+    assert [s.text for s in read_srt(tmp_path / "stray.srt")] == ["hi", "there"]
+    assert "stray.srt line 5: skipped a block without a time" in caplog.text and "line 12" in caplog.text
 
 
 @pytest.fixture()

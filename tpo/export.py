@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -22,12 +23,22 @@ def full_policy_state_dict(policy) -> dict[str, torch.Tensor]:
     return get_model_state_dict(policy, options=options)
 
 
+PROMPT_FILE = "tpo_prompt.json"  # how the policy was prompted in training, for evaluation to do the same
+
+
+def trained_prompt(path: str | Path) -> dict:
+    """``{family, time_instruction}`` of a TPO export (empty for any other model directory)."""
+    file = Path(path) / PROMPT_FILE
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
 def export_dir(trainer: L.Trainer) -> Path:
     return Path(trainer.log_dir or trainer.default_root_dir) / "export"
 
 
 class HFExport(L.Callback):
-    """At the end of fit, ``save_pretrained`` the policy and processor into ``<run dir>/export``."""
+    """At the end of fit, ``save_pretrained`` the policy and processor into ``<run dir>/export``, with
+    ``tpo_prompt.json`` saying how it was prompted (evaluation reads it)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled
@@ -43,4 +54,6 @@ class HFExport(L.Callback):
         if trainer.is_global_zero:
             pl_module.policy.save_pretrained(self.path, state_dict=state)
             pl_module.adapter.load_processor(pl_module.hparams.model_path).save_pretrained(self.path)
+            prompt = {"family": pl_module.adapter.family, "time_instruction": pl_module.adapter.time_instruction}
+            (self.path / PROMPT_FILE).write_text(json.dumps(prompt, indent=2) + "\n")
         trainer.strategy.barrier("hf_export")

@@ -135,7 +135,7 @@ class TPOModule(L.LightningModule):
         """
         path, h, strategy = Path(self.hparams.reference_logps), self.hparams, self.trainer.strategy
         records = datamodule.all_records()
-        fingerprint = reference.model_fingerprint(h.model_path, h.family, h.dtype, self.trainer.precision,
+        fingerprint = reference.model_fingerprint(h.model_path, self.adapter, h.dtype, self.trainer.precision,
                                                   datamodule.collator.processor)
         if not strategy.broadcast(path.exists()):
             if resuming:

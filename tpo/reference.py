@@ -2,8 +2,8 @@
 
 The reference model never changes, so its log-probs are a property of the dataset. They are
 computed in inference mode with the same shared-prefix path training uses, saved as JSON keyed
-by record id, and the file carries a fingerprint of the model, its processor settings and each
-record's content (video, frames, question, answers). Training then holds no reference model.
+by record id, and the file carries a fingerprint of the model, its processor and prompt settings
+and each record's content (video, frames, question, answers and whether each answer was cut off). Training then holds no reference model.
 A file made for another model, processor or record content is refused, never silently used.
 """
 
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from tpo.errors import TPOError
 from tpo.shared_prefix import shared_prefix_logps
 
-FORMAT_VERSION = 2  # 2: the fingerprint includes the training precision
+FORMAT_VERSION = 3  # 2: the training precision; 3: real frame times, the time instruction, truncation flags
 HINT = "delete it or run `python -m tpo precompute-ref --config ...` again"
 
 
@@ -33,8 +33,9 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def model_fingerprint(model_path: str, family: str, dtype: str, precision: str, processor) -> str:
-    """Model identity (config + weight files' names and sizes), dtype, training precision and processor settings."""
+def model_fingerprint(model_path: str, adapter, dtype: str, precision: str, processor) -> str:
+    """Model identity (config + weight files' names and sizes), dtype, training precision, processor
+    settings and how the adapter writes prompts (family, time instruction)."""
     from tpo.synthetic import resolve
 
     path = Path(resolve(model_path))
@@ -45,12 +46,14 @@ def model_fingerprint(model_path: str, family: str, dtype: str, precision: str, 
     else:  # a hub id: its name is what identifies it
         config = str(model_path)
     settings = processor.to_dict() if hasattr(processor, "to_dict") else str(processor)
-    return _digest([family, dtype, str(precision), config, files, settings])
+    prompt = [adapter.family, adapter.time_instruction]
+    return _digest([prompt, dtype, str(precision), config, files, settings])
 
 
 def record_fingerprint(record) -> str:
     data = record.data
-    return _digest([data["video"], data["frame_indices"], data["question"], data["chosen"], data["rejected"]])
+    cut = [data.get("chosen_truncated", False), data.get("rejected_truncated", False)]
+    return _digest([data["video"], data["frame_indices"], data["question"], data["chosen"], data["rejected"], cut])
 
 
 @torch.no_grad()
@@ -100,8 +103,8 @@ def load(path: str | Path, fingerprint: str, records) -> dict[str, torch.Tensor]
     except json.JSONDecodeError as err:
         raise StaleReferenceError(f"reference log-probs {path} are not valid JSON ({err.msg}); {HINT}") from None
     if cache.get("version") != FORMAT_VERSION or cache.get("model") != fingerprint:
-        raise StaleReferenceError(f"reference log-probs {path} were computed for another model, dtype, precision "
-                                  f"or processor settings; {HINT}")
+        raise StaleReferenceError(f"reference log-probs {path} were computed for another model, dtype, precision, "
+                                  f"processor or prompt settings (or an older version of tpo); {HINT}")
     entries, missing, changed = cache["entries"], [], []
     for record in records:
         entry = entries.get(record["id"])

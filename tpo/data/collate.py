@@ -8,14 +8,14 @@ from tpo.models import IGNORE_INDEX, ModelAdapter, pad_token_id
 from tpo.shared_prefix import pack_pairs
 
 
-def _pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+def pad_rows(rows: list[torch.Tensor], value: int) -> torch.Tensor:
     out = torch.full((len(rows), max(len(r) for r in rows)), value, dtype=rows[0].dtype)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out
 
 
-def _sequence(prompt_tokens: dict[str, torch.Tensor], response: list[int]) -> dict[str, torch.Tensor]:
+def labelled_sequence(prompt_tokens: dict[str, torch.Tensor], response: list[int]) -> dict[str, torch.Tensor]:
     """Prompt followed by response, with labels on the response tokens only."""
     n = len(response)
     response_t = torch.tensor(response, dtype=prompt_tokens["input_ids"].dtype)
@@ -49,12 +49,12 @@ class PairCollator:
         rows = []
         for side in ("chosen", "rejected"):
             for prompt, it in zip(prompts, items):
-                rows.append(_sequence(prompt.tokens, self.answer_ids(it, side)))
-        inputs = {k: _pad([r[k] for r in rows], self.pad_id if k == "input_ids" else 0) for k in rows[0] if k != "labels"}
+                rows.append(labelled_sequence(prompt.tokens, self.answer_ids(it, side)))
+        inputs = {k: pad_rows([r[k] for r in rows], self.pad_id if k == "input_ids" else 0) for k in rows[0] if k != "labels"}
         for key in prompts[0].vision:
             one_each = torch.cat([p.vision[key] for p in prompts])
             inputs[key] = torch.cat([one_each, one_each])
-        return {"inputs": inputs, "labels": _pad([r["labels"] for r in rows], IGNORE_INDEX),
+        return {"inputs": inputs, "labels": pad_rows([r["labels"] for r in rows], IGNORE_INDEX),
                 "ids": [it["id"] for it in items]}
 
     def answer_ids(self, item: dict, side: str) -> list[int]:

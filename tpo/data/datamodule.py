@@ -42,6 +42,22 @@ class PreferenceDataset(Dataset):
                 "rejected_truncated": rec.data.get("rejected_truncated", False), "clip": clip}
 
 
+def warn_if_prompted_otherwise(path: Path, time_instruction: bool) -> None:
+    """Warn when ``data_gen`` (its ``manifest.json``) prompted the policy differently from training."""
+    manifest = path.parent / "manifest.json"
+    if not manifest.is_file():
+        return
+    try:
+        answer = json.loads(manifest.read_text())["config"]["answer"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return
+    generated_with = bool(answer.get("time_instruction", False))
+    if answer.get("backend") == "local" and generated_with != time_instruction:
+        log.warning("%s: the answers were generated with answer.time_instruction=%s but training uses "
+                    "time_instruction=%s; the policy is trained on prompts it did not answer", manifest,
+                    generated_with, time_instruction)
+
+
 def split_by_video(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Hold out ``val_fraction`` of the *videos* (all their pairs), so no video is on both sides."""
     videos = sorted({str(r.video_path) for r in records})
@@ -129,6 +145,8 @@ class PreferenceDataModule(L.LightningDataModule):
             self._report_skipped(bad)
         if not records:
             raise TPOError(f"{h.path}: no usable preference records")
+        if on_rank_zero:
+            warn_if_prompted_otherwise(Path(resolve(h.path)), h.time_instruction)
         train, val = split_by_video(records, h.val_fraction, h.seed)
         self.train_set = PreferenceDataset(select_pairs(train, h.irrelevant_fraction, h.max_pairs, h.seed))
         self.val_set = PreferenceDataset(val) if val else None

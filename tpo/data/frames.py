@@ -57,6 +57,8 @@ class Clip:
     @property
     def times(self) -> list[float]:
         """Seconds from the video's start of each shown frame."""
+        if not self.metadata.fps:
+            raise VideoReadError("the video's container gives no frame rate, so its frames have no times")
         return self.metadata.timestamps
 
 
@@ -113,7 +115,11 @@ def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
         raise VideoReadError(f"cannot decode frames {indices} of {path}: {str(err).splitlines()[0]}") from None
 
 
+def clip_of(frames: np.ndarray, info: VideoInfo, indices: list[int]) -> Clip:
+    """Decoded frames ``indices`` of a video described by ``info``, with their timing."""
+    return Clip(frames, frame_metadata(info, indices, *frames.shape[1:3]))
+
+
 def read_clip(path: str | Path, indices: list[int]) -> Clip:
     """Frames ``indices`` of a video and their timing."""
-    frames = read_frames(path, indices)
-    return Clip(frames, frame_metadata(video_info(path), indices, *frames.shape[1:3]))
+    return clip_of(read_frames(path, indices), video_info(path), indices)

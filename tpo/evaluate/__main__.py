@@ -72,6 +72,10 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     (out / "bad_items.jsonl").write_text("".join(json.dumps(vars(b)) + "\n" for b in loaded.bad))
     if loaded.bad:
         print(f"{len(loaded.bad)} malformed item(s) left out (see {out / 'bad_items.jsonl'}); first: {loaded.bad[0]}")
+    from tpo.evaluate.model import trained_time_instruction
+
+    if args.time_instruction is None:  # resolved here, so the recorded settings say what was used
+        args.time_instruction = trained_time_instruction(args.model)
     settings = {"benchmark": benchmark, "data": str(data), "model": args.model, "num_frames": args.num_frames,
                 "scoring": args.scoring, "time_instruction": args.time_instruction, "dtype": args.dtype,
                 "max_new_tokens": args.max_new_tokens if args.scoring == "generate" else None,

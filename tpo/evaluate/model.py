@@ -8,6 +8,7 @@ import torch
 
 from tpo.data.frames import Clip
 from tpo.errors import TPOError
+from tpo.export import trained_prompt
 from tpo.models import FAMILIES, ModelAdapter, get_adapter
 from tpo.models.generate import answer_questions, resolve_device
 
@@ -25,6 +26,32 @@ def infer_family(path: str) -> str:
     raise ValueError(f"{path}: no supported family loads model type {model_type!r}; families: {list(FAMILIES)}")
 
 
+def _is_checkpoint(path: str) -> bool:
+    return str(path).endswith((".ckpt", ".consolidated"))
+
+
+def _load_checkpoint(path: str) -> dict:
+    """A ``tpo fit`` checkpoint, memory-mapped (tensors are read when used)."""
+    if Path(path).is_dir():
+        raise TPOError(f"{path} is a sharded (FSDP2) checkpoint: make it one file with `python -m "
+                       f"lightning.fabric.utilities.consolidate_checkpoint {path}` and evaluate "
+                       f"{path}.consolidated, or evaluate the run's HF export")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if "model_path" not in ckpt.get("hyper_parameters", {}):
+        raise ValueError(f"{path} is not a TPO checkpoint (no model_path in its hyper-parameters)")
+    return ckpt
+
+
+def trained_time_instruction(path: str) -> bool:
+    """Whether the model at ``path`` was trained with LLaVA-Video's time instruction (a ``tpo fit``
+    checkpoint or HF export says so; any other model: no)."""
+    from tpo.synthetic import resolve
+
+    if _is_checkpoint(path):
+        return bool(_load_checkpoint(path)["hyper_parameters"].get("time_instruction", False))
+    return bool(trained_prompt(resolve(path)).get("time_instruction", False))
+
+
 def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = torch.bfloat16, device: str = "auto",
                   time_instruction: bool | None = None):
     """``(adapter, model, processor)`` in eval mode.
@@ -33,25 +60,19 @@ def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = tor
     a Lightning ``.ckpt`` from ``tpo fit`` (or a consolidated sharded one): its policy weights are
     loaded into the base model the run started from (``model_path`` in the checkpoint's hyper-parameters).
     ``time_instruction`` (LLaVA-Video's prompt sentence on the frames' times) defaults to the
-    checkpoint's training setting, else off.
+    setting the model was trained with (:func:`trained_time_instruction`).
     """
-    if str(path).endswith((".ckpt", ".consolidated")):
-        if Path(path).is_dir():
-            raise TPOError(f"{path} is a sharded (FSDP2) checkpoint: make it one file with `python -m "
-                           f"lightning.fabric.utilities.consolidate_checkpoint {path}` and evaluate "
-                           f"{path}.consolidated, or evaluate the run's HF export")
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        hparams = ckpt.get("hyper_parameters", {})
-        if "model_path" not in hparams:
-            raise ValueError(f"{path} is not a TPO checkpoint (no model_path in its hyper-parameters)")
-        if time_instruction is None:
-            time_instruction = hparams.get("time_instruction", False)
+    if time_instruction is None:
+        time_instruction = trained_time_instruction(path)
+    if _is_checkpoint(path):
+        ckpt = _load_checkpoint(path)
+        hparams = ckpt["hyper_parameters"]
         adapter = get_adapter(family or hparams["family"], time_instruction)
         model, processor = adapter.load(hparams["model_path"], dtype)
         policy = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
         model.load_state_dict(policy)
     else:
-        adapter = get_adapter(family or infer_family(path), bool(time_instruction))
+        adapter = get_adapter(family or infer_family(path), time_instruction)
         model, processor = adapter.load(path, dtype)
     return adapter, model.to(resolve_device(device)).eval(), processor
 

@@ -12,12 +12,14 @@ The convention is lmms-eval's ``videomme_w_subtitle`` task:
   a video without a subtitle file gets ``No subtitles available`` as its lines, and one whose
   frames fall between subtitles gets none.
 
-A malformed ``.srt`` raises :class:`SubtitleError` naming the file and line; the evaluator records
-it as that item's error (counted like an unreadable video) and goes on.
+A block with no time in it (a stray line, a blank line inside a cue) is skipped with a warning, as
+lmms-eval skips it; a malformed time raises :class:`SubtitleError` naming the file and line, which
+the evaluator records as that item's error (counted like an unreadable video) and goes on.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,6 +30,8 @@ NO_SUBTITLES = "No subtitles available"
 
 _STAMP = re.compile(r"^(\d+):(\d{1,2}):(\d{1,2})[,.](\d{1,3})$")
 _TAG = re.compile(r"<[^>]*>")
+_ANY_TIME = re.compile(r"\d+:\d+:\d+")
+log = logging.getLogger(__name__)
 
 
 class SubtitleError(ValueError):
@@ -62,6 +66,9 @@ def _blocks(lines: list[str]) -> list[list[tuple[int, str]]]:
 
 
 def _subtitle(path: Path, block: list[tuple[int, str]]) -> Subtitle | None:
+    if not any(_ANY_TIME.search(line) for _, line in block):
+        log.warning("%s line %d: skipped a block without a time (%r)", path, block[0][0], block[0][1][:40])
+        return None
     if block[0][1].isdigit() and len(block) > 1:  # the cue's index line (optional in practice)
         block = block[1:]
     if "-->" not in block[0][1]:

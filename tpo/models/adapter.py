@@ -38,11 +38,8 @@ def pad_token_id(processor) -> int:
 
 def time_instruction(clip: Clip) -> str:
     """LLaVA-Video's time instruction (as its training and its authors' evaluation wrote it)."""
-    meta = clip.metadata
-    if meta.fps is None:
-        raise ConfigError("the time instruction needs the video's fps, and this video's container gives none")
     times = ",".join(f"{t:.2f}s" for t in clip.times)
-    return (f"The video lasts for {meta.duration:.2f} seconds, and {len(clip)} frames are uniformly sampled from it. "
+    return (f"The video lasts for {clip.metadata.duration:.2f} seconds, and {len(clip)} frames are uniformly sampled from it. "
             f"These frames are located at {times}.Please answer the following questions related to this video.")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tpo.data.collate import _pad, _sequence
+from tpo.data.collate import labelled_sequence, pad_rows
 from tpo.data.frames import read_clip, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.models import IGNORE_INDEX, get_adapter, pad_token_id
@@ -99,18 +99,18 @@ def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list
         for prompt, reply in sft_examples(events, rng, cfg.order_share):
             enc = adapter.encode_prompt(processor, clip, prompt)
             vision = vision or {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.vision.items()}
-            rows.append({"seq": _sequence(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
+            rows.append({"seq": labelled_sequence(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
                          "describe": prompt == DESCRIBE})
     return rows
 
 
 def _batch(rows: list[dict], pad_id: int) -> dict:
     seqs = [r["seq"] for r in rows]
-    inputs = {k: _pad([s[k] for s in seqs], pad_id if k == "input_ids" else 0) for k in seqs[0] if k != "labels"}
+    inputs = {k: pad_rows([s[k] for s in seqs], pad_id if k == "input_ids" else 0) for k in seqs[0] if k != "labels"}
     for key, value in rows[0]["vision"].items():
         cat = torch.cat([r["vision"][key] for r in rows])
         inputs[key] = cat.float() if cat.is_floating_point() else cat
-    return {**inputs, "labels": _pad([s["labels"] for s in seqs], IGNORE_INDEX)}
+    return {**inputs, "labels": pad_rows([s["labels"] for s in seqs], IGNORE_INDEX)}
 
 
 def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
