@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,8 +23,10 @@ def test_fit_writes_logs_config_checkpoint_and_export_under_root_dir(tmp_path, p
     assert "export:" in done.stdout and str(run / "export") in done.stdout
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"]["beta"] == 0.25 and config["data"]["path"] == str(pref_file)
-    assert config["data"]["time_instruction"] is True  # linked from the model: one prompt for both
     assert list((run / "checkpoints").glob("*.ckpt"))
+    ckpt = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=False, mmap=True)
+    assert config["model"]["time_instruction"] is True
+    assert ckpt["datamodule_hyper_parameters"]["time_instruction"] is True  # linked: one prompt for both
     # evaluation prompts the trained model as training did, from the export or the checkpoint
     from tpo.evaluate.model import load_for_eval, trained_time_instruction
 

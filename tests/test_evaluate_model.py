@@ -72,9 +72,10 @@ def test_cli_errors_are_clear(tmp_path):
     assert done.returncode == 2 and "mlvu annotation file not found" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_callback_logs_accuracy_during_training(tmp_path, pref_file, mcq_file):
+@pytest.mark.parametrize("scoring", ["generate", "likelihood"])
+def test_callback_logs_accuracy_during_training(tmp_path, pref_file, mcq_file, scoring):
     L.seed_everything(0)
-    callback = MCQEval(str(mcq_file), every_n_steps=2, num_frames=8, max_new_tokens=2, name="toy")
+    callback = MCQEval(str(mcq_file), every_n_steps=2, num_frames=8, max_new_tokens=2, name="toy", scoring=scoring)
     logger = CSVLogger(tmp_path)
     trainer = _trainer(tmp_path, [callback], logger=logger, steps=4)
     module = TPOModule(MODEL, "llava_onevision", lr=1e-3)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import lightning as L
 
 from tpo.evaluate.benchmarks import load_benchmark
+from tpo.evaluate.likelihood import LikelihoodScorer
 from tpo.evaluate.mcq import evaluate
 from tpo.evaluate.model import VideoAnswerer
 
@@ -14,14 +17,20 @@ class MCQEval(L.Callback):
 
     Every rank answers the same items (sharded models need all ranks in each forward); keep the
     set small. Add it with ``--trainer.callbacks+=tpo.evaluate.MCQEval --trainer.callbacks.data ...``.
+    ``scoring``: ``generate`` a reply and read its letter, or pick the ``likelihood``-best option
+    (finer-grained on small models; see :mod:`tpo.evaluate.likelihood`).
     """
 
     def __init__(self, data: str, benchmark: str = "jsonl", videos: str | None = None, name: str = "mcq",
                  every_n_steps: int = 100, num_frames: int = 32, limit: int | None = None, batch_size: int = 4,
-                 max_new_tokens: int = 8, at_start: bool = True):
+                 max_new_tokens: int = 8, at_start: bool = True,
+                 scoring: Literal["generate", "likelihood"] = "generate"):
+        if scoring not in ("generate", "likelihood"):
+            raise ValueError(f"scoring must be 'generate' or 'likelihood', got {scoring!r}")
         self.data, self.benchmark, self.videos, self.name = data, benchmark, videos, name
         self.every_n_steps, self.num_frames, self.limit = every_n_steps, num_frames, limit
         self.batch_size, self.max_new_tokens, self.at_start = batch_size, max_new_tokens, at_start
+        self.scoring = scoring
         self.items = None
         self.processor = None
         self.history: list[tuple[int, float]] = []  # (step, accuracy)
@@ -35,7 +44,10 @@ class MCQEval(L.Callback):
     def _run(self, trainer, pl_module) -> None:
         if self.processor is None:
             self.processor = pl_module.adapter.load_processor(pl_module.hparams.model_path)
-        answerer = VideoAnswerer(pl_module.adapter, pl_module.policy, self.processor, self.max_new_tokens)
+        if self.scoring == "likelihood":
+            answerer = LikelihoodScorer(pl_module.adapter, pl_module.policy, self.processor)
+        else:
+            answerer = VideoAnswerer(pl_module.adapter, pl_module.policy, self.processor, self.max_new_tokens)
         was_training = pl_module.policy.training
         pl_module.policy.eval()
         summary = evaluate(self.items, answerer, self.num_frames, self.batch_size, limit=self.limit, progress=False)
