@@ -132,7 +132,7 @@ def worker(case: str, model_dir: str, check: bool) -> None:
 
     import torch.distributed as dist
 
-    from tpo.synthetic import resolve
+    from tpo.builtin import resolve
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -64,7 +64,7 @@ class LocalCaptioner:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from tpo.models.generate import resolve_device
-        from tpo.synthetic import resolve
+        from tpo.builtin import resolve
 
         path = str(resolve(cfg.model))
         self.cfg = cfg

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from tpo.builtin import resolve
 from tpo.errors import TPOError
 from tpo.shared_prefix import shared_prefix_logps
 
@@ -36,7 +37,6 @@ def _digest(value) -> str:
 def model_fingerprint(model_path: str, adapter, dtype: str, precision: str, processor) -> str:
     """Model identity (config + weight files' names and sizes), dtype, training precision, processor
     settings and how the adapter writes prompts (family, time instruction)."""
-    from tpo.synthetic import resolve
 
     path = Path(resolve(model_path))
     files = {}

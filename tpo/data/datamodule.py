@@ -14,12 +14,12 @@ from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
+from tpo.builtin import resolve
 from tpo.data.collate import SharedPrefixCollator
 from tpo.data.frames import read_clip
 from tpo.data.records import BadRecordsError, Record, read_records, summarize
 from tpo.errors import ConfigError, TPOError
 from tpo.models import get_adapter
-from tpo.synthetic import resolve
 
 log = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped_records.jsonl"

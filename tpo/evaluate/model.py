@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from tpo.builtin import resolve
 from tpo.data.frames import Clip
 from tpo.errors import TPOError
 from tpo.export import trained_prompt
@@ -16,8 +17,6 @@ from tpo.models.generate import answer_questions, resolve_device
 def infer_family(path: str) -> str:
     """The adapter family of a checkpoint directory, from its ``config.model_type``."""
     from transformers import AutoConfig
-
-    from tpo.synthetic import resolve
 
     model_type = AutoConfig.from_pretrained(str(resolve(path))).model_type
     for name, adapter in FAMILIES.items():
@@ -45,8 +44,6 @@ def _load_checkpoint(path: str) -> dict:
 def trained_time_instruction(path: str) -> bool:
     """Whether the model at ``path`` was trained with LLaVA-Video's time instruction (a ``tpo fit``
     checkpoint or HF export says so; any other model: no)."""
-    from tpo.synthetic import resolve
-
     if _is_checkpoint(path):
         return bool(_load_checkpoint(path)["hyper_parameters"].get("time_instruction", False))
     return bool(trained_prompt(resolve(path)).get("time_instruction", False))

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from tpo.builtin import resolve
 from tpo.data.frames import Clip
 from tpo.errors import ConfigError
 
@@ -25,8 +26,6 @@ _BLOCK_SUFFIXES = ("DecoderLayer", "EncoderLayer", "VisionBlock")
 
 
 def _resolve(path: str) -> str:
-    from tpo.synthetic import resolve  # lazy: the synthetic builders import transformers models
-
     return str(resolve(path))
 
 
