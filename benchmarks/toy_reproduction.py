@@ -1,8 +1,8 @@
 """Table 2 of the paper at toy scale: base, + SFT_self, + DPO without post-filter, + TPO.
 
 Every stage is the real one: the toy base model (a LLaVA-OneVision trained from scratch on the toy
-world, tpo/synthetic/toy_base.py) answers data_gen's questions on S_a and S_b, with the toy LLM
-(data_gen/toy_llm.py) captioning, writing questions and post-filtering over HTTP; each arm is a
+world, toy/base.py) answers data_gen's questions on S_a and S_b, with the toy LLM
+(toy/llm.py) captioning, writing questions and post-filtering over HTTP; each arm is a
 `tpo fit` run; accuracy is measured on held-out toy clips with the evaluation code.
 
     python benchmarks/toy_reproduction.py            # full setting, 3 seeds
@@ -21,8 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from data_gen.scripted_server import ScriptedServer
-from tpo.synthetic.reproduction import PipelineRun, in_format_pairs, temporal_accuracy, toy_setting
+from toy.llm import toy_server
+from toy.reproduction import PipelineRun, in_format_pairs, temporal_accuracy, toy_setting
 
 ARMS = {"base": "base model", "sft_self": "+ SFT_self", "dpo": "+ DPO (no post-filter)", "tpo": "+ TPO",
         "tpo_in_format": "+ TPO, in-format rejected only"}
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     base = run.evaluate(run.base_model, "base")
     base_row = {"accuracy": base["accuracy"], "temporal": temporal_accuracy(base), "by_category": base["by_category"]}
     per_seed = {}
-    with ScriptedServer() as server:
+    with toy_server() as server:
         for seed in seeds:
             per_seed[seed] = {"base": base_row, **run_seed(run, seed, server.base_url, tag)}
             temporal = " ".join(f"{arm} {row['temporal']:.3f}" for arm, row in per_seed[seed].items())

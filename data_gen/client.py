@@ -64,7 +64,7 @@ def api_key(api: ApiConfig, base_url: str | None) -> str:
     return "EMPTY"
 
 
-def _retry_after(err: openai.APIStatusError) -> float | None:
+def retry_after_seconds(err: openai.APIStatusError) -> float | None:
     headers = err.response.headers
     if headers.get("retry-after-ms"):
         try:
@@ -132,7 +132,7 @@ class ChatClient:
                 if attempt == self.api.max_retries:
                     raise TransientFailure(f"{cause} after {attempt + 1} attempts") from None
                 self.stats.add(**{f"{self.stage}/retries_{cause}": 1})
-                wait = _retry_after(err) if isinstance(err, openai.APIStatusError) else None
+                wait = retry_after_seconds(err) if isinstance(err, openai.APIStatusError) else None
                 if wait is None:
                     wait = self.api.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
                 time.sleep(min(wait, self.api.max_backoff_s))

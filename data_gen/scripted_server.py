@@ -7,7 +7,8 @@ the requested ``model``, with scripts that read the synthetic world of ``tpo.syn
 - ``scripted-llm``: writes questions from the captions in the prompt (JSON, as asked);
 - ``scripted-judge``: a deterministic post-filter verdict;
 - ``scripted-vlm``: answers a question about the frames it is sent;
-- ``toy-captioner``, ``toy-llm``, ``toy-judge``: the toy LLM of the reproduction (:mod:`data_gen.toy_llm`).
+
+``scripts`` adds more models (the toy reproduction serves its toy LLM this way: ``toy.llm.toy_server``).
 
 Faults can be injected: ``inject("429", "500", "timeout", "garbage", "badbody")`` makes the
 next requests fail that way, in arrival order; ``fault_rate`` fails a random share of them.
@@ -33,7 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from data_gen import toy_llm
+from tpo.synthetic.world import find_object, place
 
 FAULTS = ("429", "500", "timeout", "garbage", "badbody")
 RESPONSE_FORMAT_MODES = ("honour", "reject")
@@ -45,7 +46,7 @@ _UNSUPPORTED = {"error": {"message": "Invalid parameter: 'response_format' of ty
 
 # ---- the scripts ---------------------------------------------------------------------------------
 
-def _prompt_text(request: dict) -> str:
+def prompt_text(request: dict) -> str:
     parts = []
     for message in request["messages"]:
         content = message["content"]
@@ -63,14 +64,14 @@ def _images(request: dict) -> list[np.ndarray]:
 
 def describe_image(image: np.ndarray) -> str:
     """The colour and place of the brightest object in a synthetic-world frame."""
-    found = toy_llm.find_object(image)
+    found = find_object(image)
     if found is None:
         return "An empty dark frame."
     colour, mask = found
-    return f"A {colour} shape at the {toy_llm.place(mask)} of a dark background."
+    return f"A {colour} shape at the {place(mask)} of a dark background."
 
 
-def _one_image(request: dict) -> np.ndarray:
+def one_image(request: dict) -> np.ndarray:
     images = _images(request)
     if len(images) != 1:
         raise ValueError(f"the captioner expects exactly one image, got {len(images)}")
@@ -78,11 +79,11 @@ def _one_image(request: dict) -> np.ndarray:
 
 
 def caption(request: dict) -> str:
-    return describe_image(_one_image(request))
+    return describe_image(one_image(request))
 
 
 def write_questions(request: dict) -> str:
-    prompt = _prompt_text(request)
+    prompt = prompt_text(request)
     lines = re.findall(r"^\[([^\]]+)\] (.+)$", prompt, re.MULTILINE)
     count = int(re.search(r"Write (\d+) different questions", prompt).group(1))
     types = [t.strip() for t in re.search(r"question types[^:]*: (.+?)\.\n", prompt).group(1).split(",")]
@@ -101,7 +102,7 @@ def write_questions(request: dict) -> str:
 
 
 def judge(request: dict) -> str:
-    prompt = _prompt_text(request)
+    prompt = prompt_text(request)
     digest = int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 10
     if digest < 3:
         return json.dumps({"keep": False, "rule": digest + 1, "reason": f"scripted drop by rule {digest + 1}"})
@@ -126,11 +127,7 @@ def answer(request: dict) -> str:
 
 
 SCRIPTS = {"scripted-captioner": caption, "scripted-llm": write_questions, "scripted-judge": judge,
-           "scripted-vlm": answer,
-           # the toy LLM of the end-to-end reproduction (data_gen/toy_llm.py)
-           "toy-captioner": lambda r: toy_llm.caption_image(_one_image(r)),
-           "toy-llm": lambda r: toy_llm.write_questions(_prompt_text(r)),
-           "toy-judge": lambda r: toy_llm.judge(_prompt_text(r))}
+           "scripted-vlm": answer}
 
 
 def _breaks_schema(content: str, response_format: dict) -> str | None:
@@ -152,10 +149,11 @@ class ScriptedServer:
     """``with ScriptedServer() as server: ... server.base_url ...``"""
 
     def __init__(self, port: int = 0, fault_rate: float = 0.0, seed: int = 0, delay_s: float = 0.0,
-                 timeout_sleep_s: float = 3.0, retry_after_s: float = 0.05, response_format: str = "honour"):
+                 timeout_sleep_s: float = 3.0, retry_after_s: float = 0.05, response_format: str = "honour",
+                 scripts: dict | None = None):
         if response_format not in RESPONSE_FORMAT_MODES:
             raise ValueError(f"response_format must be one of {RESPONSE_FORMAT_MODES}, got {response_format!r}")
-        self.scripts = dict(SCRIPTS)
+        self.scripts = {**SCRIPTS, **(scripts or {})}  # model name -> request -> reply text
         self.response_format = response_format
         self.fault_rate, self.delay_s = fault_rate, delay_s
         self.timeout_sleep_s, self.retry_after_s = timeout_sleep_s, retry_after_s
@@ -224,14 +222,14 @@ class ScriptedServer:
         body = {"id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": model,
                 "choices": [{"index": 0, "finish_reason": finish,
                              "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": len(_prompt_text(request).split()),
+                "usage": {"prompt_tokens": len(prompt_text(request).split()),
                           "completion_tokens": len(content.split()), "total_tokens": 0}}
         return 200, {}, json.dumps(body).encode()
 
     def _logged(self, request: dict) -> tuple[int, dict, bytes]:
         status, headers, body = self._respond(request)
         with self._lock:
-            self.requests.append({"model": request.get("model"), "prompt": _prompt_text(request),
+            self.requests.append({"model": request.get("model"), "prompt": prompt_text(request),
                                   "response_format": request.get("response_format"), "status": status})
         return status, headers, body
 

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from data_gen.client import CallStats, ChatClient, FatalApiError, TransientFailure, _retry_after, parse_text
+from data_gen.client import CallStats, ChatClient, FatalApiError, TransientFailure, parse_text, retry_after_seconds
 from data_gen.config import ApiConfig, ConfigError
 from data_gen.postfilter import parse_verdict
 from data_gen.questions import parse_questions
@@ -54,12 +54,12 @@ def test_retry_after_is_honoured(scripted_server):
 
 
 def test_retry_after_header_forms():
-    def err(headers):  # what _retry_after reads of an openai.APIStatusError
+    def err(headers):  # what retry_after_seconds reads of an openai.APIStatusError
         return SimpleNamespace(response=SimpleNamespace(headers=headers))
-    assert _retry_after(err({"retry-after": "2"})) == 2.0
-    assert _retry_after(err({"retry-after-ms": "250"})) == 0.25
-    assert 0 <= _retry_after(err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) <= 1  # a past date: now
-    assert _retry_after(err({})) is None
+    assert retry_after_seconds(err({"retry-after": "2"})) == 2.0
+    assert retry_after_seconds(err({"retry-after-ms": "250"})) == 0.25
+    assert 0 <= retry_after_seconds(err({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) <= 1  # a past date: now
+    assert retry_after_seconds(err({})) is None
 
 
 def test_persistent_server_errors_become_a_transient_failure(scripted_server):

@@ -4,7 +4,7 @@ import random
 
 from tpo.data.frames import read_frames
 from tpo.evaluate.benchmarks import load_benchmark
-from tpo.synthetic.toy import TEMPORAL, frame_captions, name, questions, write_toy_split
+from toy.world import TEMPORAL, frame_captions, name, questions, write_toy_split
 from tpo.synthetic.world import random_events
 
 
@@ -47,7 +47,7 @@ def test_toy_split_is_an_evaluation_benchmark(tmp_path):
 
 
 def test_base_sft_mix_keeps_few_order_questions():
-    from tpo.synthetic.toy_base import DESCRIBE, sft_examples
+    from toy.base import DESCRIBE, sft_examples
 
     rng = random.Random(0)
     prompts = [p for _ in range(300) for p, _ in sft_examples(random_events(rng, 4), rng, order_share=0.1)]
@@ -62,7 +62,7 @@ def test_toy_base_build_is_deterministic_and_cached(tmp_path, monkeypatch):
     import torch
     from safetensors.torch import load_file
 
-    from tpo.synthetic.toy_base import ToyBaseConfig, toy_base_path, train_toy_base
+    from toy.base import ToyBaseConfig, toy_base_path, train_toy_base
 
     cfg = ToyBaseConfig(num_clips=4, describe_steps=1, steps=2, batch_size=2, hidden_size=64, num_layers=1)
     first = train_toy_base(tmp_path / "a", cfg)

@@ -13,10 +13,10 @@ from data_gen.client import jpeg_data_url
 from data_gen.config import prompt_template
 from data_gen.postfilter import judge_prompt
 from data_gen.questions import format_captions, parse_questions
-from data_gen.toy_llm import caption_image, judge, objects_in_order, write_questions
+from toy.base import describe
+from toy.llm import caption_image, judge, objects_in_order, write_questions
+from toy.world import name, questions
 from tpo.evaluate.answers import extract_choice
-from tpo.synthetic.toy import name, questions
-from tpo.synthetic.toy_base import describe
 from tpo.synthetic.world import random_events, render_frames
 
 

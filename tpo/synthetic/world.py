@@ -168,3 +168,23 @@ def write_preference_dataset(
     path = root / "preferences.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
+
+
+def find_object(image: np.ndarray) -> tuple[str, np.ndarray] | None:
+    """The colour of the one bright object in a synthetic-world frame and its ``(H, W)`` pixel mask."""
+    pixels = image.reshape(-1, 3).astype(float)
+    bright = pixels.max(axis=1) > 80
+    if bright.sum() < 4:
+        return None
+    mean = pixels[bright].mean(axis=0)
+    colour = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
+    return colour, bright.reshape(image.shape[:2])
+
+
+def place(mask: np.ndarray) -> str:
+    """Where a mask's pixels are: "top left" ... "bottom right"."""
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    horizontal = "left" if xs.mean() < w * 0.4 else "right" if xs.mean() > w * 0.6 else "centre"
+    vertical = "top" if ys.mean() < h * 0.4 else "bottom" if ys.mean() > h * 0.6 else "middle"
+    return f"{vertical} {horizontal}"

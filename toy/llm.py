@@ -1,6 +1,7 @@
 """The "toy LLM" of the end-to-end reproduction: rule-based stand-ins for GPT-4o-mini.
 
-Served by :mod:`data_gen.scripted_server` under three model names, speaking the real protocol:
+Served by :func:`toy_server` (a :class:`data_gen.scripted_server.ScriptedServer`) under three model
+names, speaking the real protocol:
 
 - ``toy-captioner`` names the object in a frame: colour, shape (how much of its bounding box it
   fills) and place ("The red square at the top left.");
@@ -23,32 +24,13 @@ import re
 
 import numpy as np
 
+from data_gen.scripted_server import ScriptedServer, one_image, prompt_text
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
-from tpo.synthetic.world import COLOURS, MOTIONS, SHAPES
+from tpo.synthetic.world import COLOURS, MOTIONS, SHAPES, find_object, place
 
 _PLACES = {"left": 0, "centre": 1, "right": 2, "top": 0, "middle": 1, "bottom": 2}
 _CAPTION = re.compile(r"The (\w+) (\w+) at the (\w+) (\w+)\.")
 TYPES = ("temporal order", "attribute")
-
-
-def find_object(image: np.ndarray) -> tuple[str, np.ndarray] | None:
-    """The colour of the one bright object in a synthetic-world frame and its ``(H, W)`` pixel mask."""
-    pixels = image.reshape(-1, 3).astype(float)
-    bright = pixels.max(axis=1) > 80
-    if bright.sum() < 4:
-        return None
-    mean = pixels[bright].mean(axis=0)
-    colour = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
-    return colour, bright.reshape(image.shape[:2])
-
-
-def place(mask: np.ndarray) -> str:
-    """Where a mask's pixels are: "top left" ... "bottom right"."""
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    horizontal = "left" if xs.mean() < w * 0.4 else "right" if xs.mean() > w * 0.6 else "centre"
-    vertical = "top" if ys.mean() < h * 0.4 else "bottom" if ys.mean() > h * 0.6 else "middle"
-    return f"{vertical} {horizontal}"
 
 
 def caption_image(image: np.ndarray) -> str:
@@ -172,3 +154,13 @@ def judge(prompt: str) -> str:
 
 def _verdict(rule: int, reason: str) -> str:
     return json.dumps({"keep": False, "rule": rule, "reason": reason})
+
+
+SCRIPTS = {"toy-captioner": lambda request: caption_image(one_image(request)),
+           "toy-llm": lambda request: write_questions(prompt_text(request)),
+           "toy-judge": lambda request: judge(prompt_text(request))}
+
+
+def toy_server(**kwargs) -> ScriptedServer:
+    """``with toy_server() as server: ...``: the scripted OpenAI-compatible server with the toy LLM."""
+    return ScriptedServer(scripts=SCRIPTS, **kwargs)

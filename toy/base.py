@@ -27,7 +27,7 @@ from tpo.data.frames import read_clip, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.models import IGNORE_INDEX, get_adapter, pad_token_id
 from tpo.synthetic.tiny_models import build_llava_onevision, build_once, cache_dir
-from tpo.synthetic.toy import answer_text, name, questions
+from toy.world import answer_text, name, questions
 from tpo.synthetic.world import Event, random_events, render_frames, write_video
 
 FAMILY = "llava_onevision"

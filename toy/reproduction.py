@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import data_gen
-from tpo.synthetic.toy import TEMPORAL, write_toy_split
-from tpo.synthetic.toy_base import NUM_FRAMES, ToyBaseConfig, toy_base_path
+from toy.base import NUM_FRAMES, ToyBaseConfig, toy_base_path
+from toy.world import TEMPORAL, write_toy_split
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "lightning_configs" / "toy_tpo.yaml"
 DATA_GEN_CONFIG = Path(data_gen.__file__).parent / "configs" / "toy.yaml"
 TEST_SEED = 10_000  # train clips use seeds 0, 1, 2, ...; test clips never share one
