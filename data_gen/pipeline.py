@@ -18,7 +18,7 @@ from data_gen.config import to_dict
 from data_gen.index import index_videos, list_videos, shard
 from data_gen.manipulate import make_segments
 from data_gen.postfilter import filter_jobs, rule_labels, run_postfilter
-from data_gen.questions import cached_questions, format_captions, question_jobs, run_questions
+from data_gen.questions import format_captions, question_jobs, run_questions
 from data_gen.runner import StageRunner
 from data_gen.sample import sample_frames
 from data_gen.write import (SCHEMA_VERSION, build_record, category, count_by, package_versions, write_json,
@@ -135,7 +135,7 @@ class Pipeline:
             fps = {rel: v.fps for rel, v in usable.items()}
             jobs = question_jobs(segments, captions, fps, cfg.questions)
             self._timed("questions", run_questions, jobs, cfg.questions, cfg.api, self.stats, self._runner("questions"))
-            asked = {seg: cached_questions(value) for seg, value in self._collect("questions", jobs).items()}
+            asked = self._collect("questions", jobs)
             self.questions_dropped = [d for reply in asked.values() for d in reply["dropped"]]
             questions = [{"id": f"{seg.id}::q{j:02d}", "segment": seg, **q}
                          for seg in segments if seg.id in asked for j, q in enumerate(asked[seg.id]["questions"])]

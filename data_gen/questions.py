@@ -67,11 +67,6 @@ def parse_questions(text: str, types: list[str], limit: int) -> dict:
     return {"questions": questions, "dropped": dropped}
 
 
-def cached_questions(value) -> dict:
-    """A questions outcome's value; caches written before dropped questions were counted hold a list."""
-    return value if isinstance(value, dict) else {"questions": value, "dropped": []}
-
-
 def question_jobs(segments: list[Segment], captions: dict[str, list[dict]], fps: dict[str, float],
                   cfg: QuestionConfig) -> list[Job]:
     """One job per segment whose ``S_a`` is fully captioned (``captions[segment.id]``)."""
