@@ -269,15 +269,17 @@ class ScriptedServer:
         self.httpd.server_close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(scripts: dict | None = None, description: str = __doc__) -> None:
+    """Serve until Ctrl-C; ``scripts`` adds models (see :class:`ScriptedServer`)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--fault-rate", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--response-format", choices=RESPONSE_FORMAT_MODES, default="honour",
                         help="honour a request's JSON schema, or reject it with a 400")
     args = parser.parse_args()
-    with ScriptedServer(args.port, args.fault_rate, args.seed, response_format=args.response_format) as server:
+    with ScriptedServer(args.port, args.fault_rate, args.seed, response_format=args.response_format,
+                        scripts=scripts) as server:
         print(f"scripted OpenAI-compatible server at {server.base_url} (Ctrl-C to stop)", flush=True)
         try:
             threading.Event().wait()

@@ -24,7 +24,7 @@ import re
 
 import numpy as np
 
-from data_gen.scripted_server import ScriptedServer, one_image, prompt_text
+from data_gen.scripted_server import ScriptedServer, main, one_image, prompt_text
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
 from tpo.synthetic.world import COLOURS, MOTIONS, SHAPES, find_object, place
 
@@ -164,3 +164,7 @@ SCRIPTS = {"toy-captioner": lambda request: caption_image(one_image(request)),
 def toy_server(**kwargs) -> ScriptedServer:
     """``with toy_server() as server: ...``: the scripted OpenAI-compatible server with the toy LLM."""
     return ScriptedServer(scripts=SCRIPTS, **kwargs)
+
+
+if __name__ == "__main__":  # python -m toy.llm --port 8000: the toy LLM for data_gen/configs/toy.yaml
+    main(SCRIPTS, __doc__)
