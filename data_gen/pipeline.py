@@ -153,7 +153,10 @@ class Pipeline:
                         "truncated": {"chosen": chosen["truncated"], "rejected": rejected["truncated"]},
                         "captions_text": format_captions(captions[q["segment"].id], fps[q["segment"].video])}
                 problem = precheck(pair, cfg.answer.truncated)
-                (rejected_early.append((pair, problem)) if problem else candidates.append(pair))
+                if problem:
+                    rejected_early.append((pair, problem))
+                else:
+                    candidates.append(pair)
 
             jobs = filter_jobs(candidates, cfg.postfilter)
             self._timed("postfilter", run_postfilter, jobs, cfg.postfilter, cfg.api, self.stats,

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from toy.world import answer_text, name, questions
 from tpo.data.collate import labelled_sequence, pad_rows
 from tpo.data.frames import read_clip, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.models import IGNORE_INDEX, get_adapter, pad_token_id
 from tpo.synthetic.tiny_models import build_llava_onevision, build_once, cache_dir
-from toy.world import answer_text, name, questions
 from tpo.synthetic.world import Event, random_events, render_frames, write_video
 
 FAMILY = "llava_onevision"

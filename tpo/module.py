@@ -244,6 +244,7 @@ class TPOModule(L.LightningModule):
         else:
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
+
 def optimizer_steps(trainer: L.Trainer, batches_per_epoch: int) -> int:
     """The run's number of optimizer steps, as Lightning's ``trainer.estimated_stepping_batches``.
 

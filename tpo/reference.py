@@ -3,7 +3,8 @@
 The reference model never changes, so its log-probs are a property of the dataset. They are
 computed in inference mode with the same shared-prefix path training uses, saved as JSON keyed
 by record id, and the file carries a fingerprint of the model, its processor and prompt settings
-and each record's content (video, frames, question, answers and whether each answer was cut off). Training then holds no reference model.
+and each record's content (video, frames, question, answers and whether each answer was cut off).
+Training then holds no reference model.
 A file made for another model, processor or record content is refused, never silently used.
 """
 
@@ -37,7 +38,6 @@ def _digest(value) -> str:
 def model_fingerprint(model_path: str, adapter, dtype: str, precision: str, processor) -> str:
     """Model identity (config + weight files' names and sizes), dtype, training precision, processor
     settings and how the adapter writes prompts (family, time instruction)."""
-
     path = Path(resolve(model_path))
     files = {}
     if path.is_dir():

@@ -138,7 +138,8 @@ class PreferenceDataModule(L.LightningDataModule):
         adapter = get_adapter(h.family, h.time_instruction)
         self.collator = SharedPrefixCollator(adapter, adapter.load_processor(h.model_path))
         on_rank_zero = self.trainer is None or self.trainer.is_global_zero
-        records, bad = read_records(resolve(h.path), h.video_root, progress=on_rank_zero)
+        path = Path(resolve(h.path))
+        records, bad = read_records(path, h.video_root, progress=on_rank_zero)
         if bad:
             if h.on_bad_record == "error":
                 raise BadRecordsError(bad)
@@ -146,7 +147,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if not records:
             raise TPOError(f"{h.path}: no usable preference records")
         if on_rank_zero:
-            warn_if_prompted_otherwise(Path(resolve(h.path)), h.time_instruction)
+            warn_if_prompted_otherwise(path, h.time_instruction)
         train, val = split_by_video(records, h.val_fraction, h.seed)
         self.train_set = PreferenceDataset(select_pairs(train, h.irrelevant_fraction, h.max_pairs, h.seed))
         self.val_set = PreferenceDataset(val) if val else None

@@ -38,14 +38,11 @@ def _setting(benchmark: str, subtitles: str | None) -> str:
 def _answerer(args):
     import torch
 
-    from tpo.evaluate.likelihood import LikelihoodScorer
-    from tpo.evaluate.model import VideoAnswerer, load_for_eval
+    from tpo.evaluate.model import load_for_eval, make_answerer
 
     adapter, model, processor = load_for_eval(args.model, args.family, getattr(torch, args.dtype), args.device,
                                               args.time_instruction)
-    if args.scoring == "likelihood":
-        return LikelihoodScorer(adapter, model, processor)
-    return VideoAnswerer(adapter, model, processor, args.max_new_tokens)
+    return make_answerer(args.scoring, adapter, model, processor, args.max_new_tokens)
 
 
 def _same_settings(out: Path, settings: dict) -> None:
@@ -65,6 +62,7 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
               subtitles: str | None = None) -> tuple[dict, Path]:
     from tpo.evaluate.benchmarks import load_benchmark
     from tpo.evaluate.mcq import evaluate, format_table, read_predictions
+    from tpo.evaluate.model import trained_time_instruction
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -72,8 +70,6 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     (out / "bad_items.jsonl").write_text("".join(json.dumps(vars(b)) + "\n" for b in loaded.bad))
     if loaded.bad:
         print(f"{len(loaded.bad)} malformed item(s) left out (see {out / 'bad_items.jsonl'}); first: {loaded.bad[0]}")
-    from tpo.evaluate.model import trained_time_instruction
-
     if args.time_instruction is None:  # resolved here, so the recorded settings say what was used
         args.time_instruction = trained_time_instruction(args.model)
     settings = {"benchmark": benchmark, "data": str(data), "model": args.model, "num_frames": args.num_frames,

@@ -7,9 +7,8 @@ from typing import Literal
 import lightning as L
 
 from tpo.evaluate.benchmarks import load_benchmark
-from tpo.evaluate.likelihood import LikelihoodScorer
 from tpo.evaluate.mcq import evaluate
-from tpo.evaluate.model import VideoAnswerer
+from tpo.evaluate.model import make_answerer
 
 
 class MCQEval(L.Callback):
@@ -44,10 +43,8 @@ class MCQEval(L.Callback):
     def _run(self, trainer, pl_module) -> None:
         if self.processor is None:
             self.processor = pl_module.adapter.load_processor(pl_module.hparams.model_path)
-        if self.scoring == "likelihood":
-            answerer = LikelihoodScorer(pl_module.adapter, pl_module.policy, self.processor)
-        else:
-            answerer = VideoAnswerer(pl_module.adapter, pl_module.policy, self.processor, self.max_new_tokens)
+        answerer = make_answerer(self.scoring, pl_module.adapter, pl_module.policy, self.processor,
+                                 self.max_new_tokens)
         was_training = pl_module.policy.training
         pl_module.policy.eval()
         summary = evaluate(self.items, answerer, self.num_frames, self.batch_size, limit=self.limit, progress=False)

@@ -9,6 +9,7 @@ import torch
 from tpo.builtin import resolve
 from tpo.data.frames import Clip
 from tpo.errors import TPOError
+from tpo.evaluate.likelihood import LikelihoodScorer
 from tpo.export import trained_prompt
 from tpo.models import FAMILIES, ModelAdapter, get_adapter
 from tpo.models.generate import answer_questions, resolve_device
@@ -59,16 +60,18 @@ def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = tor
     ``time_instruction`` (LLaVA-Video's prompt sentence on the frames' times) defaults to the
     setting the model was trained with (:func:`trained_time_instruction`).
     """
-    if time_instruction is None:
-        time_instruction = trained_time_instruction(path)
     if _is_checkpoint(path):
         ckpt = _load_checkpoint(path)
         hparams = ckpt["hyper_parameters"]
+        if time_instruction is None:
+            time_instruction = bool(hparams.get("time_instruction", False))
         adapter = get_adapter(family or hparams["family"], time_instruction)
         model, processor = adapter.load(hparams["model_path"], dtype)
         policy = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
         model.load_state_dict(policy)
     else:
+        if time_instruction is None:
+            time_instruction = trained_time_instruction(path)
         adapter = get_adapter(family or infer_family(path), time_instruction)
         model, processor = adapter.load(path, dtype)
     return adapter, model.to(resolve_device(device)).eval(), processor
@@ -83,3 +86,10 @@ class VideoAnswerer:
     def __call__(self, clips: list[Clip], prompts: list[str]) -> list[str]:
         answers = answer_questions(self.adapter, self.model, self.processor, clips, prompts, self.max_new_tokens)
         return [a.text for a in answers]
+
+
+def make_answerer(scoring: str, adapter: ModelAdapter, model, processor, max_new_tokens: int):
+    """What evaluation asks: a :class:`VideoAnswerer` (``generate``) or a likelihood scorer."""
+    if scoring == "likelihood":
+        return LikelihoodScorer(adapter, model, processor)
+    return VideoAnswerer(adapter, model, processor, max_new_tokens)
