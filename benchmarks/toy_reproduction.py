@@ -1,108 +1,201 @@
-"""Table 2 of the paper at toy scale: base, + SFT_self, + DPO without post-filter, + TPO.
+"""Table 2 of the paper at toy scale: base, + SFT_self, + DPO without post-filter, + TPO, + TPO with α = 0.
 
-Every stage is the real one: the toy base model (a LLaVA-OneVision trained from scratch on the toy
-world, toy/base.py) answers data_gen's questions on S_a and S_b, with the toy LLM
-(toy/llm.py) captioning, writing questions and post-filtering over HTTP; each arm is a
-`tpo fit` run; accuracy is measured on held-out toy clips with the evaluation code.
+Every stage is the real one. Per seed: a toy base model (a LLaVA-OneVision trained from scratch on
+mostly short clips, toy/base.py) answers data_gen's questions on S_a and S_b, with the toy LLM
+(toy/llm.py) captioning, writing questions and post-filtering over HTTP; each arm is a `tpo fit`
+run; every model is evaluated on held-out long clips (toy/world.py) by generation and by likelihood
+scoring. Then the paper's Fig. 3a (accuracy vs input frames) and Fig. 5 (needle in a haystack, base
+vs TPO) from the same models.
 
     python benchmarks/toy_reproduction.py            # full setting, 3 seeds
     python benchmarks/toy_reproduction.py --quick    # reduced setting (the test runs this)
 
-Prints the table (also saved as OUT/table.md and OUT/results.json); the last line is
-`tpo_minus_base=<x> tpo_minus_sft_self=<y>`: temporal-question accuracy differences in points.
+Prints the tables (also saved under OUT: table.md, results.json, frames_curve.png, niah_*.png); the
+last line is `tpo_minus_base=<x> tpo_minus_sft_self=<y> ci_low=<z>`: moment-question accuracy by
+likelihood scoring, differences in points averaged over seeds, and the lower end of the 95 %
+paired bootstrap interval of TPO − SFT_self.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from toy.llm import toy_server
-from toy.reproduction import PipelineRun, in_format_pairs, temporal_accuracy, toy_setting
+from toy.reproduction import PipelineRun, in_format_share, toy_setting
+from toy.stats import mean_std, paired_bootstrap
+from toy.world import MOMENT
+from tpo.evaluate.niah import niah_grid, plot_heatmap
 
 ARMS = {"base": "base model", "sft_self": "+ SFT_self", "dpo": "+ DPO (no post-filter)", "tpo": "+ TPO",
-        "tpo_in_format": "+ TPO, in-format rejected only"}
+        "tpo_alpha0": "+ TPO, α = 0"}
+SCORINGS = {"likelihood": "likelihood scoring", "generate": "generation"}
+FIT = {"sft_self": (0.0, 1.0), "tpo_alpha0": (None, 0.0)}  # (beta, alpha); SFT_self: only the NLL of the chosen
 
 
-def run_seed(run: PipelineRun, seed: int, base_url: str, tag: str = "") -> dict:
+def readout(summary: dict) -> dict:
+    """Accuracy on all questions, on the moment questions and on the others (order, counting)."""
+    cats = summary["by_category"]
+    others = [c for name, c in cats.items() if name != MOMENT]
+    return {"all": summary["accuracy"], "moment": cats[MOMENT]["accuracy"],
+            "others": sum(c["correct"] for c in others) / max(1, sum(c["scored"] for c in others))}
+
+
+def run_seed(run: PipelineRun, seed: int, base_url: str, tag: str) -> dict:
     data = run.generate(seed, base_url)
     pairs = {"sft_self": data["filtered"], "dpo": data["unfiltered"], "tpo": data["filtered"],
-             "tpo_in_format": in_format_pairs(data["filtered"])}
-    results = {}
+             "tpo_alpha0": data["filtered"]}
+    models = {"base": run.base_model(seed)}
     for arm, path in pairs.items():
-        if not _count_lines(path):  # the reduced setting can leave no in-format pair
-            print(f"seed {seed}: {path} holds no pair; arm {arm} left out", flush=True)
-            continue
-        sft = arm == "sft_self"  # beta 0, alpha 1: only the NLL of the preferred answers, whatever --alpha says
-        model = run.fit(f"seed-{seed}/{arm}{tag}", path, seed, beta=0.0 if sft else None, alpha=1.0 if sft else None)
-        summary = run.evaluate(model, f"seed-{seed}-{arm}{tag}")
-        results[arm] = {"accuracy": summary["accuracy"], "temporal": temporal_accuracy(summary),
-                        "by_category": summary["by_category"], "pairs": _count_lines(pairs[arm])}
+        beta, alpha = FIT.get(arm, (None, None))
+        models[arm] = run.fit(f"seed-{seed}/{arm}{tag}", path, seed, beta=beta, alpha=alpha)
+    results = {"models": {arm: str(m) for arm, m in models.items()},
+               "pairs": {arm: _count_lines(p) for arm, p in pairs.items()},
+               "in_format_rejected": in_format_share(data["filtered"])}
+    for arm in models:
+        results[arm] = {s: readout(run.evaluate(models[arm], _name(seed, arm, tag), s)) for s in SCORINGS}
+    results["base"]["window"] = {s: run.evaluate(models["base"], _name(seed, "base", tag), s, split="window")["accuracy"]
+                                 for s in SCORINGS}
     return results
+
+
+def _name(seed: int, arm: str, tag: str) -> str:
+    return f"seed-{seed}-{arm}{'' if arm == 'base' else tag}"
 
 
 def _count_lines(path: Path) -> int:
     return sum(1 for line in path.read_text().splitlines() if line.strip())
 
 
-def _mean_std(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):5.1f} ± {100 * std:4.1f}"
+def _cell(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{100 * mean:5.1f} ± {100 * std:4.1f}"
 
 
-def table(per_seed: dict[int, dict]) -> str:
-    lines = ["| model | all questions | temporal order | attribute | counting | pairs |", "|---|---|---|---|---|---|"]
+def table(per_seed: dict[int, dict], scoring: str) -> str:
+    lines = [f"**{SCORINGS[scoring]}**", "", "| model | moment questions | order + counting | all questions | pairs |",
+             "|---|---|---|---|---|"]
     for arm, label in ARMS.items():
-        rows = [r[arm] for r in per_seed.values() if arm in r]
-        if not rows:
-            continue
-        cells = [[r["accuracy"] for r in rows], [r["temporal"] for r in rows]]
-        cells += [[r["by_category"][c]["accuracy"] for r in rows] for c in ("attribute", "counting")]
-        pairs = "—" if arm == "base" else f"{statistics.mean(r['pairs'] for r in rows):.0f}"
-        lines.append(f"| {label} | " + " | ".join(_mean_std(c) for c in cells) + f" | {pairs} |")
+        cells = [_cell([r[arm][scoring][k] for r in per_seed.values()]) for k in ("moment", "others", "all")]
+        pairs = "—" if arm == "base" else f"{np.mean([r['pairs'][arm] for r in per_seed.values()]):.0f}"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {pairs} |")
+    window = _cell([r["base"]["window"][scoring] for r in per_seed.values()])
+    lines.append(f"| base model, shown only the moment's window | {window} | | | |")
     return "\n".join(lines)
+
+
+def paired(run: PipelineRun, seeds: list[int], arm: str, other: str, scoring: str, tag: str) -> tuple:
+    """TPO-style paired difference ``arm − other`` on the moment questions: (mean, ci_low, ci_high)."""
+    diffs = []
+    for seed in seeds:
+        a, b = ({r["id"]: r for r in run.predictions(_name(seed, x, tag), scoring)} for x in (arm, other))
+        ids = sorted(i for i in a if a[i]["category"] == MOMENT)
+        diffs.append(np.array([float(a[i]["correct"]) - float(b[i]["correct"]) for i in ids]))
+    return paired_bootstrap(diffs)
+
+
+def frames_curve(run: PipelineRun, per_seed: dict, counts: list[int], tag: str, out: Path) -> dict:
+    """Moment-question accuracy (likelihood) of the base and TPO at each number of input frames."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = {}
+    for arm in ("base", "tpo"):
+        curve[arm] = [[readout(run.evaluate(per_seed[seed]["models"][arm], _name(seed, arm, tag), "likelihood",
+                                            num_frames=n))["moment"] for seed in per_seed] for n in counts]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for arm, rows in curve.items():
+        ax.errorbar(counts, [100 * np.mean(r) for r in rows], yerr=[100 * np.std(r) for r in rows], marker="o",
+                    capsize=3, label=ARMS[arm].removeprefix("+ "))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.set_xlabel("input frames")
+    ax.set_ylabel("moment questions, accuracy (%)")
+    ax.set_title("Toy Fig. 3a: accuracy vs input frames")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "frames_curve.png", dpi=120)
+    plt.close(fig)
+    return {"frames": counts, **curve}
+
+
+def niah(run: PipelineRun, per_seed: dict, tag: str, out: Path) -> dict:
+    """The needle-in-a-haystack grid of the base and of TPO, pooled over seeds (likelihood scoring)."""
+    grids = {}
+    for arm in ("base", "tpo"):
+        rows = []
+        for seed in per_seed:
+            run.evaluate(per_seed[seed]["models"][arm], _name(seed, arm, tag), "likelihood", split="niah")
+            rows += run.predictions(_name(seed, arm, tag), "likelihood", split="niah")
+        grids[arm] = niah_grid(rows)
+        plot_heatmap(grids[arm], out / f"niah_{arm}.png", title=f"Toy haystacks: {ARMS[arm].removeprefix('+ ')}")
+    return grids
+
+
+def _grid_text(grid: dict) -> str:
+    head = "| frames | " + " | ".join(f"depth {d:g}" for d in grid["depths"]) + " |"
+    rows = [f"| {n} | " + " | ".join("—" if v is None else f"{100 * v:.0f}" for v in row) + " |"
+            for n, row in zip(grid["lengths"], grid["accuracy"])]
+    return "\n".join([head, "|---" * (len(grid["depths"]) + 1) + "|", *rows])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="the reduced setting (a couple of minutes)")
+    parser.add_argument("--quick", action="store_true", help="the reduced setting (a few minutes)")
     parser.add_argument("--out", type=Path, default=None, help="work directory (default runs/toy[-quick])")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--beta", type=float, default=None, help="DPO beta of the DPO/TPO arms (default: the recipe's)")
     parser.add_argument("--alpha", type=float, default=None,
                         help="SFT weight of the DPO/TPO arms (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every arm (default: the recipe's)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of every arm (default: the recipe's)")
     parser.add_argument("--verbose", action="store_true", help="show data_gen / Lightning progress")
     args = parser.parse_args(argv)
     out = args.out or Path("runs") / ("toy-quick" if args.quick else "toy")
     run = toy_setting(args.quick, out)
-    run.beta, run.alpha, run.epochs = args.beta, args.alpha, args.epochs or run.epochs
+    run.beta, run.alpha, run.epochs, run.lr = args.beta, args.alpha, args.epochs or run.epochs, args.lr
     # runs with other settings are kept apart from the recipe's (every step is cached by name)
-    tag = "".join(f"-{k}{v}" for k, v in (("beta", args.beta), ("alpha", args.alpha), ("epochs", args.epochs))
-                  if v is not None)
+    tag = "".join(f"-{k}{v}" for k, v in (("beta", args.beta), ("alpha", args.alpha), ("epochs", args.epochs),
+                                          ("lr", args.lr)) if v is not None)
     seeds, run.quiet = args.seeds or ([0, 1] if args.quick else [0, 1, 2]), not args.verbose
     start = time.perf_counter()
-    print(f"toy base model: {run.base_model}  ({time.perf_counter() - start:.0f}s)", flush=True)
-    base = run.evaluate(run.base_model, "base")
-    base_row = {"accuracy": base["accuracy"], "temporal": temporal_accuracy(base), "by_category": base["by_category"]}
     per_seed = {}
     with toy_server() as server:
         for seed in seeds:
-            per_seed[seed] = {"base": base_row, **run_seed(run, seed, server.base_url, tag)}
-            temporal = " ".join(f"{arm} {row['temporal']:.3f}" for arm, row in per_seed[seed].items())
-            print(f"seed {seed}: temporal-order accuracy {temporal}  ({time.perf_counter() - start:.0f}s)", flush=True)
-    text = table(per_seed)
-    gain = {arm: statistics.mean(r["tpo"]["temporal"] - r[arm]["temporal"] for r in per_seed.values())
-            for arm in ("base", "sft_self")}
+            per_seed[seed] = run_seed(run, seed, server.base_url, tag)
+            moment = " ".join(f"{arm} {per_seed[seed][arm]['likelihood']['moment']:.3f}" for arm in ARMS)
+            print(f"seed {seed}: moment questions (likelihood) {moment}  ({time.perf_counter() - start:.0f}s)",
+                  flush=True)
+    differences = {(a, b, s): paired(run, seeds, a, b, s, tag)
+                   for s in SCORINGS for a, b in (("tpo", "sft_self"), ("tpo", "base"), ("tpo", "tpo_alpha0"))}
+    counts = [8, 32] if args.quick else [8, 16, 32, 64]
+    curve = frames_curve(run, per_seed, counts, tag, out)
+    grids = niah(run, per_seed, tag, out)
+    text = "\n\n".join(table(per_seed, s) for s in SCORINGS)
+    text += "\n\nPaired differences on the moment questions (points; 95 % bootstrap interval over seeds and questions):\n"
+    text += "\n".join(f"- {SCORINGS[s]}: {ARMS[a].removeprefix('+ ')} − {ARMS[b].removeprefix('+ ')} = "
+                      f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]" for (a, b, s), d in differences.items())
+    share = [r["in_format_rejected"] for r in per_seed.values()]
+    text += f"\n\nKept pairs whose rejected answer is one of the options: {_cell(share)} %"
+    text += "\n\nMoment questions (likelihood) vs input frames:\n" + "\n".join(
+        f"- {arm}: " + ", ".join(f"{n} frames {_cell(v)}" for n, v in zip(counts, curve[arm])) for arm in ("base", "tpo"))
+    text += "".join(f"\n\nNeedle in a toy haystack, {ARMS[arm].removeprefix('+ ')} (accuracy %):\n" + _grid_text(g)
+                    for arm, g in grids.items())
     (out / f"table{tag}.md").write_text(text + "\n")
-    (out / f"results{tag}.json").write_text(json.dumps({"seeds": per_seed, "tpo_minus": gain}, indent=2))
-    print(f"\nheld-out toy accuracy (%), mean ± std over seeds {seeds}; {len(seeds)} seeds, "
-          f"{time.perf_counter() - start:.0f}s\n{text}\n")
-    print(f"tpo_minus_base={100 * gain['base']:.2f} tpo_minus_sft_self={100 * gain['sft_self']:.2f}")
+    (out / f"results{tag}.json").write_text(json.dumps(
+        {"seeds": per_seed, "differences": {f"{a}-{b}/{s}": d for (a, b, s), d in differences.items()},
+         "frames_curve": curve, "niah": grids}, indent=2))
+    print(f"\nheld-out toy accuracy (%), mean ± std over seeds {seeds}; {time.perf_counter() - start:.0f}s\n{text}\n")
+    base = np.mean([r["tpo"]["likelihood"]["moment"] - r["base"]["likelihood"]["moment"] for r in per_seed.values()])
+    gain, low, _ = differences[("tpo", "sft_self", "likelihood")]
+    print(f"tpo_minus_base={100 * base:.2f} tpo_minus_sft_self={100 * gain:.2f} ci_low={100 * low:.2f}")
     return 0
 
 

@@ -15,24 +15,34 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_toy_reproduction_quick(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks/toy_reproduction.py"), "--quick", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=900, env=os.environ.copy())
+                           str(tmp_path)], capture_output=True, text=True, timeout=1500, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"tpo_minus_base=-?\d+\.\d\d tpo_minus_sft_self=-?\d+\.\d\d", last)
+    assert re.fullmatch(r"tpo_minus_base=-?\d+\.\d\d tpo_minus_sft_self=-?\d+\.\d\d ci_low=-?\d+\.\d\d", last)
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["seeds"]) == {"0", "1"}
+    arms = {"base", "sft_self", "dpo", "tpo", "tpo_alpha0"}
     for seed in results["seeds"].values():
-        assert {"base", "sft_self", "dpo", "tpo"} <= set(seed) <= {"base", "sft_self", "dpo", "tpo", "tpo_in_format"}
-        assert seed.get("tpo_in_format", seed["tpo"])["pairs"] <= seed["tpo"]["pairs"]
+        assert arms <= set(seed)
+        pairs = seed["pairs"]
         # the unfiltered set holds every non-identical pair, the post-filter keeps a subset of them
-        assert 0 < seed["tpo"]["pairs"] == seed["sft_self"]["pairs"] <= seed["dpo"]["pairs"]
-        assert all(0.0 <= seed[arm]["temporal"] <= 1.0 for arm in seed)
-    gain = results["tpo_minus"]
-    assert last == f"tpo_minus_base={100 * gain['base']:.2f} tpo_minus_sft_self={100 * gain['sft_self']:.2f}"
+        assert 0 < pairs["tpo"] == pairs["sft_self"] == pairs["tpo_alpha0"] <= pairs["dpo"]
+        for arm in arms:
+            for scoring in ("generate", "likelihood"):
+                assert all(0.0 <= v <= 1.0 for v in seed[arm][scoring].values())
+        assert 0.0 <= seed["base"]["window"]["likelihood"] <= 1.0
+    # each seed trained its own base model
+    assert results["seeds"]["0"]["models"]["base"] != results["seeds"]["1"]["models"]["base"]
+    gain, low, high = results["differences"]["tpo-sft_self/likelihood"]
+    assert low <= gain <= high
+    assert last.endswith(f"tpo_minus_sft_self={100 * gain:.2f} ci_low={100 * low:.2f}")
     table = (tmp_path / "table.md").read_text()
-    assert "+ TPO" in table and "+ SFT_self" in table and "± " in table
+    assert "+ TPO, α = 0" in table and "likelihood scoring" in table and "generation" in table and "± " in table
+    assert len(results["frames_curve"]["tpo"]) == len(results["frames_curve"]["frames"]) == 2
+    for name in ("frames_curve.png", "niah_base.png", "niah_tpo.png"):
+        assert (tmp_path / name).stat().st_size > 5_000
     # every arm was a real `tpo fit` run with its own TensorBoard logs and export
-    assert len(list(tmp_path.glob("seed-0/*/**/export/config.json"))) == len(results["seeds"]["0"]) - 1
+    assert len(list(tmp_path.glob("seed-0/*/**/export/config.json"))) == 4
     assert (tmp_path / "seed-0/data-filtered/manifest.json").exists()
 
 

@@ -1,61 +1,77 @@
-"""The toy temporal world: ground truth per frame and questions whose answers follow from it."""
+"""The toy world: long clips, moments in them, and questions whose answers follow from the ground truth."""
 
+import json
 import random
 
+from toy.niah import write_toy_niah
+from toy.world import (FRAMES_PER_EVENT, MOMENT, clip_questions, moment_questions, name, random_events,
+                       write_toy_split)
 from tpo.data.frames import read_frames
 from tpo.evaluate.benchmarks import load_benchmark
-from toy.world import TEMPORAL, frame_captions, name, questions, write_toy_split
-from tpo.synthetic.world import random_events
 
 
 def test_questions_are_answered_by_the_events():
     rng = random.Random(0)
     for _ in range(200):
-        events = random_events(rng, rng.choice([3, 4]))
+        events = random_events(rng, rng.choice([6, 7, 8]))
         names = [name(e) for e in events]
-        qs = questions(events, rng)
-        for q in qs:
+        assert len({e.colour for e in events}) == len(events)  # an object is named by its colour
+        moments = moment_questions(events, rng)
+        (after, held_after), (before, held_before), (motion, held_motion) = moments
+        for q in [q for q, _ in moments] + clip_questions(events, rng):
             assert len(q["options"]) == 4 == len(set(q["options"]))
-        after, before, first, last, attribute, counting = qs
         x = after["question"].removeprefix("What appears right after ").removesuffix("?")
         assert after["options"][after["answer"]] == names[names.index(x) + 1]
+        assert held_after == [names.index(x), names.index(x) + 1]
         y = before["question"].removeprefix("What appears right before ").removesuffix("?")
         assert before["options"][before["answer"]] == names[names.index(y) - 1]
+        assert held_before == [names.index(y) - 1, names.index(y)]
+        mover = events[held_motion[0]]
+        assert name(mover) in motion["question"] and motion["options"][motion["answer"]] == mover.motion
+        # an answer about the wrong moment is in form: the distractors are mostly the clip's own objects
+        assert len(set(after["options"]) & set(names)) >= 3
+        assert {q["category"] for q, _ in moments} == {MOMENT}
+        first, last, count = clip_questions(events, rng)
         assert first["options"][first["answer"]] == names[0] and last["options"][last["answer"]] == names[-1]
-        # order questions offer the clip's own objects: seeing which objects appear is not enough
-        assert set(names) <= set(first["options"]) | {names[0]} and len(set(first["options"]) & set(names)) >= 3
-        mover = next(e for e in events if name(e) in attribute["question"])
-        assert attribute["options"][attribute["answer"]] == mover.motion
-        assert counting["options"][counting["answer"]] == str(len(events))
-        assert {q["category"] for q in qs} == {TEMPORAL, "attribute", "counting"}
+        assert count["options"][count["answer"]] == str(len(events))
 
 
-def test_frame_captions_follow_the_events():
-    events = random_events(random.Random(1), 3)
-    captions = frame_captions(events, 4)
-    assert len(captions) == 12 and captions[0] == f"The {events[0].colour} {events[0].shape} moves {events[0].motion}"
-    assert captions[4].startswith(f"The {events[1].colour}") and captions[11].startswith(f"The {events[2].colour}")
-
-
-def test_toy_split_is_an_evaluation_benchmark(tmp_path):
+def test_toy_split_is_a_benchmark_with_window_clips(tmp_path):
     path = write_toy_split(tmp_path, num_videos=3, seed=5)
     loaded = load_benchmark("jsonl", path)
     assert not loaded.bad and len(loaded.items) == 18
     item = loaded.items[0]
-    frames = read_frames(item.video, list(range(8 * len(item.meta["events"]))))
+    frames = read_frames(item.video, list(range(FRAMES_PER_EVENT * len(item.meta["events"]))))
     assert frames.shape[1:] == (64, 64, 3)
+    windows = load_benchmark("jsonl", tmp_path / "window.jsonl").items
+    moments = {i.id: i for i in loaded.items if i.category == MOMENT}
+    assert len(windows) == 9 and {w.id for w in windows} == set(moments)
+    for w in windows:  # the same question, on a clip of only the moment's objects
+        assert (w.question, w.options, w.answer) == (moments[w.id].question, moments[w.id].options, moments[w.id].answer)
+        held = [moments[w.id].meta["events"][i] for i in w.meta["window"]]
+        assert len(read_frames(w.video, list(range(FRAMES_PER_EVENT * len(held))))) == FRAMES_PER_EVENT * len(held)
 
 
-def test_base_sft_mix_keeps_few_order_questions():
-    from toy.base import DESCRIBE, sft_examples
+def test_toy_haystacks_hold_one_needle_at_each_depth(tmp_path):
+    path = write_toy_niah(tmp_path, lengths=(4, 8), depths=(0.0, 1.0), per_cell=2)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(rows) == 8 and {(r["meta"]["length"], r["meta"]["depth"]) for r in rows} == {
+        (16, 0.0), (16, 1.0), (32, 0.0), (32, 1.0)}
+    for row in rows:
+        assert len(row["frame_indices"]) == row["meta"]["length"]
+        assert row["options"][row["answer"]] in ("left", "right", "up", "down")
+    assert not load_benchmark("jsonl", path).bad
+
+
+def test_base_mix_is_mostly_short_clips_with_few_long_moment_questions():
+    from toy.base import DESCRIBE, long_clip_examples, short_clip_examples
 
     rng = random.Random(0)
-    prompts = [p for _ in range(300) for p, _ in sft_examples(random_events(rng, 4), rng, order_share=0.1)]
-    order = sum(p.startswith("What appears right") for p in prompts)
-    assert prompts.count(DESCRIBE) == 300 and 300 * 6 // 5 < len(prompts)  # all other questions kept
-    assert 20 < order < 100  # ~10 % of the 600 right-after/right-before questions
-    one_event = sft_examples(random_events(rng, 1), rng, order_share=1.0)
-    assert [p for p, _ in one_event] == [DESCRIBE]  # short clips are only described
+    short = short_clip_examples(random_events(rng, 2), rng)
+    assert [p for p, _ in short][0] == DESCRIBE and len(short) == 5  # describe, two motions, after, before
+    long = [p for _ in range(300) for p, _ in long_clip_examples(random_events(rng, 7), rng, moment_share=0.1)]
+    moment = sum(p.startswith(("What appears right", "Which way")) for p in long)
+    assert long.count(DESCRIBE) == 300 and 40 < moment < 140  # ~10 % of the 900 moment questions
 
 
 def test_toy_base_build_is_deterministic_and_cached(tmp_path, monkeypatch):

@@ -13,11 +13,10 @@ from data_gen.client import jpeg_data_url
 from data_gen.config import prompt_template
 from data_gen.postfilter import judge_prompt
 from data_gen.questions import format_captions, parse_questions
-from toy.base import describe
 from toy.llm import caption_image, judge, objects_in_order, write_questions
-from toy.world import name, questions
+from toy.world import answer_text, clip_questions, describe, moment_questions, name, random_events
 from tpo.evaluate.answers import extract_choice
-from tpo.synthetic.world import random_events, render_frames
+from tpo.synthetic.world import render_frames
 
 
 def _through_jpeg(frame: np.ndarray) -> np.ndarray:
@@ -33,7 +32,7 @@ def _captions(events, frames_per_event=4):
 def test_captioner_sees_colour_shape_and_order():
     rng = random.Random(0)
     for _ in range(20):
-        events = random_events(rng, rng.choice([3, 4]))
+        events = random_events(rng, rng.choice([6, 7, 8]))  # all eight colours of the palette
         objects = objects_in_order([c["text"] for c in _captions(events)])
         assert [n for n, _ in objects] == [name(e) for e in events]
 
@@ -97,10 +96,9 @@ def test_toy_answers_read_back_through_the_evaluator():
     """The base model replies with the option's text; extract_choice maps it to the option."""
     rng = random.Random(3)
     for _ in range(50):
-        events = random_events(rng, rng.choice([3, 4]))
-        for q in questions(events, rng):
-            reply = q["options"][q["answer"]]
-            assert extract_choice(reply[0].upper() + reply[1:] + ".", q["options"]) == q["answer"]
+        events = random_events(rng, rng.choice([6, 7, 8]))
+        for q in [q for q, _ in moment_questions(events, rng)] + clip_questions(events, rng):
+            assert extract_choice(answer_text(q["options"][q["answer"]]), q["options"]) == q["answer"]
     assert describe(events).endswith(".") and describe(events)[0].isupper()
 
 

@@ -1,12 +1,17 @@
 """The toy base model: a small LLaVA-OneVision trained from scratch on the toy world.
 
-Supervised fine-tuning on ground-truth captions ("Describe the video.") and multiple-choice
-questions answered with the option's text makes it a competent base. It is kept *temporally
-sloppy* on purpose, the way real video-LMMs are: it sees few questions about what comes right
-before or after an object (``order_share``), so it has to get order from the captions task.
+Supervised fine-tuning makes it a competent base with the weakness the paper's method targets. It
+is trained *mostly on short clips*: one or two objects shown in ``WINDOW_FRAMES`` frames, described
+("Describe the video.") and asked about (which way an object moves, what appears right after /
+right before). A ``long_share`` of its clips are long ones (6-8 objects in 32 frames), described
+and asked about as a whole (first, last, how many), with only a ``long_moment_share`` of their
+moment questions kept. So it answers a moment well when shown only that moment, worse when the
+moment is a few frames among 32, and, shown frames without the object asked about, still answers in
+the question's form, about some other moment.
 
-``toy_base_path()`` builds it once (deterministic, a few minutes on 2 CPU cores) and caches it
-under ``$TPO_CACHE`` like the other built-in models.
+``toy_base_path(cfg)`` builds it once (deterministic for a machine, a few minutes on 2 CPU cores)
+and caches it under ``$TPO_CACHE`` like the other built-in models. ``cfg.seed`` draws both the
+clips and the initial weights: each seed of the reproduction has its own base.
 """
 
 from __future__ import annotations
@@ -22,37 +27,33 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from toy.world import answer_text, name, questions
+from toy.world import (FRAMES_PER_EVENT, LONG_EVENTS, NUM_FRAMES, WINDOW_FRAMES, after_question, answer_text,
+                       before_question, clip_questions, describe, moment_questions, motion_question, random_events,
+                       write_clip)
 from tpo.data.collate import labelled_sequence, pad_rows
 from tpo.data.frames import read_clip, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.models import IGNORE_INDEX, get_adapter, pad_token_id
 from tpo.synthetic.tiny_models import build_llava_onevision, build_once, cache_dir
-from tpo.synthetic.world import Event, random_events, render_frames, write_video
+from tpo.synthetic.world import Event
 
 FAMILY = "llava_onevision"
-NUM_FRAMES = 16  # frames the toy model sees, in data generation, training and evaluation
 DESCRIBE = "Describe the video."
-EVENTS_PER_CLIP = (1, 2, 3, 4)  # clips of one or two events (described only) ground colours and shapes first
-_VERSION = "1"
+_VERSION = "2"
 
 
 @dataclass(frozen=True)
 class ToyBaseConfig:
     num_clips: int = 1000
-    describe_steps: int = 500  # first only "Describe the video." (grounding), then the full mix
+    describe_steps: int = 300  # first only "Describe the video." (grounding), then the full mix
     steps: int = 1200
     batch_size: int = 32
     lr: float = 1e-3
-    order_share: float = 0.1  # share of "right after / right before" questions kept in the SFT mix
+    long_share: float = 0.3  # share of long clips; the others show one or two objects
+    long_moment_share: float = 0.1  # share of a long clip's moment questions kept in the mix
     hidden_size: int = 192
     num_layers: int = 4
     seed: int = 0
-
-
-def describe(events: list[Event]) -> str:
-    text = ", then ".join(f"{name(e)} moves {e.motion}" for e in events)
-    return text[0].upper() + text[1:] + "."
 
 
 def toy_corpus() -> list[str]:
@@ -60,9 +61,9 @@ def toy_corpus() -> list[str]:
     rng = random.Random(0)
     text = [DESCRIBE]
     for _ in range(300):
-        events = random_events(rng, rng.choice([3, 4]))
+        events = random_events(rng, rng.choice(LONG_EVENTS))
         text.append(describe(events))
-        for q in questions(events, rng):
+        for q in [q for q, _ in moment_questions(events, rng)] + clip_questions(events, rng):
             text.append(mcq_prompt(q["question"], q["options"]))
             text.append(answer_text(q["options"][q["answer"]]))
     return text
@@ -76,32 +77,50 @@ def build_toy_model(cfg: ToyBaseConfig):
     return build_llava_onevision(toy_corpus(), text=text, vision=dict(hidden_size=64, intermediate_size=128))
 
 
-def sft_examples(events: list[Event], rng: random.Random, order_share: float) -> list[tuple[str, str]]:
-    """(prompt, reply) pairs for one clip: its description and its questions."""
-    examples = [(DESCRIBE, describe(events))]
-    for q in questions(events, rng) if len(events) >= 3 else []:
-        if q["question"].startswith("What appears right") and rng.random() >= order_share:
-            continue
-        examples.append((mcq_prompt(q["question"], q["options"]), answer_text(q["options"][q["answer"]])))
+def short_clip_examples(events: list[Event], rng: random.Random) -> list[tuple[str, str]]:
+    """(prompt, reply) pairs for a clip of one or two objects: all its moment questions."""
+    examples = [(DESCRIBE, describe(events))] + [_example(motion_question(events, i, rng)) for i in range(len(events))]
+    if len(events) == 2:
+        examples += [_example(after_question(events, 0, rng)), _example(before_question(events, 1, rng))]
     return examples
+
+
+def long_clip_examples(events: list[Event], rng: random.Random, moment_share: float) -> list[tuple[str, str]]:
+    """(prompt, reply) pairs for a long clip: whole-clip questions, few moment questions."""
+    moments = [_example(q) for q, _ in moment_questions(events, rng) if rng.random() < moment_share]
+    return [(DESCRIBE, describe(events))] + [_example(q) for q in clip_questions(events, rng)] + moments
+
+
+def _example(q: dict) -> tuple[str, str]:
+    return mcq_prompt(q["question"], q["options"]), answer_text(q["options"][q["answer"]])
 
 
 def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list[dict]:
     """Every SFT example tokenised; the clip's vision tensors are shared by its examples."""
     rng = random.Random(cfg.seed)
     rows = []
-    for c in tqdm(range(cfg.num_clips), desc="toy base: clips", leave=False):
-        events = random_events(rng, rng.choice(EVENTS_PER_CLIP))
+    for _ in tqdm(range(cfg.num_clips), desc="toy base: clips", leave=False):
+        long = rng.random() < cfg.long_share
+        events = random_events(rng, rng.choice(LONG_EVENTS) if long else rng.choice((1, 2)))
         path = workdir / "clip.mp4"  # written and decoded, so training sees what evaluation sees
-        write_video(path, render_frames(events, 8))
-        clip = read_clip(path, uniform_frame_indices(8 * len(events), NUM_FRAMES))
+        write_clip(path, events)
+        shown = NUM_FRAMES if long else WINDOW_FRAMES
+        clip = read_clip(path, uniform_frame_indices(FRAMES_PER_EVENT * len(events), shown))
+        examples = long_clip_examples(events, rng, cfg.long_moment_share) if long else short_clip_examples(events, rng)
         vision = None
-        for prompt, reply in sft_examples(events, rng, cfg.order_share):
+        for prompt, reply in examples:
             enc = adapter.encode_prompt(processor, clip, prompt)
             vision = vision or {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.vision.items()}
             rows.append({"seq": labelled_sequence(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
                          "describe": prompt == DESCRIBE})
     return rows
+
+
+def _by_frame_count(rows: list[dict]) -> list[list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row["vision"]["pixel_values_videos"].shape), []).append(row)
+    return list(groups.values())
 
 
 def _batch(rows: list[dict], pad_id: int) -> dict:
@@ -129,15 +148,18 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
     bar = tqdm(range(cfg.steps), desc="toy base: SFT")
     for step in bar:
         pool = described if step < cfg.describe_steps else rows
-        pick = torch.randint(len(pool), (cfg.batch_size,), generator=gen).tolist()
-        loss = model(**_batch([pool[i] for i in pick], pad_id)).loss
-        loss.backward()
+        pick = [pool[i] for i in torch.randint(len(pool), (cfg.batch_size,), generator=gen).tolist()]
+        loss = 0.0
+        for group in _by_frame_count(pick):  # a batch's clips must have one frame count
+            part = model(**_batch(group, pad_id)).loss * len(group) / len(pick)
+            part.backward()
+            loss += part.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}")
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
     (out / "toy_base.json").write_text(json.dumps(asdict(cfg), indent=2))

@@ -26,7 +26,7 @@ import numpy as np
 
 from data_gen.scripted_server import ScriptedServer, main, one_image, prompt_text
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
-from tpo.synthetic.world import COLOURS, MOTIONS, SHAPES, find_object, place
+from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, find_object, place
 
 _PLACES = {"left": 0, "centre": 1, "right": 2, "top": 0, "middle": 1, "bottom": 2}
 _CAPTION = re.compile(r"The (\w+) (\w+) at the (\w+) (\w+)\.")
@@ -40,7 +40,7 @@ def caption_image(image: np.ndarray) -> str:
     colour, mask = found
     # the shape from how much of its bounding box the object fills, counting only pixels close to its
     # colour (compression blurs a faint halo around it that would make squares look round)
-    near = (np.abs(image.astype(float) - np.array(COLOURS[colour])).max(axis=-1) < 100)
+    near = (np.abs(image.astype(float) - np.array(PALETTE[colour])).max(axis=-1) < 100)
     mask = near if near.sum() >= 4 else mask
     ys, xs = np.nonzero(mask)
     fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
@@ -103,7 +103,7 @@ def _options(answer: str, pool: list[str], rng: random.Random) -> list[str]:
 def candidate_questions(objects: list[tuple[str, list]], rng: random.Random) -> list[tuple[str, str, list[str]]]:
     """``(type, question, options)`` the captions answer; temporal ones first."""
     names = [n for n, _ in objects]
-    unseen = [f"the {c} {s}" for c in COLOURS for s in SHAPES if not any(f"the {c} " in n + " " for n in names)]
+    unseen = [f"the {c} {s}" for c in PALETTE for s in SHAPES if not any(f"the {c} " in n + " " for n in names)]
     rng.shuffle(unseen)
     temporal, attribute = [], []
     for a, b in zip(names, names[1:]):

@@ -5,13 +5,16 @@ One :class:`PipelineRun` holds the settings — the toy world's by default; ``mo
 ``train_config`` and ``benchmark`` switch it to a real model and benchmark — and its methods are
 the pipeline's steps:
 
-- :meth:`PipelineRun.test_split`: held-out toy clips and their multiple-choice questions;
+- :meth:`PipelineRun.base_model`: the toy base model of a seed (each seed trains its own);
+- :meth:`PipelineRun.test_split`: held-out long clips and their questions, and the moment questions
+  on window clips (``split="window"``), toy haystacks (``split="niah"``);
 - :meth:`PipelineRun.generate`: ``data_gen`` on fresh toy clips with the toy LLM server, the base
   model answering on ``S_a`` and ``S_b`` (``preferences.jsonl``), and the same run without the
   post-filter (the cache makes the second run only re-write the output);
 - :meth:`PipelineRun.fit`: ``tpo fit`` with ``lightning_configs/toy_tpo.yaml`` (``beta=0`` is
   SFT on the preferred answers: the DPO term then has no gradient);
-- :meth:`PipelineRun.evaluate`: held-out accuracy, overall and per question category;
+- :meth:`PipelineRun.evaluate`: held-out accuracy, overall and per question category, by generation
+  or likelihood scoring, at any number of frames;
 - :func:`scalars`: the last value of each TensorBoard scalar of a ``fit`` run.
 """
 
@@ -21,12 +24,14 @@ import contextlib
 import io
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import data_gen
-from toy.base import NUM_FRAMES, ToyBaseConfig, toy_base_path
-from toy.world import TEMPORAL, write_toy_split
+
+from toy.base import ToyBaseConfig, toy_base_path
+from toy.niah import write_toy_niah
+from toy.world import MOMENT, NUM_FRAMES, WINDOW_FRAMES, write_toy_split
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "lightning_configs" / "toy_tpo.yaml"
@@ -45,26 +50,33 @@ class PipelineRun:
     answer_temperature: float = 0.0  # data_gen's answers: greedy, as the paper
     train_videos: int = 600  # fresh clips per seed for data_gen
     test_videos: int = 100
-    # None: the value in ``train_config`` (the toy recipe: beta 0.2, alpha 1, lr 1e-4, 4 epochs, batch 8)
+    niah: dict = field(default_factory=dict)  # write_toy_niah's lengths, depths, per_cell
+    # None: the value in ``train_config`` (the toy recipe's beta, alpha, lr, epochs, batch size)
     epochs: int | None = None
     batch_size: int | None = None
     beta: float | None = None
     alpha: float | None = None
+    lr: float | None = None
     val_fraction: float | None = None
     quiet: bool = True
 
     def __post_init__(self):
         self.out = Path(self.out)
 
-    @property
-    def base_model(self) -> Path | str:
-        return self.model_path or toy_base_path(self.base)
+    def base_model(self, seed: int) -> Path | str:
+        return self.model_path or toy_base_path(replace(self.base, seed=seed))
 
-    def test_split(self) -> Path:
+    def test_split(self, split: str = "mcq") -> Path:
+        """``mcq``: the long clips' questions; ``window``: the moment questions on window clips;
+        ``niah``: toy haystacks (``toy/niah.py``)."""
         root = self.out / f"test-{self.test_videos}"
+        if split == "niah":
+            if not (root / "niah" / "niah.jsonl").exists():
+                write_toy_niah(root / "niah", **self.niah)
+            return root / "niah" / "niah.jsonl"
         if not (root / "mcq.jsonl").exists():
             write_toy_split(root, self.test_videos, seed=TEST_SEED)
-        return root / "mcq.jsonl"
+        return root / f"{split}.jsonl"
 
     # ---- data ------------------------------------------------------------------------------------
     def generate(self, seed: int, base_url: str) -> dict[str, Path]:
@@ -84,7 +96,7 @@ class PipelineRun:
                     out.mkdir(parents=True, exist_ok=True)
                     shutil.copy(root / "data-filtered" / "cache.sqlite", out / "cache.sqlite")
                 cfg = load_config(str(DATA_GEN_CONFIG), [
-                    f"videos={videos}", f"output_dir={out}", f"seed={seed}", f"answer.model={self.base_model}",
+                    f"videos={videos}", f"output_dir={out}", f"seed={seed}", f"answer.model={self.base_model(seed)}",
                     f"api.base_url={base_url}", f"postfilter.enabled={str(enabled).lower()}",
                     f"answer.temperature={self.answer_temperature}"])
                 Pipeline(cfg, progress=not self.quiet).run()
@@ -103,10 +115,10 @@ class PipelineRun:
             args = ["fit", "--config", str(self.train_config), "--seed_everything", str(seed),
                     "--trainer.default_root_dir", str(root),
                     "--trainer.enable_progress_bar", str(not self.quiet).lower(),
-                    "--model.model_path", str(self.base_model), "--data.path", str(preferences)]
+                    "--model.model_path", str(self.base_model(seed)), "--data.path", str(preferences)]
             overrides = {"trainer.max_epochs": self.epochs, "data.batch_size": self.batch_size,
                          "data.val_fraction": self.val_fraction, "model.beta": self.beta if beta is None else beta,
-                         "model.alpha": self.alpha if alpha is None else alpha}
+                         "model.alpha": self.alpha if alpha is None else alpha, "model.lr": self.lr}
             for key, value in overrides.items():
                 if value is not None:
                     args += [f"--{key}", str(value)]
@@ -117,43 +129,50 @@ class PipelineRun:
         return export.parent
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, model: Path, name: str) -> dict:
-        """Held-out summary (``accuracy``, ``by_category``) of ``model``, cached as ``summary.json``."""
+    def evaluate(self, model: Path | str, name: str, scoring: str = "generate", split: str = "mcq",
+                 num_frames: int | None = None) -> dict:
+        """Held-out summary (``accuracy``, ``by_category``) of ``model``, cached under ``eval/<name>``
+        with its ``predictions.jsonl``. Window clips are shown in ``WINDOW_FRAMES`` frames."""
         import torch
 
         from tpo.evaluate.benchmarks import load_benchmark
         from tpo.evaluate.mcq import evaluate
-        from tpo.evaluate.model import VideoAnswerer, load_for_eval
+        from tpo.evaluate.model import load_for_eval, make_answerer
 
-        root = self.out / "eval" / name
+        root = self._eval_dir(name, scoring, split, num_frames)
         if not (root / "summary.json").exists():
             root.mkdir(parents=True, exist_ok=True)
-            kind, path = self.benchmark or ("jsonl", self.test_split())
+            kind, path = self.benchmark or ("jsonl", self.test_split(split))
             items = load_benchmark(kind, path).items
             dtype = torch.float32 if self.model_path is None else torch.bfloat16  # the toy model trains in fp32
             adapter, policy, processor = load_for_eval(str(model), dtype=dtype, device="auto")
-            summary = evaluate(items, VideoAnswerer(adapter, policy, processor, max_new_tokens=12),
-                               num_frames=self.num_frames, batch_size=32, predictions_path=root / "predictions.jsonl",
-                               progress=not self.quiet)
+            answerer = make_answerer(scoring, adapter, policy, processor, max_new_tokens=12)
+            summary = evaluate(items, answerer, num_frames=self._frames(split, num_frames), batch_size=32,
+                               predictions_path=root / "predictions.jsonl", progress=not self.quiet)
             (root / "summary.json").write_text(json.dumps(summary, indent=2))
         return json.loads((root / "summary.json").read_text())
 
+    def predictions(self, name: str, scoring: str = "generate", split: str = "mcq",
+                    num_frames: int | None = None) -> list[dict]:
+        """The ``predictions.jsonl`` rows of an evaluated model."""
+        path = self._eval_dir(name, scoring, split, num_frames) / "predictions.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-def in_format_pairs(preferences: Path) -> Path:
-    """The pairs whose rejected answer picks one of the question's options (written beside the file,
-    so its ``manifest.json`` still gives the video root). The others are replies such as "4." to a
-    question about order: pushing them down teaches the model to stop answering with numbers."""
+    def _frames(self, split: str, num_frames: int | None) -> int:
+        return num_frames or (WINDOW_FRAMES if split == "window" else self.num_frames)
+
+    def _eval_dir(self, name: str, scoring: str, split: str, num_frames: int | None) -> Path:
+        return self.out / "eval" / name / f"{split}-{scoring}-{self._frames(split, num_frames)}f"
+
+
+def in_format_share(preferences: Path) -> float:
+    """The share of pairs whose rejected answer picks one of the question's options (answers about
+    the wrong moment, not replies such as "4." to a question about order)."""
     from tpo.evaluate.answers import extract_choice, parse_mcq
 
-    kept = []
-    for line in preferences.read_text().splitlines():
-        record = json.loads(line)
-        _, options = parse_mcq(record["question"])
-        if extract_choice(record["rejected"], options) is not None:
-            kept.append(line + "\n")
-    out = preferences.with_name("preferences.in_format.jsonl")
-    out.write_text("".join(kept))
-    return out
+    records = [json.loads(line) for line in preferences.read_text().splitlines() if line.strip()]
+    in_format = sum(extract_choice(r["rejected"], parse_mcq(r["question"])[1]) is not None for r in records)
+    return in_format / len(records) if records else 0.0
 
 
 def toy_setting(quick: bool, out: Path) -> PipelineRun:
@@ -164,11 +183,11 @@ def toy_setting(quick: bool, out: Path) -> PipelineRun:
         return PipelineRun(out)
     base = ToyBaseConfig(num_clips=100, describe_steps=10, steps=300, batch_size=16, hidden_size=64, num_layers=2)
     return PipelineRun(out, base, train_videos=64, test_videos=6, epochs=1, batch_size=4, val_fraction=0.0,
-                       answer_temperature=1.0)
+                       answer_temperature=1.0, niah=dict(lengths=(4, 8), depths=(0.0, 1.0), per_cell=1))
 
 
-def temporal_accuracy(summary: dict) -> float:
-    return summary["by_category"][TEMPORAL]["accuracy"]
+def moment_accuracy(summary: dict) -> float:
+    return summary["by_category"][MOMENT]["accuracy"]
 
 
 def scalars(run_dir: Path) -> dict[str, float]:

@@ -20,6 +20,9 @@ import numpy as np
 from tpo.data.frames import uniform_frame_indices
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (240, 220, 40)}
+# every colour an object can be drawn in and recognised by: the demo's four and four more for longer clips
+PALETTE = {**COLOURS, "magenta": (220, 50, 220), "cyan": (40, 220, 230), "orange": (245, 140, 30),
+           "white": (240, 240, 240)}
 SHAPES = ("square", "circle")
 MOTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth")
@@ -62,7 +65,7 @@ def _draw(frame: np.ndarray, event: Event, progress: float) -> None:
         mask = (abs(xs - cx) <= r) & (abs(ys - cy) <= r)
     else:
         mask = (xs - cx) ** 2 + (ys - cy) ** 2 <= r * r
-    frame[mask] = COLOURS[event.colour]
+    frame[mask] = PALETTE[event.colour]
 
 
 def render_frames(events: list[Event], frames_per_event: int, size: int = 64) -> np.ndarray:
@@ -177,7 +180,7 @@ def find_object(image: np.ndarray) -> tuple[str, np.ndarray] | None:
     if bright.sum() < 4:
         return None
     mean = pixels[bright].mean(axis=0)
-    colour = min(COLOURS, key=lambda c: float(np.sum((np.array(COLOURS[c]) - mean) ** 2)))
+    colour = min(PALETTE, key=lambda c: float(np.sum((np.array(PALETTE[c]) - mean) ** 2)))
     return colour, bright.reshape(image.shape[:2])
 
 

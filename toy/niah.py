@@ -1,0 +1,53 @@
+"""Toy haystacks for the paper's needle-in-a-haystack grid (Fig. 5) in the toy world.
+
+A haystack is a clip of ``length`` objects; the *needle* is the one object of its colour, at
+``depth`` (0 = first, 1 = last). The question is a moment question about it ("Which way does the
+red square move?"); the other objects' motions are the wrong answers. Every object is shown in
+``WINDOW_FRAMES`` frames, so a longer haystack is also a longer input. Items carry ``meta.length``
+(frames shown) and ``meta.depth``, which ``tpo.evaluate.niah.niah_grid`` reads.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from toy.world import FRAMES_PER_EVENT, WINDOW_FRAMES, motion_question, write_clip
+from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event
+
+
+def haystack(rng: random.Random, length: int, depth: float) -> tuple[list[Event], int]:
+    """``length`` objects, one of them (at ``depth``) the only one of its colour; the others use the
+    remaining colours, never the same colour twice in a row."""
+    needle_colour, *colours = rng.sample(list(PALETTE), len(PALETTE))
+    events, position = [], round(depth * (length - 1))
+    for k in range(length):
+        if k == position:
+            colour = needle_colour
+        else:
+            colour = rng.choice([c for c in colours if not events or c != events[-1].colour])
+        events.append(Event(colour, rng.choice(SHAPES), rng.choice(list(MOTIONS))))
+    return events, position
+
+
+def write_toy_niah(root: str | Path, lengths=(4, 8, 16, 24), depths=(0.0, 0.25, 0.5, 0.75, 1.0), per_cell: int = 8,
+                   seed: int = 20_000) -> Path:
+    """Haystack clips under ``root/videos`` and ``root/niah.jsonl``; return the JSONL path."""
+    rng = random.Random(seed)
+    root = Path(root)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for length in lengths:
+        for depth in depths:
+            for k in range(per_cell):
+                events, position = haystack(rng, length, depth)
+                video = f"videos/niah_L{length}_d{round(100 * depth):03d}_{k}.mp4"
+                write_clip(root / video, events)
+                stride = FRAMES_PER_EVENT // WINDOW_FRAMES
+                rows.append({"id": Path(video).stem, "video": video, **motion_question(events, position, rng),
+                             "frame_indices": list(range(0, FRAMES_PER_EVENT * length, stride)),
+                             "duration": f"depth {depth:g}", "meta": {"length": len(range(0, FRAMES_PER_EVENT * length, stride)), "depth": depth}})
+    path = root / "niah.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
