@@ -98,7 +98,7 @@ def test_toy_answers_read_back_through_the_evaluator():
     for _ in range(50):
         events = random_events(rng, rng.choice([6, 7, 8]))
         for q in [q for q, _ in moment_questions(events, rng)] + clip_questions(events, rng):
-            assert extract_choice(answer_text(q["options"][q["answer"]]), q["options"]) == q["answer"]
+            assert extract_choice(answer_text(q), q["options"]) == q["answer"]
     assert describe(events).endswith(".") and describe(events)[0].isupper()
 
 

@@ -39,14 +39,14 @@ from tpo.synthetic.world import Event
 
 FAMILY = "llava_onevision"
 DESCRIBE = "Describe the video."
-_VERSION = "2"
+_VERSION = "3"
 
 
 @dataclass(frozen=True)
 class ToyBaseConfig:
-    num_clips: int = 1000
-    describe_steps: int = 300  # first only "Describe the video." (grounding), then the full mix
-    steps: int = 1200
+    num_clips: int = 800
+    describe_steps: int = 200  # first only "Describe the video." (grounding), then the full mix
+    steps: int = 800
     batch_size: int = 32
     lr: float = 1e-3
     long_share: float = 0.3  # share of long clips; the others show one or two objects
@@ -65,7 +65,7 @@ def toy_corpus() -> list[str]:
         text.append(describe(events))
         for q in [q for q, _ in moment_questions(events, rng)] + clip_questions(events, rng):
             text.append(mcq_prompt(q["question"], q["options"]))
-            text.append(answer_text(q["options"][q["answer"]]))
+            text.append(answer_text(q))
     return text
 
 
@@ -92,7 +92,7 @@ def long_clip_examples(events: list[Event], rng: random.Random, moment_share: fl
 
 
 def _example(q: dict) -> tuple[str, str]:
-    return mcq_prompt(q["question"], q["options"]), answer_text(q["options"][q["answer"]])
+    return mcq_prompt(q["question"], q["options"]), answer_text(q)
 
 
 def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list[dict]:
