@@ -32,7 +32,7 @@ from toy.stats import mean_std, paired_bootstrap
 from toy.world import MOMENT
 from tpo.evaluate.niah import niah_grid, plot_heatmap
 
-ARMS = {"base": "base model", "sft_self": "+ SFT_self", "dpo": "+ DPO (no post-filter)", "tpo": "+ TPO",
+ARMS = {"base": "base model", "sft_self": "+ SFT_self", "dpo": "+ DPO + SFT, no post-filter", "tpo": "+ TPO",
         "tpo_alpha0": "+ TPO, α = 0"}
 SCORINGS = {"likelihood": "likelihood scoring", "generate": "generation"}
 FIT = {"sft_self": (0.0, 1.0), "tpo_alpha0": (None, 0.0)}  # (beta, alpha); SFT_self: only the NLL of the chosen
@@ -59,8 +59,8 @@ def run_seed(run: PipelineRun, seed: int, base_url: str, tag: str) -> dict:
                "in_format_rejected": in_format_share(data["filtered"])}
     for arm in models:
         results[arm] = {s: readout(run.evaluate(models[arm], _name(seed, arm, tag), s)) for s in SCORINGS}
-    results["base"]["window"] = {s: run.evaluate(models["base"], _name(seed, "base", tag), s, split="window")["accuracy"]
-                                 for s in SCORINGS}
+    window = {s: run.evaluate(models["base"], _name(seed, "base", tag), s, split="window") for s in SCORINGS}
+    results["base"]["window"] = {s: summary["accuracy"] for s, summary in window.items()}
     return results
 
 
@@ -90,13 +90,13 @@ def table(per_seed: dict[int, dict], scoring: str) -> str:
 
 
 def paired(run: PipelineRun, seeds: list[int], arm: str, other: str, scoring: str, tag: str) -> tuple:
-    """TPO-style paired difference ``arm − other`` on the moment questions: (mean, ci_low, ci_high)."""
-    diffs = []
-    for seed in seeds:
-        a, b = ({r["id"]: r for r in run.predictions(_name(seed, x, tag), scoring)} for x in (arm, other))
-        ids = sorted(i for i in a if a[i]["category"] == MOMENT)
-        diffs.append(np.array([float(a[i]["correct"]) - float(b[i]["correct"]) for i in ids]))
-    return paired_bootstrap(diffs)
+    """The paired difference ``arm − other`` on the moment questions: (mean, ci_low, ci_high). A
+    question either model could not be asked (a video read error) is left out, as in the table."""
+    rows = [[{r["id"]: r for r in run.predictions(_name(seed, x, tag), scoring)} for x in (arm, other)]
+            for seed in seeds]
+    ids = sorted(i for i, r in rows[0][0].items() if r["category"] == MOMENT
+                 and all(p[i]["error"] is None for pair in rows for p in pair))
+    return paired_bootstrap([[float(a[i]["correct"]) - float(b[i]["correct"]) for i in ids] for a, b in rows])
 
 
 def frames_curve(run: PipelineRun, per_seed: dict, counts: list[int], tag: str, out: Path) -> dict:
@@ -112,8 +112,9 @@ def frames_curve(run: PipelineRun, per_seed: dict, counts: list[int], tag: str, 
                                             num_frames=n))["moment"] for seed in per_seed] for n in counts]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for arm, rows in curve.items():
-        ax.errorbar(counts, [100 * np.mean(r) for r in rows], yerr=[100 * np.std(r) for r in rows], marker="o",
-                    capsize=3, label=ARMS[arm].removeprefix("+ "))
+        mean, std = zip(*(mean_std(r) for r in rows))
+        ax.errorbar(counts, [100 * m for m in mean], yerr=[100 * s for s in std], marker="o", capsize=3,
+                    label=_short(arm))
     ax.set_xscale("log", base=2)
     ax.set_xticks(counts, [str(n) for n in counts])
     ax.set_xlabel("input frames")
@@ -135,7 +136,7 @@ def niah(run: PipelineRun, per_seed: dict, tag: str, out: Path) -> dict:
             run.evaluate(per_seed[seed]["models"][arm], _name(seed, arm, tag), "likelihood", split="niah")
             rows += run.predictions(_name(seed, arm, tag), "likelihood", split="niah")
         grids[arm] = niah_grid(rows)
-        plot_heatmap(grids[arm], out / f"niah_{arm}.png", title=f"Toy haystacks: {ARMS[arm].removeprefix('+ ')}")
+        plot_heatmap(grids[arm], out / f"niah_{arm}.png", title=f"Toy haystacks: {_short(arm)}")
     return grids
 
 
@@ -146,12 +147,34 @@ def _grid_text(grid: dict) -> str:
     return "\n".join([head, "|---" * (len(grid["depths"]) + 1) + "|", *rows])
 
 
+def report(per_seed: dict, differences: dict, curve: dict, grids: dict) -> str:
+    text = "\n\n".join(table(per_seed, s) for s in SCORINGS)
+    text += ("\n\nPaired differences on the moment questions (points; 95 % bootstrap interval over seeds and "
+             "questions):\n")
+    text += "\n".join(f"- {SCORINGS[s]}: {_short(a)} − {_short(b)} = {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, "
+                      f"{100 * d[2]:+.1f}]" for (a, b, s), d in differences.items())
+    share = [r["in_format_rejected"] for r in per_seed.values()]
+    text += f"\n\nKept pairs whose rejected answer is one of the options: {_cell(share)} %"
+    text += ("\n\nMoment questions (likelihood) vs input frames (64 repeats some frames of the 6- and 7-object "
+             "clips):\n")
+    text += "\n".join(f"- {_short(arm)}: " + ", ".join(f"{n} frames {_cell(v)}" for n, v in zip(curve["frames"],
+                                                                                                curve[arm]))
+                      for arm in ("base", "tpo"))
+    return text + "".join(f"\n\nNeedle in a toy haystack, {_short(arm)} (accuracy %):\n" + _grid_text(g)
+                          for arm, g in grids.items())
+
+
+def _short(arm: str) -> str:
+    return ARMS[arm].removeprefix("+ ")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the reduced setting (a few minutes)")
     parser.add_argument("--out", type=Path, default=None, help="work directory (default runs/toy[-quick])")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--beta", type=float, default=None, help="DPO beta of the DPO/TPO arms (default: the recipe's)")
+    parser.add_argument("--beta", type=float, default=None,
+                        help="DPO beta of the DPO/TPO arms (default: the recipe's)")
     parser.add_argument("--alpha", type=float, default=None,
                         help="SFT weight of the DPO/TPO arms (default: the recipe's)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every arm (default: the recipe's)")
@@ -178,21 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     counts = [8, 32] if args.quick else [8, 16, 32, 64]
     curve = frames_curve(run, per_seed, counts, tag, out)
     grids = niah(run, per_seed, tag, out)
-    text = "\n\n".join(table(per_seed, s) for s in SCORINGS)
-    text += "\n\nPaired differences on the moment questions (points; 95 % bootstrap interval over seeds and questions):\n"
-    text += "\n".join(f"- {SCORINGS[s]}: {ARMS[a].removeprefix('+ ')} − {ARMS[b].removeprefix('+ ')} = "
-                      f"{100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}]" for (a, b, s), d in differences.items())
-    share = [r["in_format_rejected"] for r in per_seed.values()]
-    text += f"\n\nKept pairs whose rejected answer is one of the options: {_cell(share)} %"
-    text += "\n\nMoment questions (likelihood) vs input frames:\n" + "\n".join(
-        f"- {arm}: " + ", ".join(f"{n} frames {_cell(v)}" for n, v in zip(counts, curve[arm])) for arm in ("base", "tpo"))
-    text += "".join(f"\n\nNeedle in a toy haystack, {ARMS[arm].removeprefix('+ ')} (accuracy %):\n" + _grid_text(g)
-                    for arm, g in grids.items())
+    text = report(per_seed, differences, curve, grids)
     (out / f"table{tag}.md").write_text(text + "\n")
     (out / f"results{tag}.json").write_text(json.dumps(
         {"seeds": per_seed, "differences": {f"{a}-{b}/{s}": d for (a, b, s), d in differences.items()},
          "frames_curve": curve, "niah": grids}, indent=2))
-    print(f"\nheld-out toy accuracy (%), mean ± std over seeds {seeds}; {time.perf_counter() - start:.0f}s\n{text}\n")
+    print(f"\nheld-out toy accuracy (%), mean ± std over seeds {seeds}; {time.perf_counter() - start:.0f}s\n"
+          f"{text}\n")
     base = np.mean([r["tpo"]["likelihood"]["moment"] - r["base"]["likelihood"]["moment"] for r in per_seed.values()])
     gain, low, _ = differences[("tpo", "sft_self", "likelihood")]
     print(f"tpo_minus_base={100 * base:.2f} tpo_minus_sft_self={100 * gain:.2f} ci_low={100 * low:.2f}")

@@ -47,8 +47,9 @@ def test_toy_split_is_a_benchmark_with_window_clips(tmp_path):
     moments = {i.id: i for i in loaded.items if i.category == MOMENT}
     assert len(windows) == 9 and {w.id for w in windows} == set(moments)
     for w in windows:  # the same question, on a clip of only the moment's objects
-        assert (w.question, w.options, w.answer) == (moments[w.id].question, moments[w.id].options, moments[w.id].answer)
-        held = [moments[w.id].meta["events"][i] for i in w.meta["window"]]
+        long = moments[w.id]
+        assert (w.question, w.options, w.answer) == (long.question, long.options, long.answer)
+        held = [long.meta["events"][i] for i in w.meta["window"]]
         assert len(read_frames(w.video, list(range(FRAMES_PER_EVENT * len(held))))) == FRAMES_PER_EVENT * len(held)
 
 
@@ -89,3 +90,18 @@ def test_toy_base_build_is_deterministic_and_cached(tmp_path, monkeypatch):
     path = toy_base_path(cfg)
     built = [p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"]  # no half-built directory left
     assert path.exists() and toy_base_path(cfg) == path and built == [path]
+
+
+def test_paired_bootstrap_covers_the_mean_and_widens_with_noise():
+    import numpy as np
+
+    from toy.stats import paired_bootstrap
+
+    assert paired_bootstrap(np.ones((2, 50))) == (1.0, 1.0, 1.0)  # no spread, no interval
+    rng = np.random.default_rng(0)
+    small = rng.choice([-1.0, 0.0, 1.0], p=[0.2, 0.5, 0.3], size=(3, 300))
+    mean, low, high = paired_bootstrap(small)
+    assert low < mean < high and low < 0.1 < high and high - low < 0.15
+    # a seed that disagrees with the others widens the interval: seeds are resampled too
+    _, low2, high2 = paired_bootstrap(np.vstack([small, np.full((1, 300), -0.5)]))
+    assert high2 - low2 > high - low

@@ -110,7 +110,8 @@ def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list
         vision = None
         for prompt, reply in examples:
             enc = adapter.encode_prompt(processor, clip, prompt)
-            vision = vision or {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.vision.items()}
+            if vision is None:  # stored in bf16 to keep the encoded set small
+                vision = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.vision.items()}
             rows.append({"seq": labelled_sequence(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
                          "describe": prompt == DESCRIBE})
     return rows

@@ -1,8 +1,9 @@
 """Toy haystacks for the paper's needle-in-a-haystack grid (Fig. 5) in the toy world.
 
 A haystack is a clip of ``length`` objects; the *needle* is the one object of its colour, at
-``depth`` (0 = first, 1 = last). The question is a moment question about it ("Which way does the
-red square move?"); the other objects' motions are the wrong answers. Every object is shown in
+``depth`` (0 = first, 1 = last; a short haystack has fewer places than depths, so two depths can
+share one). The question is a moment question about it ("Which way does the red square move?"),
+which an answer about another object gets wrong three times in four. Every object is shown in
 ``WINDOW_FRAMES`` frames, so a longer haystack is also a longer input. Items carry ``meta.length``
 (frames shown) and ``meta.depth``, which ``tpo.evaluate.niah.niah_grid`` reads.
 """
@@ -37,17 +38,17 @@ def write_toy_niah(root: str | Path, lengths=(4, 8, 16, 24), depths=(0.0, 0.25, 
     rng = random.Random(seed)
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, stride = [], FRAMES_PER_EVENT // WINDOW_FRAMES
     for length in lengths:
+        indices = list(range(0, FRAMES_PER_EVENT * length, stride))
         for depth in depths:
             for k in range(per_cell):
                 events, position = haystack(rng, length, depth)
                 video = f"videos/niah_L{length}_d{round(100 * depth):03d}_{k}.mp4"
                 write_clip(root / video, events)
-                stride = FRAMES_PER_EVENT // WINDOW_FRAMES
                 rows.append({"id": Path(video).stem, "video": video, **motion_question(events, position, rng),
-                             "frame_indices": list(range(0, FRAMES_PER_EVENT * length, stride)),
-                             "duration": f"depth {depth:g}", "meta": {"length": len(range(0, FRAMES_PER_EVENT * length, stride)), "depth": depth}})
+                             "frame_indices": indices, "duration": f"depth {depth:g}",
+                             "meta": {"length": len(indices), "depth": depth}})
     path = root / "niah.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

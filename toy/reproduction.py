@@ -31,7 +31,7 @@ import data_gen
 
 from toy.base import ToyBaseConfig, toy_base_path
 from toy.niah import write_toy_niah
-from toy.world import MOMENT, NUM_FRAMES, WINDOW_FRAMES, write_toy_split
+from toy.world import NUM_FRAMES, WINDOW_FRAMES, write_toy_split
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "lightning_configs" / "toy_tpo.yaml"
@@ -87,7 +87,7 @@ class PipelineRun:
         root = self.out / f"seed-{seed}"
         videos = root / "videos"
         if not (videos / "mcq.jsonl").exists():
-            write_toy_split(videos, self.train_videos, seed=seed)  # its mcq.jsonl is never read
+            write_toy_split(videos, self.train_videos, seed=seed)  # only its long clips are used
         paths = {}
         for name, enabled in (("filtered", True), ("unfiltered", False)):
             out = root / f"data-{name}"
@@ -96,8 +96,8 @@ class PipelineRun:
                     out.mkdir(parents=True, exist_ok=True)
                     shutil.copy(root / "data-filtered" / "cache.sqlite", out / "cache.sqlite")
                 cfg = load_config(str(DATA_GEN_CONFIG), [
-                    f"videos={videos}", f"output_dir={out}", f"seed={seed}", f"answer.model={self.base_model(seed)}",
-                    f"api.base_url={base_url}", f"postfilter.enabled={str(enabled).lower()}",
+                    f"videos={videos / 'videos'}", f"output_dir={out}", f"seed={seed}",
+                    f"answer.model={self.base_model(seed)}", f"api.base_url={base_url}", f"postfilter.enabled={str(enabled).lower()}",
                     f"answer.temperature={self.answer_temperature}"])
                 Pipeline(cfg, progress=not self.quiet).run()
             paths[name] = out / "preferences.jsonl"
@@ -131,8 +131,9 @@ class PipelineRun:
     # ---- evaluation ------------------------------------------------------------------------------
     def evaluate(self, model: Path | str, name: str, scoring: str = "generate", split: str = "mcq",
                  num_frames: int | None = None) -> dict:
-        """Held-out summary (``accuracy``, ``by_category``) of ``model``, cached under ``eval/<name>``
-        with its ``predictions.jsonl``. Window clips are shown in ``WINDOW_FRAMES`` frames."""
+        """Held-out summary (``accuracy``, ``by_category``) of ``model``, cached with its
+        ``predictions.jsonl`` under the test split's ``eval/<name>``: ``name`` must tell models apart.
+        Window clips are shown in ``WINDOW_FRAMES`` frames."""
         import torch
 
         from tpo.evaluate.benchmarks import load_benchmark
@@ -162,7 +163,8 @@ class PipelineRun:
         return num_frames or (WINDOW_FRAMES if split == "window" else self.num_frames)
 
     def _eval_dir(self, name: str, scoring: str, split: str, num_frames: int | None) -> Path:
-        return self.out / "eval" / name / f"{split}-{scoring}-{self._frames(split, num_frames)}f"
+        frames = self._frames(split, num_frames)
+        return self.out / f"test-{self.test_videos}" / "eval" / name / f"{split}-{scoring}-{frames}f"
 
 
 def in_format_share(preferences: Path) -> float:
@@ -184,10 +186,6 @@ def toy_setting(quick: bool, out: Path) -> PipelineRun:
     base = ToyBaseConfig(num_clips=100, describe_steps=10, steps=300, batch_size=16, hidden_size=64, num_layers=2)
     return PipelineRun(out, base, train_videos=64, test_videos=6, epochs=1, batch_size=4, val_fraction=0.0,
                        answer_temperature=1.0, niah=dict(lengths=(4, 8), depths=(0.0, 1.0), per_cell=1))
-
-
-def moment_accuracy(summary: dict) -> float:
-    return summary["by_category"][MOMENT]["accuracy"]
 
 
 def scalars(run_dir: Path) -> dict[str, float]:
