@@ -62,6 +62,9 @@ def test_scored_continuation_is_letter_and_text_without_end_token():
     ids = LikelihoodScorer(adapter, model, processor).option_ids(["a red square", "nothing"])
     assert option_continuation(1, "nothing") == "B. nothing"
     assert processor.tokenizer.decode(ids[0]) == "A. a red square" and processor.tokenizer.eos_token_id not in ids[1]
+    # a model taught to answer with the option's text is scored on that form
+    as_text = LikelihoodScorer(adapter, model, processor, continuation=lambda k, text: text).option_ids(["nothing"])
+    assert processor.tokenizer.decode(as_text[0]) == "nothing"
 
 
 def _items(videos, n, seed=0):

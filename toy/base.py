@@ -39,7 +39,7 @@ from tpo.synthetic.world import Event
 
 FAMILY = "llava_onevision"
 DESCRIBE = "Describe the video."
-_VERSION = "3"
+_VERSION = "4"
 
 
 @dataclass(frozen=True)

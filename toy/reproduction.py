@@ -31,7 +31,7 @@ import data_gen
 
 from toy.base import ToyBaseConfig, toy_base_path
 from toy.niah import write_toy_niah
-from toy.world import NUM_FRAMES, WINDOW_FRAMES, write_toy_split
+from toy.world import NUM_FRAMES, WINDOW_FRAMES, reply, write_toy_split
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "lightning_configs" / "toy_tpo.yaml"
@@ -97,8 +97,8 @@ class PipelineRun:
                     shutil.copy(root / "data-filtered" / "cache.sqlite", out / "cache.sqlite")
                 cfg = load_config(str(DATA_GEN_CONFIG), [
                     f"videos={videos / 'videos'}", f"output_dir={out}", f"seed={seed}",
-                    f"answer.model={self.base_model(seed)}", f"api.base_url={base_url}", f"postfilter.enabled={str(enabled).lower()}",
-                    f"answer.temperature={self.answer_temperature}"])
+                    f"answer.model={self.base_model(seed)}", f"api.base_url={base_url}",
+                    f"postfilter.enabled={str(enabled).lower()}", f"answer.temperature={self.answer_temperature}"])
                 Pipeline(cfg, progress=not self.quiet).run()
             paths[name] = out / "preferences.jsonl"
         return paths
@@ -137,6 +137,7 @@ class PipelineRun:
         import torch
 
         from tpo.evaluate.benchmarks import load_benchmark
+        from tpo.evaluate.likelihood import LikelihoodScorer
         from tpo.evaluate.mcq import evaluate
         from tpo.evaluate.model import load_for_eval, make_answerer
 
@@ -147,7 +148,10 @@ class PipelineRun:
             items = load_benchmark(kind, path).items
             dtype = torch.float32 if self.model_path is None else torch.bfloat16  # the toy model trains in fp32
             adapter, policy, processor = load_for_eval(str(model), dtype=dtype, device="auto")
-            answerer = make_answerer(scoring, adapter, policy, processor, max_new_tokens=12)
+            if scoring == "likelihood" and self.model_path is None:  # the toy model answers with the option's text
+                answerer = LikelihoodScorer(adapter, policy, processor, continuation=reply)  # scored as it answers
+            else:
+                answerer = make_answerer(scoring, adapter, policy, processor, max_new_tokens=12)
             summary = evaluate(items, answerer, num_frames=self._frames(split, num_frames), batch_size=32,
                                predictions_path=root / "predictions.jsonl", progress=not self.quiet)
             (root / "summary.json").write_text(json.dumps(summary, indent=2))

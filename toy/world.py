@@ -22,7 +22,6 @@ import json
 import random
 from pathlib import Path
 
-from tpo.evaluate.likelihood import option_continuation
 from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event, render_frames, write_video
 
 MOMENT = "moment"
@@ -46,10 +45,15 @@ def describe(events: list[Event]) -> str:
     return text[0].upper() + text[1:] + "."
 
 
+def reply(index: int, option: str) -> str:
+    """How the toy base model is taught to answer: the option's text as a sentence ("The blue
+    circle."), and so what likelihood scoring scores for option ``index``. Not the letter: a model
+    this small learns which object is meant long before it learns which letter lists it."""
+    return option[0].upper() + option[1:] + "."
+
+
 def answer_text(question: dict) -> str:
-    """How the toy base model is taught to reply: the right option's letter and text ("B. the blue
-    circle"), which is also what likelihood scoring scores for each option."""
-    return option_continuation(question["answer"], question["options"][question["answer"]])
+    return reply(question["answer"], question["options"][question["answer"]])
 
 
 def _mcq(question: str, answer: str, distractors: list[str], category: str, rng: random.Random) -> dict:

@@ -18,6 +18,8 @@ Prediction rows keep their format: ``reply`` is ``None`` and ``option_logps`` ho
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from tpo.data.frames import Clip
@@ -33,13 +35,19 @@ def option_continuation(index: int, text: str) -> str:
 
 
 class LikelihoodScorer:
-    """``scorer.score_options(clips, prompts, options)`` -> per question, the summed log-prob of each option."""
+    """``scorer.score_options(clips, prompts, options)`` -> per question, the summed log-prob of each option.
 
-    def __init__(self, adapter: ModelAdapter, model, processor):
+    ``continuation(index, text)`` is what is scored for an option: :func:`option_continuation` (the
+    letter and text) by default; a model taught to answer another way is scored on its own form.
+    """
+
+    def __init__(self, adapter: ModelAdapter, model, processor,
+                 continuation: Callable[[int, str], str] = option_continuation):
         self.adapter, self.model, self.processor = adapter, model, processor
+        self.continuation = continuation
 
     def option_ids(self, options: list[str]) -> list[list[int]]:
-        return [self.adapter.response_ids(self.processor, option_continuation(k, text), end=False)
+        return [self.adapter.response_ids(self.processor, self.continuation(k, text), end=False)
                 for k, text in enumerate(options)]
 
     @torch.inference_mode()
