@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from toy.llm import toy_server
-from toy.reproduction import PipelineRun, in_format_share, toy_setting
+from toy.reproduction import PipelineRun, in_form_share, toy_setting
 from toy.stats import mean_std, paired_bootstrap
 from toy.world import MOMENT
 from tpo.evaluate.niah import niah_grid, plot_heatmap
@@ -56,7 +56,7 @@ def run_seed(run: PipelineRun, seed: int, base_url: str, tag: str) -> dict:
         models[arm] = run.fit(f"seed-{seed}/{arm}{tag}", path, seed, beta=beta, alpha=alpha)
     results = {"models": {arm: str(m) for arm, m in models.items()},
                "pairs": {arm: _count_lines(p) for arm, p in pairs.items()},
-               "in_format_rejected": in_format_share(data["filtered"])}
+               "in_form_rejected": in_form_share(data["filtered"])}
     for arm in models:
         results[arm] = {s: readout(run.evaluate(models[arm], _name(seed, arm, tag), s)) for s in SCORINGS}
     window = {s: run.evaluate(models["base"], _name(seed, "base", tag), s, split="window") for s in SCORINGS}
@@ -153,8 +153,8 @@ def report(per_seed: dict, differences: dict, curve: dict, grids: dict) -> str:
              "questions):\n")
     text += "\n".join(f"- {SCORINGS[s]}: {_short(a)} − {_short(b)} = {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, "
                       f"{100 * d[2]:+.1f}]" for (a, b, s), d in differences.items())
-    share = [r["in_format_rejected"] for r in per_seed.values()]
-    text += f"\n\nKept pairs whose rejected answer is one of the options: {_cell(share)} %"
+    share = ", ".join(f"seed {seed} {100 * r['in_form_rejected']:.0f} %" for seed, r in per_seed.items())
+    text += f"\n\nKept pairs whose rejected answer is in the answer form (an object or a motion): {share}"
     text += ("\n\nMoment questions (likelihood) vs input frames (64 repeats some frames of the 6- and 7-object "
              "clips):\n")
     text += "\n".join(f"- {_short(arm)}: " + ", ".join(f"{n} frames {_cell(v)}" for n, v in zip(curve["frames"],

@@ -105,3 +105,13 @@ def test_paired_bootstrap_covers_the_mean_and_widens_with_noise():
     # a seed that disagrees with the others widens the interval: seeds are resampled too
     _, low2, high2 = paired_bootstrap(np.vstack([small, np.full((1, 300), -0.5)]))
     assert high2 - low2 > high - low
+
+
+def test_reply_form_tells_answers_from_descriptions():
+    from toy.world import answer_text, describe, is_reply
+
+    rng = random.Random(4)
+    events = random_events(rng, 7)
+    for q in [q for q, _ in moment_questions(events, rng)] + clip_questions(events, rng):
+        assert is_reply(answer_text(q))
+    assert not is_reply(describe(events[:2])) and not is_reply("The blue square moves left, then the.")

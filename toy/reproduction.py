@@ -31,7 +31,7 @@ import data_gen
 
 from toy.base import ToyBaseConfig, toy_base_path
 from toy.niah import write_toy_niah
-from toy.world import NUM_FRAMES, WINDOW_FRAMES, reply, write_toy_split
+from toy.world import NUM_FRAMES, WINDOW_FRAMES, is_reply, reply, write_toy_split
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "lightning_configs" / "toy_tpo.yaml"
@@ -171,14 +171,11 @@ class PipelineRun:
         return self.out / f"test-{self.test_videos}" / "eval" / name / f"{split}-{scoring}-{frames}f"
 
 
-def in_format_share(preferences: Path) -> float:
-    """The share of pairs whose rejected answer picks one of the question's options (answers about
-    the wrong moment, not replies such as "4." to a question about order)."""
-    from tpo.evaluate.answers import extract_choice, parse_mcq
-
+def in_form_share(preferences: Path) -> float:
+    """The share of pairs whose rejected answer is in the toy's answer form (an object, a motion or a
+    count): an answer about the wrong moment, not a description of the frames it was shown."""
     records = [json.loads(line) for line in preferences.read_text().splitlines() if line.strip()]
-    in_format = sum(extract_choice(r["rejected"], parse_mcq(r["question"])[1]) is not None for r in records)
-    return in_format / len(records) if records else 0.0
+    return sum(is_reply(r["rejected"]) for r in records) / len(records) if records else 0.0
 
 
 def toy_setting(quick: bool, out: Path) -> PipelineRun:

@@ -52,6 +52,13 @@ def reply(index: int, option: str) -> str:
     return option[0].upper() + option[1:] + "."
 
 
+def is_reply(text: str) -> bool:
+    """Whether ``text`` is in the toy's answer form (an object, a motion or a count, as :func:`reply`
+    writes it) rather than, say, a description of the clip."""
+    things = [f"the {c} {s}" for c in PALETTE for s in SHAPES] + list(MOTIONS) + [str(n) for n in range(1, 11)]
+    return text in {reply(0, t) for t in things}
+
+
 def answer_text(question: dict) -> str:
     return reply(question["answer"], question["options"][question["answer"]])
 
