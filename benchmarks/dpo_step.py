@@ -32,6 +32,8 @@ import time
 
 import torch
 
+from tpo.clean_exit import run_and_exit
+
 SHAPES = {
     # LLaVA-OneVision layout; 224 px / 8 px patches = 28x28, pooled 2x2 -> 196 tokens per frame.
     "cpu": dict(vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
@@ -207,4 +209,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

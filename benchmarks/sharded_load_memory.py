@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from tpo.clean_exit import run_and_exit
+
 CASES = {"replicated": 2, "sharded": 2, "sharded_policy_only": 1}  # case -> models loaded
 WORKER_TAG = "RESULT "
 MB = 2**20  # "MB" in the table; the 7B estimate is in GB = 1e9 bytes
@@ -241,4 +243,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

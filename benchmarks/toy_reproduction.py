@@ -30,6 +30,7 @@ from toy.llm import toy_server
 from toy.reproduction import PipelineRun, in_form_share, toy_setting
 from toy.stats import mean_std, paired_bootstrap
 from toy.world import MOMENT
+from tpo.clean_exit import run_and_exit
 from tpo.evaluate.niah import niah_grid, plot_heatmap
 
 ARMS = {"base": "base model", "sft_self": "+ SFT_self", "dpo": "+ DPO + SFT, no post-filter", "tpo": "+ TPO",
@@ -215,4 +216,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit(main)

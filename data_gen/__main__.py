@@ -8,6 +8,7 @@ import sys
 
 from data_gen.client import FatalApiError
 from data_gen.config import ConfigError, load_config
+from tpo.clean_exit import run_and_exit
 
 
 def _run(args) -> None:
@@ -84,4 +85,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit(main)

@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from tpo.clean_exit import run_and_exit
 from tpo.synthetic.world import find_object, place
 
 FAULTS = ("429", "500", "timeout", "garbage", "badbody")
@@ -288,4 +289,4 @@ def main(scripts: dict | None = None, description: str = __doc__) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_and_exit(main)

@@ -262,3 +262,15 @@ def test_validate_from_a_sharded_checkpoint(fsdp_run, tmp_path):
                 "--ckpt_path", checkpoint, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("val/rewards/accuracy") == 1  # one table, from rank 0
+
+
+@pytest.mark.parametrize("scoring", ["generate", "likelihood"])
+def test_evaluation_at_start_is_the_first_sharded_forward_and_training_follows(pref_file, mcq_file, tmp_path, scoring):
+    """No validation set and a live reference: MCQEval's answers are the sharded models' first forward.
+    Under inference_mode FSDP2 would keep inference tensors that training cannot update; generation
+    would reach the vision blocks before the root module."""
+    done = _tpo("fit", "--config", _config(tmp_path, pref_file), "--data.val_fraction", 0, "--trainer.max_steps", 2,
+                "--trainer.callbacks+=tpo.evaluate.MCQEval", "--trainer.callbacks.data", mcq_file,
+                "--trainer.callbacks.scoring", scoring, "--trainer.callbacks.max_new_tokens", 2, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert list(read(tmp_path / "steps.jsonl")) == [1, 2]

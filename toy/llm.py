@@ -25,6 +25,7 @@ import re
 import numpy as np
 
 from data_gen.scripted_server import ScriptedServer, main, one_image, prompt_text
+from tpo.clean_exit import run_and_exit
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
 from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, find_object, place
 
@@ -167,4 +168,4 @@ def toy_server(**kwargs) -> ScriptedServer:
 
 
 if __name__ == "__main__":  # python -m toy.llm --port 8000: the toy LLM for data_gen/configs/toy.yaml
-    main(SCRIPTS, __doc__)
+    run_and_exit(lambda: main(SCRIPTS, __doc__))

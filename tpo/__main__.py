@@ -1,4 +1,4 @@
-from tpo.cli import main
+from tpo.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -6,10 +6,12 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from tpo.clean_exit import run_and_exit
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.errors import ConfigError, TPOError
 from tpo.export import HFExport
@@ -76,9 +78,8 @@ def precompute_reference(args: list[str]) -> None:
 
 
 def close_process_group(wait_for_peers: bool = True) -> None:
-    """Destroy the process group, after all ranks got here (``wait_for_peers``). Lightning keeps it open
-    after fit; left to interpreter shutdown, gloo's threads can abort a finished run ("terminate called
-    without an active exception", exit status -6)."""
+    """Destroy the process group, after all ranks got here (``wait_for_peers``): Lightning keeps it open
+    after fit, and a rank that leaves early would break its peers' last collective."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -88,7 +89,7 @@ def close_process_group(wait_for_peers: bool = True) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``python -m tpo``. Our own errors (bad records, a stale reference file, a wrong
+    """``tpo fit|validate|precompute-ref`` in this process. Our own errors (bad records, a stale reference file, a wrong
     setting) print as one message from rank 0 and exit with status 2."""
     argv = sys.argv[1:] if args is None else list(args)
     # torchdata's StatefulDataLoader calls a deprecated torch function at every iterator (torchdata 0.11)
@@ -104,3 +105,8 @@ def main(args: list[str] | None = None) -> None:
             print(f"error: {err}", file=sys.stderr)
         close_process_group(wait_for_peers=False)  # the other ranks stopped on the same error, or were stopped
         raise SystemExit(2) from None
+
+
+def run() -> NoReturn:
+    """``tpo`` and ``python -m tpo``: :func:`main`, then an exit with its status (``tpo/clean_exit.py``)."""
+    run_and_exit(main)

@@ -131,6 +131,11 @@ def root_unsharded(model: nn.Module):
     if not isinstance(model, FSDPModule):
         yield model
         return
+    # FSDP2 picks its root at the first forward. Generation calls the vision encoder first, whose
+    # blocks would each take themselves for the root, and the model's own forward would then fail
+    # ("requires running forward through the root module first"). There is no public call for this
+    # in torch 2.14; the state's lazy init is what the root's first forward runs.
+    model._get_fsdp_state()._lazy_init()
     model.unshard()
     try:
         yield model

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from tpo.clean_exit import run_and_exit
 from tpo.data.frames import VideoReadError
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -150,4 +151,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_and_exit(main)

@@ -50,7 +50,7 @@ class LikelihoodScorer:
         return [self.adapter.response_ids(self.processor, self.continuation(k, text), end=False)
                 for k, text in enumerate(options)]
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: a sharded model that first runs under it cannot train after (FSDP2)
     def score_options(self, clips: list[Clip], prompts: list[str], options: list[list[str]]) -> list[list[float]]:
         """Clips must have equally many frames (their vision tensors are concatenated)."""
         encodings = [self.adapter.encode_prompt(self.processor, clip, prompt) for clip, prompt in zip(clips, prompts)]

@@ -49,7 +49,7 @@ class Generation:
     truncated: bool  # stopped by ``max_new_tokens``, not by an end token: an unfinished answer
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: a sharded model that first runs under it cannot train after (FSDP2)
 def generate_texts(model, tokenizer, inputs: dict[str, torch.Tensor], max_new_tokens: int,
                    temperature: float = 0.0, seed: int | None = None) -> list[Generation]:
     """Greedy (``temperature == 0``) or sampled continuations of a left-padded batch, decoded."""

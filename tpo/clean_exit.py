@@ -1,0 +1,65 @@
+"""Every process we start ends with its own exit status, whatever library threads do at shutdown.
+
+At interpreter finalisation, gloo's worker threads can still hold work objects whose tensors carry
+Python references (pytorch/pytorch#179291); tearing them down aborts a process that had finished
+("terminate called without an active exception", status -6), even after ``destroy_process_group()``.
+A training job would then be marked failed by its scheduler after hours of good work.
+
+So our entry points (``python -m tpo``, ``tpo``, ``python -m tpo.evaluate``, ``python -m data_gen``,
+the benchmark scripts and their workers) end through :func:`run_and_exit`: the program's status is
+decided, ``atexit`` handlers run, standard streams and logging handlers are flushed, and the process
+leaves with ``os._exit`` before the interpreter tears anything down. Files the program wrote are
+closed by then: we write through ``with`` blocks, and Lightning's loggers close at the end of fit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import traceback
+from typing import Callable, NoReturn
+
+INTERRUPTED = 130  # the shell's status for Ctrl-C (128 + SIGINT)
+
+
+def exit_status(err: SystemExit) -> int:
+    """The status ``sys.exit(code)`` would give: None is 0, an int is itself, anything else is printed and 1."""
+    if err.code is None:
+        return 0
+    if isinstance(err.code, int):
+        return err.code
+    print(err.code, file=sys.stderr)
+    return 1
+
+
+def flush_and_exit(status: int) -> NoReturn:
+    """Leave now with ``status``: atexit handlers, logging and standard streams first, no finalisation."""
+    try:
+        atexit._run_exitfuncs()
+    except BaseException:  # an atexit handler's failure must not change the program's status
+        traceback.print_exc()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):  # closed or gone (a pipe whose reader left)
+            pass
+    os._exit(status)
+
+
+def run_and_exit(main: Callable[[], int | None]) -> NoReturn:
+    """Run ``main()`` and leave with its status: its return value (None is 0), its ``SystemExit``, 1 for
+    an uncaught exception (traceback printed), 130 for Ctrl-C."""
+    try:
+        status = main() or 0
+    except SystemExit as err:
+        status = exit_status(err)
+    except KeyboardInterrupt:
+        status = INTERRUPTED
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    flush_and_exit(status)
