@@ -58,3 +58,20 @@ def reference_run(tmp_path_factory, raw_videos):
     with ScriptedServer() as server:
         _, manifest = run(raw_videos, out, server)
     return out, manifest
+
+
+# Tests that fit in this process start gloo process groups, whose threads can abort the interpreter's
+# finalisation after every test passed: pytest leaves with its own status first (tpo/clean_exit.py).
+_STATUS = {}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _STATUS["exit"] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    if "exit" in _STATUS and not hasattr(config, "workerinput"):
+        from tpo.clean_exit import flush_and_exit
+
+        flush_and_exit(_STATUS["exit"])

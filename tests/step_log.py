@@ -49,3 +49,31 @@ def read(path) -> dict[int, dict]:
         step = steps.setdefault(row["step"], {"ids": [], **{k: row[k] for k in row if k not in ("ids", "rank")}})
         step["ids"] += row["ids"]
     return steps
+
+
+class PoisonGradient(L.Callback):
+    """Makes one gradient NaN on one rank before the optimizer steps ``steps`` (1-based), and writes, per
+    rank and step, whether the step changed this rank's weights and whether they are all finite."""
+
+    def __init__(self, path: str, steps: list[int], rank: int = 1):
+        self.path, self.steps, self.rank = path, set(steps), rank
+        self.before = None
+
+    @staticmethod
+    def _local(tensor):
+        return tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a DTensor shard, or the tensor
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before = [self._local(p).detach().clone() for p in pl_module.policy.parameters()]
+        if trainer.global_step + 1 in self.steps and trainer.global_rank == self.rank:
+            grad = next(self._local(p.grad) for p in pl_module.policy.parameters()
+                        if p.grad is not None and self._local(p.grad).numel())
+            grad.view(-1)[0] = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        after = [self._local(p).detach() for p in pl_module.policy.parameters()]
+        row = {"rank": trainer.global_rank, "step": trainer.global_step,
+               "changed": any(not torch.equal(a, b) for a, b in zip(after, self.before)),
+               "finite": all(bool(torch.isfinite(a).all()) for a in after)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")

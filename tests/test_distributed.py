@@ -274,3 +274,32 @@ def test_evaluation_at_start_is_the_first_sharded_forward_and_training_follows(p
                 "--trainer.callbacks.scoring", scoring, "--trainer.callbacks.max_new_tokens", 2, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     assert list(read(tmp_path / "steps.jsonl")) == [1, 2]
+
+
+def test_a_nan_gradient_on_one_rank_skips_that_step_on_every_rank(pref_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = tmp_path / "poison.jsonl"
+    done = _tpo("fit", "--config", _config(tmp_path, pref_file), "--trainer.max_steps", 5,
+                "--trainer.callbacks+=step_log.PoisonGradient", "--trainer.callbacks.path", log,
+                "--trainer.callbacks.steps", "[3]", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "skipped optimizer steps (non-finite gradient norm): 1" in done.stdout
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((r["step"], r["rank"]) for r in rows) == [(s, r) for s in range(1, 6) for r in (0, 1)]
+    assert all(r["finite"] for r in rows)
+    trained = [r for r in rows if r["step"] > 1]  # step 1 runs at the warm-up's learning rate of 0
+    assert all(r["changed"] == (r["step"] != 3) for r in trained), rows  # both ranks skipped step 3, only it
+    events = EventAccumulator(str(_run_dir(tmp_path)))
+    events.Reload()
+    assert [e.value for e in events.Scalars("train/skipped_steps")] == [0, 0, 1, 1, 1]
+
+
+def test_non_finite_gradients_in_a_row_stop_with_one_message(pref_file, tmp_path):
+    done = _tpo("fit", "--config", _config(tmp_path, pref_file), "--trainer.max_steps", 8,
+                "--model.max_consecutive_skips", 3, "--trainer.callbacks+=step_log.PoisonGradient",
+                "--trainer.callbacks.path", tmp_path / "poison.jsonl", "--trainer.callbacks.steps", "[2, 3, 4, 5]",
+                cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-4000:]
+    assert done.stderr.count("error: the global gradient norm was not finite at 3 optimizer steps in a row") == 1
+    assert "up to step 3" in done.stderr and "Traceback" not in done.stderr

@@ -50,6 +50,7 @@ class TPOCLI(LightningCLI):
                if k in ("val/loss", "val/rewards/accuracy", "val/rewards/margin")}
         print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s on {trainer.world_size} process(es)\n"
               f"  last epoch (train mean): {train}\n  validation: {val}\n"
+              f"  skipped optimizer steps (non-finite gradient norm): {self.model.skipped_steps}\n"
               f"  logs:       {log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
               f"  export:     {export or '(none)'}")
 

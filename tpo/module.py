@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
 from tpo import reference, sharding
-from tpo.errors import ConfigError
+from tpo.errors import ConfigError, TPOError
 from tpo.lora import LoraSettings, add_lora
 from tpo.loss import LossType, tpo_loss
 from tpo.models import get_adapter
@@ -49,6 +49,9 @@ class TPOModule(L.LightningModule):
             ignored); the reference is the same model with its adapters disabled, so there is no copy.
         time_instruction: LLaVA-Video's sentence on the frames' times before every question (the
             prompt LLaVA-Video was trained with); passed on to ``data.time_instruction``.
+        max_consecutive_skips: an optimizer step whose global gradient norm is not finite (NaN or
+            inf) is skipped on every rank, and counted (``train/skipped_steps``); this many skips in a
+            row stop training with an error.
     """
 
     def __init__(
@@ -56,7 +59,7 @@ class TPOModule(L.LightningModule):
         loss_type: LossType = "sigmoid", lr: float = 1e-6, weight_decay: float = 0.0,
         warmup_ratio: float = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
         dtype: str = "float32", reference_logps: str | None = None, lora: LoraSettings | None = None,
-        time_instruction: bool = False,
+        time_instruction: bool = False, max_consecutive_skips: int = 5,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -70,6 +73,8 @@ class TPOModule(L.LightningModule):
         self.last_epoch_means: dict[str, float] = {}  # training metrics averaged over the last epoch
         self._epoch_sums: dict[str, torch.Tensor] = {}
         self._epoch_steps = 0
+        self.skipped_steps = 0  # optimizer steps skipped for a non-finite gradient norm, in the whole run
+        self._skips_in_a_row = 0
 
     @property
     def reference(self) -> nn.Module | None:
@@ -229,7 +234,10 @@ class TPOModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        """Logs ``train/grad_norm`` (global, before clipping) and clips by it; sharded gradients included."""
+        """Logs ``train/grad_norm`` (global, before clipping) and clips by it; sharded gradients included.
+
+        A non-finite norm skips the step: one NaN would otherwise make the clip coefficient NaN and
+        AdamW write NaN into every shard. The norm is global, so every rank skips the same steps."""
         params = [p for p in self.policy.parameters() if p.grad is not None]
         if not params:
             return
@@ -237,12 +245,40 @@ class TPOModule(L.LightningModule):
         if hasattr(norm, "full_tensor"):  # a DTensor: each rank holds the norm of its shards only
             norm = norm.full_tensor()
         self.log("train/grad_norm", norm, batch_size=1)
+        finite = bool(torch.isfinite(norm))
+        self._count_skip(skipped=not finite)
+        if not finite:
+            for p in params:
+                p.grad = None  # AdamW leaves a parameter without a gradient untouched, moments and all
+            return
         if gradient_clip_val is None:
             return
         if gradient_clip_algorithm == "value":
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+
+
+    def _count_skip(self, skipped: bool) -> None:
+        self._skips_in_a_row = self._skips_in_a_row + 1 if skipped else 0
+        self.skipped_steps += skipped
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+        if self._skips_in_a_row >= self.hparams.max_consecutive_skips:
+            raise NonFiniteGradientError(
+                f"the global gradient norm was not finite at {self._skips_in_a_row} optimizer steps in a row "
+                f"(up to step {self.trainer.global_step}; {self.skipped_steps} skipped in all): the run is "
+                "diverging or its inputs are broken. Lower model.lr, check the last records trained, or raise "
+                "model.max_consecutive_skips")
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
+
+
+class NonFiniteGradientError(TPOError):
+    """Training stopped after ``max_consecutive_skips`` optimizer steps with a NaN or inf gradient norm."""
 
 
 def optimizer_steps(trainer: L.Trainer, batches_per_epoch: int) -> int:
