@@ -77,3 +77,16 @@ class PoisonGradient(L.Callback):
                "finite": all(bool(torch.isfinite(a).all()) for a in after)}
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+class Stall(L.Callback):
+    """Rank ``rank`` sleeps ``seconds`` before its first optimizer step, while the others wait in a collective."""
+
+    def __init__(self, seconds: float, rank: int = 0):
+        self.seconds, self.rank = seconds, rank
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        import time
+
+        if trainer.global_step == 0 and trainer.global_rank == self.rank:
+            time.sleep(self.seconds)

@@ -46,7 +46,7 @@ def _config(root: Path, pref_file, base: str = "demo_fsdp.yaml", **trainer) -> P
     config["trainer"].update(default_root_dir=str(root), max_epochs=EPOCHS, enable_progress_bar=False, **trainer)
     config["trainer"]["callbacks"] = [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-         "init_args": {"every_n_train_steps": CHECKPOINT_EVERY, "save_top_k": -1, "save_last": True}},
+         "init_args": {"every_n_train_steps": CHECKPOINT_EVERY, "save_top_k": -1, "save_last": "link"}},
         {"class_path": "step_log.StepLog", "init_args": {"path": str(root / "steps.jsonl")}},
     ]
     config["data"].update(path=str(pref_file), val_fraction=0.25, batch_size=4 // config["trainer"]["devices"])
@@ -303,3 +303,13 @@ def test_non_finite_gradients_in_a_row_stop_with_one_message(pref_file, tmp_path
     assert done.returncode == 2, done.stderr[-4000:]
     assert done.stderr.count("error: the global gradient norm was not finite at 3 optimizer steps in a row") == 1
     assert "up to step 3" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_strategy_timeout_bounds_a_wait_in_a_collective(pref_file, tmp_path):
+    start = time.monotonic()
+    done = _tpo("fit", "--config", _config(tmp_path, pref_file), "--trainer.max_steps", 2,
+                "--trainer.strategy.init_args.timeout_s", 30, "--trainer.callbacks+=step_log.Stall",
+                "--trainer.callbacks.seconds", 400, cwd=tmp_path, timeout=600)
+    assert done.returncode != 0
+    assert time.monotonic() - start < 300, "the run waited for the stalled rank"
+    assert "Timed out waiting 30000ms" in done.stderr  # gloo's words: the setting reached the process group

@@ -12,7 +12,9 @@ from tpo.data.collate import PairCollator
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.export import HFExport
 from tpo.loss import response_logps
+from tpo.models import get_adapter
 from tpo.module import TPOModule
+from tpo.shared_prefix import shared_prefix_logps
 
 FAMILY = "llava_onevision"
 MODEL = f"builtin:tiny-{FAMILY}"
@@ -101,3 +103,35 @@ def test_hf_export_loads_back_with_the_same_logps(run):
         reference, _ = response_logps(module.reference(**batch["inputs"]).logits, batch["labels"])
     assert torch.allclose(exported, trained, atol=1e-5)
     assert not torch.allclose(exported, reference, atol=1e-3)
+
+
+def test_hf_export_is_written_in_the_checkpoints_dtype(tmp_path, pref_file):
+    """A bf16 checkpoint trained with fp32 master weights is exported in bf16, and scores as trained."""
+    import json
+
+    from safetensors import safe_open
+
+    source = tmp_path / "bf16_model"
+    model, processor = get_adapter(FAMILY).load(MODEL)
+    model.to(torch.bfloat16).save_pretrained(source)
+    processor.save_pretrained(source)
+    L.seed_everything(0)
+    module = TPOModule(str(source), FAMILY, beta=0.3, lr=3e-3)
+    dm = PreferenceDataModule(str(pref_file), model_path=str(source), family=FAMILY, batch_size=4, val_fraction=0.25)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=2, accelerator="cpu", enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, logger=False, callbacks=[HFExport()])
+    trainer.fit(module, dm)
+    export = Path(trainer.default_root_dir) / "export"
+    assert json.loads((export / "config.json").read_text())["dtype"] == "bfloat16"
+    with safe_open(str(next(export.glob("*.safetensors"))), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert next(module.policy.parameters()).dtype == torch.float32  # trained on fp32 master weights
+
+    exported, _ = get_adapter(FAMILY).load(str(export))
+    batch = dm.collator([dm.val_set[i] for i in range(4)])
+    with torch.no_grad():
+        got = shared_prefix_logps(module.adapter, exported.eval(), batch)[0]
+        trained = shared_prefix_logps(module.adapter, module.policy.eval(), batch)[0]
+        base = shared_prefix_logps(module.adapter, get_adapter(FAMILY).load(str(source))[0].eval(), batch)[0]
+    assert torch.allclose(got, trained, rtol=2**-8, atol=0)  # within bf16's rounding of each weight
+    assert not torch.allclose(got, base, rtol=0.1)  # and it did train

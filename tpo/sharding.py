@@ -19,6 +19,7 @@ reduced in fp32 and the optimizer updates fp32 master weights.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Callable
 
 import torch
@@ -41,11 +42,17 @@ class FSDP2Strategy(ModelParallelStrategy):
             (a checkpoint is a directory; ``python -m lightning.fabric.utilities.consolidate_checkpoint``
             or the run's Hugging Face export turn it into one file). ``False`` gathers everything on
             rank 0 into one file.
+        timeout_s: how long a rank waits in a collective before the run fails. Rank 0 alone reads the
+            checkpoint (and downloads it from the hub if it is not local: 16 GB for a 7B model) and
+            alone writes the export, while the others wait; pre-download the model, or raise this.
+        process_group_backend: ``nccl`` on GPUs and ``gloo`` on CPUs by default.
     """
 
-    def __init__(self, activation_checkpointing: bool = True, save_distributed_checkpoint: bool = True, **kwargs):
+    def __init__(self, activation_checkpointing: bool = True, save_distributed_checkpoint: bool = True,
+                 timeout_s: float = 1800.0, process_group_backend: str | None = None):
         super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+                         save_distributed_checkpoint=save_distributed_checkpoint,
+                         process_group_backend=process_group_backend, timeout=timedelta(seconds=timeout_s))
         self.activation_checkpointing = activation_checkpointing
 
     def setup_environment(self) -> None:
