@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
 from tpo import reference, sharding
+from tpo.attention import Attention, check_attention, use_attention
 from tpo.errors import ConfigError, TPOError
 from tpo.lora import LoraSettings, add_lora
 from tpo.loss import LossType, tpo_loss
@@ -49,6 +50,10 @@ class TPOModule(L.LightningModule):
             ignored); the reference is the same model with its adapters disabled, so there is no copy.
         time_instruction: LLaVA-Video's sentence on the frames' times before every question (the
             prompt LLaVA-Video was trained with); passed on to ``data.time_instruction``.
+        attention: the kernel for the language model's attention under the shared-prefix mask:
+            ``sdpa_no_cudnn`` (default: SDPA without cuDNN, whose masked backward gives NaN on Hopper
+            before cuDNN 9.26), ``sdpa`` (SDPA's own choice) or ``flex_attention`` (a block mask, no
+            ``L x L`` tensor; compiled at first use). See ``tpo/attention.py``.
         max_consecutive_skips: an optimizer step whose global gradient norm is not finite (NaN or
             inf) is skipped on every rank, and counted (``train/skipped_steps``); this many skips in a
             row stop training with an error.
@@ -59,10 +64,11 @@ class TPOModule(L.LightningModule):
         loss_type: LossType = "sigmoid", lr: float = 1e-6, weight_decay: float = 0.0,
         warmup_ratio: float = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
         dtype: str = "float32", reference_logps: str | None = None, lora: LoraSettings | None = None,
-        time_instruction: bool = False, max_consecutive_skips: int = 5,
+        time_instruction: bool = False, attention: Attention = "sdpa_no_cudnn", max_consecutive_skips: int = 5,
     ):
         super().__init__()
         self.save_hyperparameters()
+        check_attention(attention)
         self.adapter = get_adapter(family, time_instruction)
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
@@ -89,11 +95,16 @@ class TPOModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
+        if self.hparams.attention == "flex_attention" and self._trainer is not None \
+                and self.trainer.strategy.root_device.type == "cpu":
+            raise ConfigError("model.attention flex_attention trains on GPUs only: FlexAttention has no backward on "
+                              "CPU (torch 2.14); use sdpa_no_cudnn")
         if self.device_mesh is not None:
             self._configure_sharded()
             return
         h = self.hparams
         self.policy, _ = self.adapter.load(h.model_path, DTYPES[h.dtype])
+        use_attention(self.policy, h.attention)
         if self.live_reference:
             self._frozen["reference"] = copy.deepcopy(self.policy).requires_grad_(False).eval()
         if h.lora is not None:
@@ -116,6 +127,8 @@ class TPOModule(L.LightningModule):
                                          lambda m: m.requires_grad_(False), checkpointing=False)
             self._frozen["reference"] = ref.eval()
             models.append(ref)
+        for model in models:
+            use_attention(model, h.attention)
         sharding.load_full_weights(self.adapter, h.model_path, dtype, models, self.global_rank)
         self.policy.train()
 

@@ -15,7 +15,8 @@ a preference pair is the case ``N = 2`` (:func:`pack_pairs`, :func:`shared_prefi
 
 Why a packed row and not a KV-cache continuation: a row is one pure forward, so activation
 checkpointing (which re-runs blocks in backward) and FSDP work unchanged, and a batch of pairs
-is one call. It needs an attention implementation that takes a custom mask (``sdpa``, ``eager``).
+is one call. It needs an attention implementation that takes a custom mask (``sdpa``, ``eager``, or
+FlexAttention with a block mask: ``tpo/attention.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import inspect
 
 import torch
 
+from tpo.attention import FLEX, text_attention
 from tpo.models import ModelAdapter, PromptEncoding
 
 _NEW_TOKEN_VALUES = {"attention_mask": 1}  # per-token keys of response tokens; others are 0
@@ -89,14 +91,33 @@ def pair_attention_mask(segments: torch.Tensor, length: int) -> torch.Tensor:
     return (mask | torch.eye(length, dtype=torch.bool, device=segments.device)).unsqueeze(1)
 
 
-def _as_attention_mask(mask: torch.Tensor, model, dtype: torch.dtype) -> torch.Tensor:
-    impl = getattr(model.config, "_attn_implementation", None) or "sdpa"
+def pair_block_mask(segments: torch.Tensor, length: int):
+    """:func:`pair_attention_mask` as a FlexAttention ``BlockMask`` (``(B, 1)`` heads broadcast): the
+    same rule evaluated per block, with no ``L x L`` tensor kept."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    segment = _segment_of(segments, length)
+    padding = segments.shape[1]
+
+    def may_attend(b, h, q, kv):
+        query, key = segment[b, q], segment[b, kv]
+        allowed = (q >= kv) & ((key == 0) | (key == query)) & (query != padding) & (key != padding)
+        return allowed | (q == kv)
+
+    return create_block_mask(may_attend, len(segments), None, length, length, device=segments.device)
+
+
+def _attention_mask(model, segments: torch.Tensor, length: int, dtype: torch.dtype):
+    impl = text_attention(model)
     if impl == "sdpa":
-        return mask
+        return pair_attention_mask(segments, length)
     if impl == "eager":
+        mask = pair_attention_mask(segments, length)
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    raise ValueError(f"shared-prefix scoring needs attn_implementation 'sdpa' or 'eager' (a custom mask); "
-                     f"the model uses {impl!r}")
+    if impl == FLEX:
+        return pair_block_mask(segments, length)
+    raise ValueError(f"shared-prefix scoring needs a language-model attention that takes a custom mask ('sdpa', "
+                     f"'eager' or tpo's flex_attention, see tpo/attention.py); the model uses {impl!r}")
 
 
 def pair_position_ids(adapter: ModelAdapter, model, inputs: dict, segments: torch.Tensor) -> torch.Tensor:
@@ -130,7 +151,7 @@ def answer_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[torch.Tenso
     n = segments.shape[1] - 1
     first = int(segments[:, 0].min()) - 1  # the earliest position that predicts a response token
     model_inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
-    mask = _as_attention_mask(pair_attention_mask(segments, length), model, model.dtype)
+    mask = _attention_mask(model, segments, length, model.dtype)
     out = model(**model_inputs, attention_mask=mask, position_ids=pair_position_ids(adapter, model, inputs, segments),
                 logits_to_keep=torch.arange(first, length, device=ids.device), use_cache=False)
     logits = out.logits  # (B, length - first, V)
