@@ -3,6 +3,8 @@
 - ``ours``: one shared-prefix forward per pair (``tpo/shared_prefix.py``) and reference log-probs
   computed once beforehand (``tpo precompute-ref``): no reference model in memory;
 - ``ours_live_ref``: the same with a live reference model (also shared-prefix), for the breakdown;
+- ``ours_flex``: ``ours`` with ``model.attention: flex_attention`` (a block mask; GPU only, it is
+  compiled in the warm-up steps);
 - ``naive``: the common (TRL-style) step: policy on prompt+chosen and prompt+rejected as two
   rows, full-vocabulary logits everywhere, then a live reference model on both rows again.
 
@@ -15,9 +17,11 @@ narrow random model of that token count; ``--shape onevision-0.5b`` has LLaVA-On
 shape (SigLIP-so400m + Qwen2-0.5B, random weights) for a GPU. Each variant runs in its own
 process so its peak memory (CUDA peak, or max RSS on CPU) is its own.
 
-    python benchmarks/dpo_step.py [--quick] [--shape cpu|onevision-0.5b] [--steps N]
+    python benchmarks/dpo_step.py [--quick] [--shape cpu|onevision-0.5b] [--steps N] [--variants naive ours ...]
 
-The last line is ``speedup_vs_naive=<x> memory_vs_naive=<y>`` (ours / naive).
+Every variant but ``ours_flex`` runs SDPA as training does by default (``sdpa_no_cudnn``).
+
+The last line is ``speedup_vs_naive=<x> memory_vs_naive=<y>``: the last variant against the first.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ SHAPES = {
                                      num_attention_heads=14, num_key_value_heads=2, vocab_size=151936)),
 }
 VIDEO_TOKEN = 5
+VARIANTS = ("naive", "ours_live_ref", "ours", "ours_flex")
 
 
 def build_model(shape: str, dtype: torch.dtype):
@@ -112,20 +117,25 @@ def run_variant(variant: str, args) -> dict:
     from tpo.models import get_adapter
     from tpo.shared_prefix import shared_prefix_logps
 
+    from tpo.attention import use_attention
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    attention = "flex_attention" if variant == "ours_flex" else "sdpa_no_cudnn"
     torch.manual_seed(0)
     policy = build_model(args.shape, dtype).to(device).train()
+    use_attention(policy, attention)
     adapter = get_adapter("llava_onevision")
     pairs = make_pairs(policy, args.frames, args.batch)
     n = len(pairs)
-    reference = None
-    if variant != "ours":
+    reference, precomputed = None, variant in ("ours", "ours_flex")
+    if not precomputed:
         torch.manual_seed(0)
         reference = build_model(args.shape, dtype).to(device).eval().requires_grad_(False)
+        use_attention(reference, attention)
     batch = to(naive_batch(pairs) if variant == "naive" else packed_batch(pairs), device)
-    if variant == "ours":  # what `tpo precompute-ref` stores, computed once outside the timed steps
-        with torch.inference_mode():
+    if precomputed:  # what `tpo precompute-ref` stores, computed once outside the timed steps
+        with torch.no_grad():
             ref_logps = shared_prefix_logps(adapter, policy, batch)[0]
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
 
@@ -136,7 +146,7 @@ def run_variant(variant: str, args) -> dict:
 
     def step():
         policy_logps, tokens = logps(policy, batch)
-        if variant == "ours":
+        if precomputed:
             ref = ref_logps
         else:
             with torch.no_grad():
@@ -165,7 +175,7 @@ def run_variant(variant: str, args) -> dict:
               "prompt_tokens": len(pairs[0]["prompt"].tokens["input_ids"])}
     if device.type == "cuda":
         lm_params = sum(p.numel() for p in policy.model.language_model.parameters())
-        flops = 6 * lm_params * tokens + (2 * lm_params * tokens if variant != "ours" else 0)
+        flops = 6 * lm_params * tokens + (2 * lm_params * tokens if not precomputed else 0)
         peak_flops = float(args.peak_tflops) * 1e12
         result["mfu"] = flops / median / peak_flops  # useful LM FLOPs (unique tokens) per second / peak
     return result
@@ -180,6 +190,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="8 frames, 1 warm-up and 2 timed steps")
     parser.add_argument("--peak-tflops", default="989", help="accelerator peak for MFU (H100 bf16 dense: 989)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=["naive", "ours_live_ref", "ours"],
+                        help="the first is the baseline of the ratios")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant, print JSON
     args = parser.parse_args()
     if args.quick:
@@ -188,11 +200,13 @@ def main() -> None:
         print(json.dumps(run_variant(args.variant, args)))
         return
     results = {}
-    for variant in ("naive", "ours_live_ref", "ours"):
+    for variant in args.variants:
         cmd = [sys.executable, __file__, "--variant", variant] + sys.argv[1:]
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"variant {variant} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-    base = results["naive"]
+    base = results[args.variants[0]]
     print(f"device {base['device']}, shape {args.shape}, {args.frames} frames, {args.batch} pair(s)/step, "
           f"prompt {base['prompt_tokens']} tokens, {base['tokens_per_pair']:.0f} unique tokens/pair, "
           f"median of {args.steps} steps after {args.warmup} warm-up")
@@ -203,9 +217,9 @@ def main() -> None:
               f"{r['peak_bytes'] / 2**20:>10.0f}{r['samples_per_s'] / base['samples_per_s']:>9.2f}"
               f"{r['peak_bytes'] / base['peak_bytes']:>7.2f}" + (f"{r['mfu']:>7.1%}" if "mfu" in r else ""))
     print("TRL DPOTrainer: not measured (trl is not a dependency; feeding it these video inputs was not attempted)")
-    ours = results["ours"]
-    print(f"speedup_vs_naive={ours['samples_per_s'] / base['samples_per_s']:.2f} "
-          f"memory_vs_naive={ours['peak_bytes'] / base['peak_bytes']:.2f}")
+    last = results[args.variants[-1]]
+    print(f"speedup_vs_{args.variants[0]}={last['samples_per_s'] / base['samples_per_s']:.2f} "
+          f"memory_vs_{args.variants[0]}={last['peak_bytes'] / base['peak_bytes']:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The benchmark scripts run (their timings are reported in notes, never asserted)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -15,3 +16,16 @@ def test_dpo_step_benchmark_quick():
     lines = done.stdout.strip().splitlines()
     assert re.fullmatch(r"speedup_vs_naive=\d+\.\d+ memory_vs_naive=\d+\.\d+", lines[-1])
     assert any(line.startswith("naive") for line in lines) and any(line.startswith("ours ") for line in lines)
+
+
+def test_gpu_check_dry_run_names_every_part():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_check.py"), "--dry-run"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = done.stdout.split("==== gpu_check summary ====")[1]
+    parts = dict(line.split(": ", 1) for line in summary.strip().splitlines()[1:])
+    assert list(parts) == ["nan_repro", "mfu", "sharded_demo", "dpo_step"]
+    repro = json.loads(parts["nan_repro"])
+    assert repro["length"] % 128 == 64 and repro["sdpa_no_cudnn"]["finite"] and repro["sdpa"]["finite"]
+    assert json.loads(parts["mfu"])["step_s"] > 0
+    assert "demo_fsdp.yaml" in parts["sharded_demo"] and "ours_flex" in parts["dpo_step"]
