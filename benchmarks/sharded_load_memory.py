@@ -174,8 +174,9 @@ def measure(model_dir: str | Path, case: str, world: int = 2, check: bool = Fals
     return sorted(results, key=lambda r: r["rank"])
 
 
-def llava_video_7b_params() -> int:
-    """LLaVA-Video-7B-Qwen2's parameters: Qwen2-7B + SigLIP-so400m (26 layers, no head) + projector."""
+def llava_video_7b_on_meta():
+    """LLaVA-Video-7B-Qwen2's architecture, parameters on the meta device: Qwen2-7B + SigLIP-so400m
+    (26 layers, no head) + projector."""
     from accelerate import init_empty_weights
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config,
                               SiglipVisionConfig)
@@ -187,7 +188,11 @@ def llava_video_7b_params() -> int:
         text_config=Qwen2Config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
                                 num_attention_heads=28, num_key_value_heads=4, vocab_size=152064))
     with init_empty_weights():
-        return sum(p.numel() for p in LlavaOnevisionForConditionalGeneration(config).parameters())
+        return LlavaOnevisionForConditionalGeneration(config)
+
+
+def llava_video_7b_params() -> int:
+    return sum(p.numel() for p in llava_video_7b_on_meta().parameters())
 
 
 def print_formula(params: float, world: int) -> None:
