@@ -91,11 +91,19 @@ def test_resume_without_the_cache_is_refused(tmp_path, pref_file):
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 @pytest.mark.parametrize("reference", ["live", "precomputed"])
-def test_first_step_rewards_are_exactly_zero(tmp_path, pref_file, precision, reference):
-    """The reference is the starting policy, under the training precision: nothing to reward yet."""
+def test_first_step_rewards_are_zero(tmp_path, pref_file, precision, reference):
+    """The reference is the starting policy, under the training precision: nothing to reward yet.
+
+    Exactly 0 in fp32. In bf16 the policy's forward (with gradients) and the reference's (without)
+    may run different SDPA code: on some CPUs PyTorch's flash kernel rounds a bf16 forward
+    differently with and without gradients (measured: 2e-4 in a summed log-prob), so the rewards
+    are 0 within bf16 rounding; a wrong reference would be off by whole log-probs times beta."""
     path = str(tmp_path / "ref.json") if reference == "precomputed" else None
     module, _, _ = _fit(tmp_path, pref_file, steps=1, precision=precision, reference_logps=path)
-    assert module.first_rewards == (0.0, 0.0)
+    if precision == "32-true":
+        assert module.first_rewards == (0.0, 0.0)
+    else:
+        assert max(abs(r) for r in module.first_rewards) < 1e-3, module.first_rewards
 
 
 def test_precompute_ref_command(tmp_path, pref_file):
