@@ -51,17 +51,21 @@ def launch(cmd: list[str], code: Path, cwd: Path, world: int = 2, timeout: float
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARIABLES}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE=str(world), NODE_RANK="0",
                PYTHONPATH=os.pathsep.join([str(code), env.get("PYTHONPATH", "")]))
+    logs = [tempfile.TemporaryFile("w+") for _ in range(world)]  # files, not pipes: a full pipe would block a rank
     procs = [subprocess.Popen(cmd, cwd=cwd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for r in range(world)]
+                              stdout=subprocess.DEVNULL, stderr=logs[r]) for r in range(world)]
     results = []
-    for p in procs:
+    for p, log in zip(procs, logs):
         try:
-            _, err = p.communicate(timeout=timeout)
+            p.wait(timeout=timeout)
+            note = ""
         except subprocess.TimeoutExpired:
             p.kill()
-            _, err = p.communicate()
-            err += "\n(timed out)"
-        results.append((p.returncode, err[-2000:]))
+            p.wait()
+            note = "\n(timed out)"
+        log.seek(0)
+        results.append((p.returncode, log.read()[-2000:] + note))
+        log.close()
     return results
 
 

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,10 +33,12 @@ from pathlib import Path
 
 import torch
 
-from tpo.clean_exit import run_and_exit
-
 REPO = Path(__file__).resolve().parents[1]
-LIMITS_S = {"nan_repro": 60, "sharded_demo": 120, "dpo_step": 210, "mfu": 60}  # 450 s in all
+sys.path.insert(0, str(REPO))
+
+from tpo.clean_exit import run_and_exit  # noqa: E402
+
+LIMITS_S = {"nan_repro": 120, "sharded_demo": 120, "dpo_step": 180, "mfu": 60}  # 480 s in all
 RESULT_TAG = "RESULT "
 
 
@@ -64,13 +67,14 @@ def nan_repro(tiny: bool) -> dict:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     heads, dim, length = (2, 16, 192) if tiny else (28, 128, 8256)  # both are 64 modulo 128
-    segments = torch.tensor([[length - 300, 180, 120]], device=device)  # prompt, chosen, rejected
+    answer = length // 16
+    segments = torch.tensor([[length - 2 * answer, answer, answer]], device=device)  # prompt, chosen, rejected
     mask = pair_attention_mask(segments, length)
     g = torch.Generator(device=device).manual_seed(0)
     q, k, v, out_grad = (torch.randn(1, heads, length, dim, device=device, generator=g) for _ in range(4))
 
     def grads(kind: str | None, dtype: torch.dtype):
-        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        leaves = [t.detach().clone().to(dtype).requires_grad_() for t in (q, k, v)]
         if kind == "flex_attention":
             from torch.nn.attention.flex_attention import flex_attention
 
@@ -155,12 +159,18 @@ def dpo_step_command() -> list[str]:
 
 
 def run_command(cmd: list[str], limit: float) -> tuple[int | str, str, float]:
+    """Run ``cmd`` in its own process group; past ``limit`` the whole group is killed (no process it
+    started stays on the GPU during the next part)."""
     start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                            start_new_session=True)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, cwd=REPO)
-        status, out = done.returncode, done.stdout + ("" if done.returncode == 0 else done.stderr[-1500:])
-    except subprocess.TimeoutExpired as err:
-        status, out = f"timed out after {limit:.0f}s", (err.stdout or b"").decode(errors="replace")[-1500:]
+        out, err = proc.communicate(timeout=limit)
+        status, out = proc.returncode, out + ("" if proc.returncode == 0 else err[-1500:])
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        status, out = f"timed out after {limit:.0f}s", out[-1500:]
     return status, out, time.perf_counter() - start
 
 

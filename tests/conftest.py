@@ -62,16 +62,17 @@ def reference_run(tmp_path_factory, raw_videos):
 
 # Tests that fit in this process start gloo process groups, whose threads can abort the interpreter's
 # finalisation after every test passed: pytest leaves with its own status first (tpo/clean_exit.py).
-_STATUS = {}
+_SESSION = {}
 
 
-def pytest_sessionfinish(session, exitstatus):
-    _STATUS["exit"] = int(exitstatus)
+def pytest_sessionstart(session):
+    _SESSION["session"] = session
 
 
 @pytest.hookimpl(trylast=True)
 def pytest_unconfigure(config):
-    if "exit" in _STATUS and not hasattr(config, "workerinput"):
+    session = _SESSION.get("session")
+    if session is not None and not hasattr(config, "workerinput"):
         from tpo.clean_exit import flush_and_exit
 
-        flush_and_exit(_STATUS["exit"])
+        flush_and_exit(int(session.exitstatus))

@@ -100,3 +100,16 @@ def test_flex_attention_gradients_equal_sdpa_on_gpu(family):
         grads[kind] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     for name, grad in grads["sdpa_no_cudnn"].items():
         assert torch.allclose(grads["flex_attention"][name], grad, rtol=1e-3, atol=1e-5), name
+
+
+def test_flex_attention_training_on_cpu_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "lightning_configs" / "demo.yaml"
+    done = subprocess.run([sys.executable, "-m", "tpo", "fit", "--config", str(config), "--trainer.default_root_dir",
+                           str(tmp_path), "--model.attention", "flex_attention", "--trainer.max_steps", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2
+    assert "error: model.attention flex_attention trains on GPUs only" in done.stderr and "Traceback" not in done.stderr

@@ -36,11 +36,14 @@ def check_attention(kind: str) -> None:
 
 
 def register_flex() -> None:
-    """Make :data:`FLEX` a ``transformers`` attention implementation (transformers' own flex function)."""
+    """Make :data:`FLEX` a ``transformers`` attention implementation: transformers' own flex function,
+    and its flex mask for the calls that pass a 2-D padding mask (generation), so those stay causal."""
     from transformers import AttentionInterface
     from transformers.integrations.flex_attention import flex_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, flex_attention_mask
 
     AttentionInterface.register(FLEX, flex_attention_forward)
+    AttentionMaskInterface.register(FLEX, flex_attention_mask)
 
 
 def use_attention(model: torch.nn.Module, kind: str) -> None:

@@ -10,6 +10,8 @@ the benchmark scripts and their workers) end through :func:`run_and_exit`: the p
 decided, ``atexit`` handlers run, standard streams and logging handlers are flushed, and the process
 leaves with ``os._exit`` before the interpreter tears anything down. Files the program wrote are
 closed by then: we write through ``with`` blocks, and Lightning's loggers close at the end of fit.
+Non-daemon Python threads are not waited for (normal shutdown would join them): our programs
+start none that outlive ``main``.
 """
 
 from __future__ import annotations

@@ -51,6 +51,16 @@ def cast_floating(state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
             state[key] = value.to(dtype)
 
 
+def record_dtype(config, dtype: torch.dtype) -> None:
+    """Set ``dtype`` in a config and in its sub-configs (text, vision)."""
+    from transformers import PretrainedConfig
+
+    config.dtype = str(dtype).removeprefix("torch.")
+    for value in vars(config).values():
+        if isinstance(value, PretrainedConfig):
+            value.dtype = config.dtype
+
+
 class HFExport(L.Callback):
     """At the end of fit, ``save_pretrained`` the policy and processor into ``<run dir>/export``, with
     ``tpo_prompt.json`` saying how it was prompted (evaluation reads it).
@@ -76,7 +86,7 @@ class HFExport(L.Callback):
                 cast_floating(state, dtype)
             policy.save_pretrained(self.path, state_dict=state)
             if dtype is not None:  # save_pretrained recorded the dtype of the policy's (master) weights
-                policy.config.dtype = str(dtype).removeprefix("torch.")
+                record_dtype(policy.config, dtype)
                 policy.config.save_pretrained(self.path)
             pl_module.adapter.load_processor(pl_module.hparams.model_path).save_pretrained(self.path)
             prompt = {"family": pl_module.adapter.family, "time_instruction": pl_module.adapter.time_instruction}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torchmetrics import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
@@ -69,6 +70,8 @@ class TPOModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_attention(attention)
+        if max_consecutive_skips < 1:
+            raise ConfigError(f"model.max_consecutive_skips must be at least 1, got {max_consecutive_skips}")
         self.adapter = get_adapter(family, time_instruction)
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
@@ -95,8 +98,7 @@ class TPOModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        if self.hparams.attention == "flex_attention" and self._trainer is not None \
-                and self.trainer.strategy.root_device.type == "cpu":
+        if self.hparams.attention == "flex_attention" and self._trainer is not None and self._trains_on_cpu():
             raise ConfigError("model.attention flex_attention trains on GPUs only: FlexAttention has no backward on "
                               "CPU (torch 2.14); use sdpa_no_cudnn")
         if self.device_mesh is not None:
@@ -112,6 +114,11 @@ class TPOModule(L.LightningModule):
         else:
             self.adapter.set_trainable(self.policy, h.trainable)
         self.policy.train()  # from_pretrained returns eval mode
+
+    def _trains_on_cpu(self) -> bool:
+        trainer = self.trainer  # precompute-ref is a fit without steps: forwards only
+        fitting = trainer.state.fn == TrainerFn.FITTING and trainer.max_steps != 0
+        return fitting and trainer.strategy.root_device.type == "cpu"
 
     def _configure_sharded(self) -> None:
         h, strategy = self.hparams, self.trainer.strategy
@@ -259,6 +266,8 @@ class TPOModule(L.LightningModule):
             norm = norm.full_tensor()
         self.log("train/grad_norm", norm, batch_size=1)
         finite = bool(torch.isfinite(norm))
+        if not finite and getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            return  # fp16's GradScaler skips overflowing steps itself while it calibrates its scale
         self._count_skip(skipped=not finite)
         if not finite:
             for p in params:

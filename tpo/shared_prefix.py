@@ -104,7 +104,10 @@ def pair_block_mask(segments: torch.Tensor, length: int):
         allowed = (q >= kv) & ((key == 0) | (key == query)) & (query != padding) & (key != padding)
         return allowed | (q == kv)
 
-    return create_block_mask(may_attend, len(segments), None, length, length, device=segments.device)
+    # Compiled, create_block_mask evaluates the rule block by block; eagerly it builds the dense mask
+    # first (fine on CPU, where flex is for tests; torch 2.14's CPU compile of it is not reliable).
+    build = torch.compile(create_block_mask) if segments.is_cuda else create_block_mask
+    return build(may_attend, len(segments), None, length, length, device=segments.device)
 
 
 def _attention_mask(model, segments: torch.Tensor, length: int, dtype: torch.dtype):
