@@ -113,11 +113,10 @@ def to(batch: dict, device) -> dict:
 
 
 def run_variant(variant: str, args) -> dict:
+    from tpo.attention import use_attention
     from tpo.loss import response_logps, tpo_loss
     from tpo.models import get_adapter
     from tpo.shared_prefix import shared_prefix_logps
-
-    from tpo.attention import use_attention
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

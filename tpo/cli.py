@@ -90,8 +90,8 @@ def close_process_group(wait_for_peers: bool = True) -> None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """``tpo fit|validate|precompute-ref`` in this process. Our own errors (bad records, a stale reference file, a wrong
-    setting) print as one message from rank 0 and exit with status 2."""
+    """``tpo fit|validate|precompute-ref`` in this process. Our own errors (bad records, a stale reference
+    file, a wrong setting) print as one message from rank 0 and exit with status 2."""
     argv = sys.argv[1:] if args is None else list(args)
     # torchdata's StatefulDataLoader calls a deprecated torch function at every iterator (torchdata 0.11)
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated")

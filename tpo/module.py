@@ -98,7 +98,7 @@ class TPOModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.policy is not None:
             return
-        if self.hparams.attention == "flex_attention" and self._trainer is not None and self._trains_on_cpu():
+        if self.hparams.attention == "flex_attention" and self._trains_on_cpu():
             raise ConfigError("model.attention flex_attention trains on GPUs only: FlexAttention has no backward on "
                               "CPU (torch 2.14); use sdpa_no_cudnn")
         if self.device_mesh is not None:
@@ -116,7 +116,9 @@ class TPOModule(L.LightningModule):
         self.policy.train()  # from_pretrained returns eval mode
 
     def _trains_on_cpu(self) -> bool:
-        trainer = self.trainer  # precompute-ref is a fit without steps: forwards only
+        trainer = self._trainer  # precompute-ref is a fit without steps: forwards only
+        if trainer is None:
+            return False
         fitting = trainer.state.fn == TrainerFn.FITTING and trainer.max_steps != 0
         return fitting and trainer.strategy.root_device.type == "cpu"
 
@@ -279,7 +281,6 @@ class TPOModule(L.LightningModule):
             torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
         else:
             torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
-
 
     def _count_skip(self, skipped: bool) -> None:
         self._skips_in_a_row = self._skips_in_a_row + 1 if skipped else 0

@@ -21,6 +21,7 @@ FlexAttention with a block mask: ``tpo/attention.py``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -79,16 +80,28 @@ def _answer_starts(segments: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(segments.cumsum(1), (1, 0))
 
 
+def _may_attend(q, kv, query, key, padding: int):
+    """The pair mask's rule for query position ``q`` in segment ``query`` and key position ``kv`` in
+    segment ``key``: causal, an answer sees the prompt and itself only, padding sees itself."""
+    allowed = (q >= kv) & ((key == 0) | (key == query)) & (query != padding) & (key != padding)
+    return allowed | (q == kv)
+
+
 def pair_attention_mask(segments: torch.Tensor, length: int) -> torch.Tensor:
     """``(B, 1, L, L)`` bool, True = may attend: causal, each answer sees the prompt and itself only
     (not the answers before it); padding sees itself. ``segments``: ``(B, 1 + N)`` lengths."""
     segment = _segment_of(segments, length)
-    padding = segments.shape[1]
-    query, key = segment[:, :, None], segment[:, None, :]
     pos = torch.arange(length, device=segments.device)
-    causal = pos[None, :, None] >= pos[None, None, :]
-    mask = causal & ((key == 0) | (key == query)) & (query != padding) & (key != padding)
-    return (mask | torch.eye(length, dtype=torch.bool, device=segments.device)).unsqueeze(1)
+    mask = _may_attend(pos[None, :, None], pos[None, None, :], segment[:, :, None], segment[:, None, :],
+                       segments.shape[1])
+    return mask.unsqueeze(1)
+
+
+@functools.cache
+def _compiled_create_block_mask():
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return torch.compile(create_block_mask)
 
 
 def pair_block_mask(segments: torch.Tensor, length: int):
@@ -100,13 +113,11 @@ def pair_block_mask(segments: torch.Tensor, length: int):
     padding = segments.shape[1]
 
     def may_attend(b, h, q, kv):
-        query, key = segment[b, q], segment[b, kv]
-        allowed = (q >= kv) & ((key == 0) | (key == query)) & (query != padding) & (key != padding)
-        return allowed | (q == kv)
+        return _may_attend(q, kv, segment[b, q], segment[b, kv], padding)
 
     # Compiled, create_block_mask evaluates the rule block by block; eagerly it builds the dense mask
     # first (fine on CPU, where flex is for tests; torch 2.14's CPU compile of it is not reliable).
-    build = torch.compile(create_block_mask) if segments.is_cuda else create_block_mask
+    build = _compiled_create_block_mask() if segments.is_cuda else create_block_mask
     return build(may_attend, len(segments), None, length, length, device=segments.device)
 
 
