@@ -14,7 +14,7 @@ from data_gen.config import prompt_template
 from data_gen.postfilter import judge_prompt
 from data_gen.questions import format_captions, parse_questions
 from toy.llm import caption_image, judge, objects_in_order, write_questions
-from toy.world import answer_text, clip_questions, describe, moment_questions, name, random_events
+from toy.world import answer_text, clip_questions, describe, long_events, moment_questions, short_events
 from tpo.evaluate.answers import extract_choice
 from tpo.synthetic.world import render_frames
 
@@ -32,9 +32,12 @@ def _captions(events, frames_per_event=4):
 def test_captioner_sees_colour_shape_and_order():
     rng = random.Random(0)
     for _ in range(20):
-        events = random_events(rng, rng.choice([6, 7, 8]))  # all eight colours of the palette
-        objects = objects_in_order([c["text"] for c in _captions(events)])
-        assert [n for n, _ in objects] == [name(e) for e in events]
+        events = long_events(rng)  # all eight colours of the palette
+        captions = [c["text"] for c in _captions(events)]
+        objects = objects_in_order(captions)
+        assert [n for n, _ in objects] == [e.colour for e in events]
+        for k, e in enumerate(events):  # every frame's shape is read right
+            assert all(f"The {e.colour} {e.shape} " in text for text in captions[4 * k: 4 * k + 4])
 
 
 def _question_prompt(captions, count=4, types="temporal order, attribute"):
@@ -52,23 +55,23 @@ def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
     rng = random.Random(1)
     checked = 0
     for _ in range(20):
-        events = random_events(rng, 4)
+        events = short_events(rng, 4)
         captions = _captions(events)
         reply = write_questions(_question_prompt(captions))
         asked = parse_questions(reply, ["temporal order", "attribute"], 4)["questions"]
         assert asked and all(q["type"] in ("temporal order", "attribute") for q in asked)
-        assert asked[0]["type"] == "temporal order"  # order questions are preferred
-        names = [name(e) for e in events]
+        assert {q["type"] for q in asked} == {"temporal order", "attribute"}  # the moment kinds taken in turn
+        names = [e.colour for e in events]
         for q in asked:
             stem, *options, instruction = q["question"].split("\n")
             assert instruction.startswith("Answer with") and len(options) == 4
             options = [o[3:] for o in options]
-            if stem.startswith("What appears right after "):
-                truth = names[names.index(stem.removeprefix("What appears right after ").rstrip("?")) + 1]
-            elif stem.startswith("What appears right before "):
-                truth = names[names.index(stem.removeprefix("What appears right before ").rstrip("?")) - 1]
+            if stem.startswith("Which colour appears right after "):
+                truth = names[names.index(stem.removeprefix("Which colour appears right after ").rstrip("?")) + 1]
+            elif stem.startswith("Which colour appears right before "):
+                truth = names[names.index(stem.removeprefix("Which colour appears right before ").rstrip("?")) - 1]
             else:
-                truth = next(e.motion for e in events if name(e) in stem)
+                truth = next(e.motion for e in events if f" {e.colour} " in stem)
             assert truth in options
             # the judge keeps a right answer over a wrong one, and drops it the other way round
             wrong = next(o for o in options if o != truth)
@@ -84,19 +87,19 @@ def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
 
 
 def test_judge_drops_questions_the_captions_cannot_answer():
-    events = random_events(random.Random(2), 3)
+    events = short_events(random.Random(2), 3)
     captions = _captions(events)
-    unknown = "What appears right after the purple square?\nA. x\nB. y\nAnswer with the option's letter."
+    unknown = "Which colour appears right after purple?\nA. x\nB. y\nAnswer with the option's letter."
     assert json.loads(judge(_judge_prompt(captions, unknown, "x", "y")))["rule"] == 3
-    last = f"What appears right after {name(events[-1])}?\nA. {name(events[0])}\nB. y"
-    assert json.loads(judge(_judge_prompt(captions, last, name(events[0]), "y")))["rule"] == 3
+    last = f"Which colour appears right after {events[-1].colour}?\nA. {events[0].colour}\nB. y"
+    assert json.loads(judge(_judge_prompt(captions, last, events[0].colour, "y")))["rule"] == 3
 
 
 def test_toy_answers_read_back_through_the_evaluator():
     """The base model replies with the option's text; extract_choice maps it to the option."""
     rng = random.Random(3)
     for _ in range(50):
-        events = random_events(rng, rng.choice([6, 7, 8]))
+        events = long_events(rng)
         for q in [q for q, _ in moment_questions(events, rng)] + clip_questions(events, rng):
             assert extract_choice(answer_text(q), q["options"]) == q["answer"]
     assert describe(events).endswith(".") and describe(events)[0].isupper()
@@ -105,6 +108,6 @@ def test_toy_answers_read_back_through_the_evaluator():
 def test_parse_mcq_inverts_mcq_prompt():
     from tpo.evaluate.answers import mcq_prompt, parse_mcq
 
-    options = ["the red square", "the blue circle", "left", "4"]
-    assert parse_mcq(mcq_prompt("What appears right after the green circle?", options)) == (
-        "What appears right after the green circle?", options)
+    options = ["red", "blue", "left", "4"]
+    assert parse_mcq(mcq_prompt("Which colour appears right after green?", options)) == (
+        "Which colour appears right after green?", options)

@@ -6,8 +6,9 @@ names, speaking the real protocol:
 - ``toy-captioner`` names the object in a frame: colour, shape (how much of its bounding box it
   fills) and place ("The red square at the top left.");
 - ``toy-llm`` reads the timestamped captions of a clip and writes multiple-choice questions about
-  it — what appears right after / right before an object, which way an object moves — in the
-  evaluation's prompt format (options listed, answered with the option's text);
+  it — which colour appears right after / right before a colour, which way an object moves — built
+  exactly as the held-out questions are (``toy.world``'s question builders: distractors are the
+  other colours, those in the captions first), in the evaluation's prompt format;
 - ``toy-judge`` answers the question from the captions itself and applies the three post-filter
   rules to the two answers, rule 1 as the prompt words it (a tie drops the pair only if rule 1
   says "as good as").
@@ -26,8 +27,9 @@ import numpy as np
 
 from data_gen.scripted_server import ScriptedServer, main, one_image, prompt_text
 from tpo.clean_exit import run_and_exit
+from toy.world import after_question, before_question, motion_question
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
-from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, find_object, place
+from tpo.synthetic.world import MOTIONS, PALETTE, find_object, place
 
 _PLACES = {"left": 0, "centre": 1, "right": 2, "top": 0, "middle": 1, "bottom": 2}
 _CAPTION = re.compile(r"The (\w+) (\w+) at the (\w+) (\w+)\.")
@@ -52,20 +54,18 @@ def caption_image(image: np.ndarray) -> str:
 # ---- reading captions back ------------------------------------------------------------------------
 
 def objects_in_order(captions: list[str]) -> list[tuple[str, list[tuple[int, int]]]]:
-    """``[(name, [(column, row), ...]), ...]``: each object once, in order of appearance, with the
-    places it is seen at. Consecutive captions of one colour are one object (the captioner names
-    each frame on its own and sometimes gets a shape wrong): its shape is the one named most."""
-    runs: list[tuple[str, list[str], list[tuple[int, int]]]] = []
+    """``[(colour, [(column, row), ...]), ...]``: each object once, in order of appearance, with the
+    places it is seen at. Consecutive captions of one colour are one object."""
+    runs: list[tuple[str, list[tuple[int, int]]]] = []
     for text in captions:
         match = _CAPTION.search(text)
         if not match:
             continue
-        colour, shape, vertical, horizontal = match.groups()
+        colour, _, vertical, horizontal = match.groups()
         if not runs or runs[-1][0] != colour:
-            runs.append((colour, [], []))
-        runs[-1][1].append(shape)
-        runs[-1][2].append((_PLACES[horizontal], _PLACES[vertical]))
-    return [(f"the {colour} {max(shapes, key=shapes.count)}", places) for colour, shapes, places in runs]
+            runs.append((colour, []))
+        runs[-1][1].append((_PLACES[horizontal], _PLACES[vertical]))
+    return runs
 
 
 def motion(places: list[tuple[int, int]]) -> str | None:
@@ -79,12 +79,12 @@ def answer_from_captions(question: str, objects: list[tuple[str, list]]) -> str 
     names = [n for n, _ in objects]
     if len(set(names)) != len(names):
         return None  # an object seen twice: "right after" is ambiguous
-    if m := re.fullmatch(r"What appears right (after|before) (the \w+ \w+)\?", question):
+    if m := re.fullmatch(r"Which colour appears right (after|before) (\w+)\?", question):
         if m.group(2) not in names:
             return None
         i = names.index(m.group(2)) + (1 if m.group(1) == "after" else -1)
         return names[i] if 0 <= i < len(names) else None
-    if m := re.fullmatch(r"Which way does (the \w+ \w+) move\?", question):
+    if m := re.fullmatch(r"Which way does (\w+) move\?", question):
         return motion(objects[names.index(m.group(1))][1]) if m.group(1) in names else None
     return None
 
@@ -95,28 +95,21 @@ def _caption_lines(prompt: str) -> list[str]:
 
 # ---- the question writer --------------------------------------------------------------------------
 
-def _options(answer: str, pool: list[str], rng: random.Random) -> list[str]:
-    options = [answer] + [p for p in dict.fromkeys(pool) if p != answer][:3]
-    rng.shuffle(options)
-    return options
-
-
 def candidate_questions(objects: list[tuple[str, list]], rng: random.Random) -> list[tuple[str, str, list[str]]]:
-    """``(type, question, options)`` the captions answer; temporal ones first."""
-    names = [n for n, _ in objects]
-    unseen = [f"the {c} {s}" for c in PALETTE for s in SHAPES if not any(f"the {c} " in n + " " for n in names)]
-    rng.shuffle(unseen)
-    temporal, attribute = [], []
-    for a, b in zip(names, names[1:]):
-        temporal.append((f"What appears right after {a}?", _options(b, names[::-1] + unseen, rng)))
-        temporal.append((f"What appears right before {b}?", _options(a, names + unseen, rng)))
-    for name, places in objects:
-        if motion(places):
-            attribute.append((f"Which way does {name} move?", _options(motion(places), list(MOTIONS), rng)))
-    rng.shuffle(temporal)
-    rng.shuffle(attribute)
-    out = [("temporal order", q, o) for q, o in temporal] + [("attribute", q, o) for q, o in attribute]
-    return [c for c in out if answer_from_captions(c[1], objects) is not None]
+    """``(type, question, options)`` the captions answer, taking the three moment kinds (after,
+    before, motion) in turn, in a random order, as the held-out questions mix them."""
+    colours = [c for c, _ in objects]
+    kinds = [("temporal order", [after_question(colours, i, rng) for i in range(len(colours) - 1)]),
+             ("temporal order", [before_question(colours, i, rng) for i in range(1, len(colours))]),
+             ("attribute", [motion_question(c, motion(p), rng) for c, p in objects if motion(p)])]
+    kinds = [(t, [q for q in qs if answer_from_captions(q["question"], objects)]) for t, qs in kinds]
+    for _, questions in kinds:
+        rng.shuffle(questions)
+    rng.shuffle(kinds)
+    out = []
+    for turn in range(max(len(qs) for _, qs in kinds)):
+        out += [(t, qs[turn]["question"], qs[turn]["options"]) for t, qs in kinds if turn < len(qs)]
+    return out
 
 
 def _seeded(prompt: str) -> random.Random:

@@ -2,10 +2,11 @@
 
 A haystack is a clip of ``length`` objects; the *needle* is the one object of its colour, at
 ``depth`` (0 = first, 1 = last; a short haystack has fewer places than depths, so two depths can
-share one). The question is a moment question about it ("Which way does the red square move?"),
-which an answer about another object gets wrong three times in four. Every object is shown in
-``WINDOW_FRAMES`` frames, so a longer haystack is also a longer input. Items carry ``meta.length``
-(frames shown) and ``meta.depth``, which ``tpo.evaluate.niah.niah_grid`` reads.
+share one). The question is a moment question about it ("Which way does red move?"), which an
+answer about another object gets wrong three times in four. Every object is shown in
+``FRAMES_PER_OBJECT`` frames, as in a long clip, so a longer haystack is also a longer input; the
+default lengths stay within the 32 frames the base model is trained on. Items carry
+``meta.length`` (frames shown) and ``meta.depth``, which ``tpo.evaluate.niah.niah_grid`` reads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import json
 import random
 from pathlib import Path
 
-from toy.world import FRAMES_PER_EVENT, WINDOW_FRAMES, motion_question, write_clip
+from toy.world import FRAMES_PER_EVENT, motion_question, shown_frames, write_clip
+from tpo.data.frames import uniform_frame_indices
 from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event
 
 
@@ -32,21 +34,21 @@ def haystack(rng: random.Random, length: int, depth: float) -> tuple[list[Event]
     return events, position
 
 
-def write_toy_niah(root: str | Path, lengths=(4, 8, 16, 24), depths=(0.0, 0.25, 0.5, 0.75, 1.0), per_cell: int = 8,
+def write_toy_niah(root: str | Path, lengths=(2, 4, 6, 8), depths=(0.0, 0.25, 0.5, 0.75, 1.0), per_cell: int = 8,
                    seed: int = 20_000) -> Path:
     """Haystack clips under ``root/videos`` and ``root/niah.jsonl``; return the JSONL path."""
     rng = random.Random(seed)
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
-    rows, stride = [], FRAMES_PER_EVENT // WINDOW_FRAMES
+    rows = []
     for length in lengths:
-        indices = list(range(0, FRAMES_PER_EVENT * length, stride))
         for depth in depths:
             for k in range(per_cell):
                 events, position = haystack(rng, length, depth)
+                indices = uniform_frame_indices(FRAMES_PER_EVENT * length, shown_frames(events))
                 video = f"videos/niah_L{length}_d{round(100 * depth):03d}_{k}.mp4"
                 write_clip(root / video, events)
-                rows.append({"id": Path(video).stem, "video": video, **motion_question(events, position, rng),
+                rows.append({"id": Path(video).stem, "video": video, **motion_question(events[position].colour, events[position].motion, rng),
                              "frame_indices": indices, "duration": f"depth {depth:g}",
                              "meta": {"length": len(indices), "depth": depth}})
     path = root / "niah.jsonl"

@@ -6,15 +6,16 @@ One :class:`PipelineRun` holds the settings — the toy world's by default; ``mo
 the pipeline's steps:
 
 - :meth:`PipelineRun.base_model`: the toy base model of a seed (each seed trains its own);
-- :meth:`PipelineRun.test_split`: held-out long clips and their questions, and the moment questions
-  on window clips (``split="window"``), toy haystacks (``split="niah"``);
+- :meth:`PipelineRun.split`: long clips and their questions, of the *dev* split (calibration and
+  tuning) or the *test* split (the final readout only); the moment questions on window clips
+  (``kind="window"``); toy haystacks (``kind="niah"``);
 - :meth:`PipelineRun.generate`: ``data_gen`` on fresh toy clips with the toy LLM server, the base
   model answering on ``S_a`` and ``S_b`` (``preferences.jsonl``), and the same run without the
   post-filter (the cache makes the second run only re-write the output);
 - :meth:`PipelineRun.fit`: ``tpo fit`` with ``lightning_configs/toy_tpo.yaml`` (``beta=0`` is
-  SFT on the preferred answers: the DPO term then has no gradient);
-- :meth:`PipelineRun.evaluate`: held-out accuracy, overall and per question category, by generation
-  or likelihood scoring, at any number of frames;
+  SFT on the preferred answers: the DPO term then has no gradient; ``max_pairs`` caps the pairs);
+- :meth:`PipelineRun.evaluate`: accuracy on a split, overall and per question category, by
+  likelihood scoring (or generation), at any number of frames;
 - :func:`scalars`: the last value of each TensorBoard scalar of a ``fit`` run.
 """
 
@@ -31,12 +32,15 @@ import data_gen
 
 from toy.base import ToyBaseConfig, toy_base_path
 from toy.niah import write_toy_niah
-from toy.world import NUM_FRAMES, WINDOW_FRAMES, is_reply, reply, write_toy_split
+from toy.world import FRAMES_PER_OBJECT, NUM_FRAMES, WINDOW_OBJECTS, is_reply, reply, write_toy_split
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_CONFIG = REPO / "lightning_configs" / "toy_tpo.yaml"
 DATA_GEN_CONFIG = Path(data_gen.__file__).parent / "configs" / "toy.yaml"
-TEST_SEED = 10_000  # train clips use seeds 0, 1, 2, ...; test clips never share one
+# Clip seeds: a seed's data_gen clips use the seed itself (0, 1, 2, ...; calibration 100, 101); the
+# dev and test clips have their own. 10_000 was the test split of the retired world (old table).
+SPLIT_SEEDS = {"dev": 30_000, "test": 40_000}
+CALIBRATION_SEEDS = (100, 101)  # the base and learning-rate calibration's seeds, never used for the readout
 
 
 @dataclass
@@ -48,8 +52,8 @@ class PipelineRun:
     benchmark: tuple[str, str] | None = None  # (loader, path), e.g. ("videomme", ".../test.parquet")
     num_frames: int = NUM_FRAMES
     answer_temperature: float = 0.0  # data_gen's answers: greedy, as the paper
-    train_videos: int = 600  # fresh clips per seed for data_gen
-    test_videos: int = 100
+    train_videos: int = 1200  # fresh clips per seed for data_gen (about 2,500 kept pairs)
+    split_videos: dict = field(default_factory=lambda: {"dev": 200, "test": 500})
     niah: dict = field(default_factory=dict)  # write_toy_niah's lengths, depths, per_cell
     # None: the value in ``train_config`` (the toy recipe's beta, alpha, lr, epochs, batch size)
     epochs: int | None = None
@@ -63,20 +67,29 @@ class PipelineRun:
     def __post_init__(self):
         self.out = Path(self.out)
 
-    def base_model(self, seed: int) -> Path | str:
-        return self.model_path or toy_base_path(replace(self.base, seed=seed))
+    def base_model(self, seed: int, **overrides) -> Path | str:
+        """The base model of ``seed``; ``overrides`` change its ``ToyBaseConfig`` (calibration)."""
+        return self.model_path or toy_base_path(replace(self.base, seed=seed, **overrides))
 
-    def test_split(self, split: str = "mcq") -> Path:
-        """``mcq``: the long clips' questions; ``window``: the moment questions on window clips;
-        ``niah``: toy haystacks (``toy/niah.py``)."""
-        root = self.out / f"test-{self.test_videos}"
-        if split == "niah":
+    def questions(self, split: str = "test") -> dict[str, str]:
+        """``{id: question text}`` of a split's long-clip questions."""
+        rows = (json.loads(line) for line in self.split(split).read_text().splitlines() if line.strip())
+        return {r["id"]: r["question"] for r in rows}
+
+    def split(self, name: str = "test", kind: str = "mcq") -> Path:
+        """The ``name`` split's (``dev`` or ``test``) ``kind`` benchmark: ``mcq``, the long clips'
+        questions; ``window``, the moment questions on window clips; ``niah``, toy haystacks."""
+        root = self._split_root(name)
+        if kind == "niah":
             if not (root / "niah" / "niah.jsonl").exists():
                 write_toy_niah(root / "niah", **self.niah)
             return root / "niah" / "niah.jsonl"
         if not (root / "mcq.jsonl").exists():
-            write_toy_split(root, self.test_videos, seed=TEST_SEED)
-        return root / f"{split}.jsonl"
+            write_toy_split(root, self.split_videos[name], seed=SPLIT_SEEDS[name])
+        return root / f"{kind}.jsonl"
+
+    def _split_root(self, name: str) -> Path:
+        return self.out / f"{name}-{self.split_videos[name]}"
 
     # ---- data ------------------------------------------------------------------------------------
     def generate(self, seed: int, base_url: str) -> dict[str, Path]:
@@ -105,7 +118,7 @@ class PipelineRun:
 
     # ---- training --------------------------------------------------------------------------------
     def fit(self, name: str, preferences: Path, seed: int, beta: float | None = None, alpha: float | None = None,
-            extra: list[str] = ()) -> Path:
+            max_pairs: int | None = None, extra: list[str] = ()) -> Path:
         """``tpo fit`` into ``out/<name>``; returns the Hugging Face export of the trained policy."""
         from tpo.cli import main
 
@@ -118,7 +131,8 @@ class PipelineRun:
                     "--model.model_path", str(self.base_model(seed)), "--data.path", str(preferences)]
             overrides = {"trainer.max_epochs": self.epochs, "data.batch_size": self.batch_size,
                          "data.val_fraction": self.val_fraction, "model.beta": self.beta if beta is None else beta,
-                         "model.alpha": self.alpha if alpha is None else alpha, "model.lr": self.lr}
+                         "model.alpha": self.alpha if alpha is None else alpha, "model.lr": self.lr,
+                         "data.max_pairs": max_pairs}
             for key, value in overrides.items():
                 if value is not None:
                     args += [f"--{key}", str(value)]
@@ -129,11 +143,11 @@ class PipelineRun:
         return export.parent
 
     # ---- evaluation ------------------------------------------------------------------------------
-    def evaluate(self, model: Path | str, name: str, scoring: str = "generate", split: str = "mcq",
-                 num_frames: int | None = None) -> dict:
-        """Held-out summary (``accuracy``, ``by_category``) of ``model``, cached with its
-        ``predictions.jsonl`` under the test split's ``eval/<name>``: ``name`` must tell models apart.
-        Window clips are shown in ``WINDOW_FRAMES`` frames."""
+    def evaluate(self, model: Path | str, name: str, scoring: str = "likelihood", split: str = "test",
+                 kind: str = "mcq", num_frames: int | None = None) -> dict:
+        """Summary (``accuracy``, ``by_category``) of ``model`` on a split, cached with its
+        ``predictions.jsonl`` under the split's ``eval/<name>``: ``name`` must tell models apart.
+        Window clips are shown at a long clip's density (``FRAMES_PER_OBJECT`` per object)."""
         import torch
 
         from tpo.evaluate.benchmarks import load_benchmark
@@ -141,38 +155,38 @@ class PipelineRun:
         from tpo.evaluate.mcq import evaluate
         from tpo.evaluate.model import load_for_eval, make_answerer
 
-        root = self._eval_dir(name, scoring, split, num_frames)
+        root = self._eval_dir(name, scoring, split, kind, num_frames)
         if not (root / "summary.json").exists():
             root.mkdir(parents=True, exist_ok=True)
-            kind, path = self.benchmark or ("jsonl", self.test_split(split))
-            items = load_benchmark(kind, path).items
+            loader, path = self.benchmark or ("jsonl", self.split(split, kind))
+            items = load_benchmark(loader, path).items
             dtype = torch.float32 if self.model_path is None else torch.bfloat16  # the toy model trains in fp32
             adapter, policy, processor = load_for_eval(str(model), dtype=dtype, device="auto")
             if scoring == "likelihood" and self.model_path is None:  # the toy model answers with the option's text
                 answerer = LikelihoodScorer(adapter, policy, processor, continuation=reply)  # scored as it answers
             else:
                 answerer = make_answerer(scoring, adapter, policy, processor, max_new_tokens=12)
-            summary = evaluate(items, answerer, num_frames=self._frames(split, num_frames), batch_size=32,
+            summary = evaluate(items, answerer, num_frames=self._frames(kind, num_frames), batch_size=32,
                                predictions_path=root / "predictions.jsonl", progress=not self.quiet)
             (root / "summary.json").write_text(json.dumps(summary, indent=2))
         return json.loads((root / "summary.json").read_text())
 
-    def predictions(self, name: str, scoring: str = "generate", split: str = "mcq",
+    def predictions(self, name: str, scoring: str = "likelihood", split: str = "test", kind: str = "mcq",
                     num_frames: int | None = None) -> list[dict]:
         """The ``predictions.jsonl`` rows of an evaluated model."""
-        path = self._eval_dir(name, scoring, split, num_frames) / "predictions.jsonl"
+        path = self._eval_dir(name, scoring, split, kind, num_frames) / "predictions.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def _frames(self, split: str, num_frames: int | None) -> int:
-        return num_frames or (WINDOW_FRAMES if split == "window" else self.num_frames)
+    def _frames(self, kind: str, num_frames: int | None) -> int:
+        return num_frames or (FRAMES_PER_OBJECT * WINDOW_OBJECTS if kind == "window" else self.num_frames)
 
-    def _eval_dir(self, name: str, scoring: str, split: str, num_frames: int | None) -> Path:
-        frames = self._frames(split, num_frames)
-        return self.out / f"test-{self.test_videos}" / "eval" / name / f"{split}-{scoring}-{frames}f"
+    def _eval_dir(self, name: str, scoring: str, split: str, kind: str, num_frames: int | None) -> Path:
+        frames = self._frames(kind, num_frames)
+        return self._split_root(split) / "eval" / name / f"{kind}-{scoring}-{frames}f"
 
 
 def in_form_share(preferences: Path) -> float:
-    """The share of pairs whose rejected answer is in the toy's answer form (an object, a motion or a
+    """The share of pairs whose rejected answer is in the toy's answer form (a colour, a motion or a
     count): an answer about the wrong moment, not a description of the frames it was shown."""
     records = [json.loads(line) for line in preferences.read_text().splitlines() if line.strip()]
     return sum(is_reply(r["rejected"]) for r in records) / len(records) if records else 0.0
@@ -185,8 +199,8 @@ def toy_setting(quick: bool, out: Path) -> PipelineRun:
     if not quick:
         return PipelineRun(out)
     base = ToyBaseConfig(num_clips=100, describe_steps=10, steps=300, batch_size=16, hidden_size=64, num_layers=2)
-    return PipelineRun(out, base, train_videos=64, test_videos=6, epochs=1, batch_size=4, val_fraction=0.0,
-                       answer_temperature=1.0, niah=dict(lengths=(4, 8), depths=(0.0, 1.0), per_cell=1))
+    return PipelineRun(out, base, train_videos=64, split_videos={"dev": 4, "test": 6}, batch_size=4,
+                       answer_temperature=1.0, niah=dict(lengths=(2, 4), depths=(0.0, 1.0), per_cell=1))
 
 
 def scalars(run_dir: Path) -> dict[str, float]:

@@ -1,19 +1,26 @@
 """The toy world of the end-to-end reproduction: long clips, moments in them, and questions.
 
-A *long clip* shows 6-8 objects of distinct colours one after another, each moving one way for
-``FRAMES_PER_EVENT`` video frames. Sampled at ``NUM_FRAMES`` = 32 frames, one object (a *moment*)
-fills about 4 of them — the size of the paper's relevant window ``S_a``. Its ground truth is known
-frame by frame, so multiple-choice questions with known answers can be asked:
+A *long clip* shows all eight colours of the palette once each, in a random order, each object
+moving one way for ``FRAMES_PER_EVENT`` video frames. Sampled at ``NUM_FRAMES`` = 32 frames, one
+object (a *moment*) fills 4 of them — the size of the paper's relevant window ``S_a``. Its ground
+truth is known frame by frame, so multiple-choice questions with known answers can be asked:
 
-- ``moment``: about one moment of the long clip — which way an object moves, what appears right
-  after / right before it. The options are the clip's own motions or objects, so an answer about
-  the wrong moment is in form and wrong;
-- ``order``: what appears first, last (the whole clip);
-- ``counting``: how many objects appear.
+- ``moment``: about one moment — which colour appears right after / right before a colour, which
+  way an object moves;
+- ``order``: which colour appears first, last (the whole clip);
+- ``counting``: how many circles appear.
 
-``write_toy_split`` writes held-out long clips and their questions, and, for every moment question,
-the same question on a *window* clip that holds only the moment's objects: the base model's accuracy
-there is what it could reach if it found the moment.
+Every colour is in every long clip, so a colour option is never excluded by "it is not in the
+clip": an answer about the wrong moment is in form and wrong. No option list gives its answer
+away (``tests/test_toy.py`` checks position and value): colour distractors are drawn at random
+from the other colours, motion options are always the four motions, count options always
+``COUNTS``. The one thing the clip itself excludes is the first colour as what comes *after*
+(the last as what comes *before*); :func:`moment_floor` is the accuracy of knowing only that.
+
+``write_toy_split`` writes long clips and their questions, and, for every moment question, the
+same question on a *window* clip of the ``WINDOW_OBJECTS`` objects around the moment (the kind of
+clip the base model is taught moments on): its accuracy there is what it could reach if it found
+the moment.
 """
 
 from __future__ import annotations
@@ -25,93 +32,118 @@ from pathlib import Path
 from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event, render_frames, write_video
 
 MOMENT = "moment"
-FRAMES_PER_EVENT = 8  # video frames per object; long clips are 48-64 frames at 8 fps
+COLOURS = tuple(PALETTE)
+FRAMES_PER_EVENT = 8  # video frames per object; a long clip is 64 frames at 8 fps
 NUM_FRAMES = 32  # frames the toy model sees of a long clip, in data generation, training and evaluation
-WINDOW_FRAMES = 4  # frames it sees of a window clip (the size of data_gen's irrelevant window S_a)
-LONG_EVENTS = (6, 7, 8)
+FRAMES_PER_OBJECT = 4  # sampled frames per object at NUM_FRAMES; short and window clips are shown as densely
+WINDOW_OBJECTS = 4  # objects of a window clip (and of the base model's short clips at most)
+COUNTS = ("2", "3", "4", "5")  # how many circles a long clip has: every count option list is this one
 
 
-def random_events(rng: random.Random, count: int) -> list[Event]:
-    """``count`` (at most 8) objects of distinct colours: a question names an object by its colour."""
-    return [Event(c, rng.choice(SHAPES), rng.choice(list(MOTIONS))) for c in rng.sample(list(PALETTE), count)]
+def long_events(rng: random.Random) -> list[Event]:
+    """The eight colours in a random order; ``COUNTS`` circles (uniform), the rest squares."""
+    circles = set(rng.sample(range(len(COLOURS)), int(rng.choice(COUNTS))))
+    return [Event(c, "circle" if k in circles else "square", rng.choice(list(MOTIONS)))
+            for k, c in enumerate(rng.sample(COLOURS, len(COLOURS)))]
 
 
-def name(event: Event) -> str:
-    return f"the {event.colour} {event.shape}"
+def short_events(rng: random.Random, count: int) -> list[Event]:
+    """``count`` objects of distinct colours, any shape."""
+    return [Event(c, rng.choice(SHAPES), rng.choice(list(MOTIONS))) for c in rng.sample(COLOURS, count)]
+
+
+def shown_frames(events: list[Event]) -> int:
+    """How many frames a clip of ``events`` is shown in: ``FRAMES_PER_OBJECT`` per object."""
+    return FRAMES_PER_OBJECT * len(events)
 
 
 def describe(events: list[Event]) -> str:
-    text = ", then ".join(f"{name(e)} moves {e.motion}" for e in events)
+    text = ", then ".join(f"the {e.colour} {e.shape} moves {e.motion}" for e in events)
     return text[0].upper() + text[1:] + "."
 
 
 def reply(index: int, option: str) -> str:
-    """How the toy base model is taught to answer: the option's text as a sentence ("The blue
-    circle."), and so what likelihood scoring scores for option ``index``. Not the letter: a model
-    this small learns which object is meant long before it learns which letter lists it."""
-    return option[0].upper() + option[1:] + "."
+    """How the toy base model is taught to answer: the option's text in a sentence ("Answer: blue."),
+    and so what likelihood scoring scores for option ``index``. Not the letter: a model this small
+    learns which colour is meant long before it learns which letter lists it. The option's words
+    keep their case and a leading space, so they are the very tokens the options and the clip
+    descriptions use (a capitalised "Blue" would be one more thing to learn)."""
+    return f"Answer: {option}."
 
 
 def is_reply(text: str) -> bool:
-    """Whether ``text`` is in the toy's answer form (an object, a motion or a count, as :func:`reply`
+    """Whether ``text`` is in the toy's answer form (a colour, a motion or a count, as :func:`reply`
     writes it) rather than, say, a description of the clip."""
-    things = [f"the {c} {s}" for c in PALETTE for s in SHAPES] + list(MOTIONS) + [str(n) for n in range(1, 11)]
-    return text in {reply(0, t) for t in things}
+    return text in {reply(0, t) for t in (*COLOURS, *MOTIONS, *COUNTS)}
 
 
 def answer_text(question: dict) -> str:
     return reply(question["answer"], question["options"][question["answer"]])
 
 
-def _mcq(question: str, answer: str, distractors: list[str], category: str, rng: random.Random) -> dict:
-    options = [answer] + [d for d in dict.fromkeys(distractors) if d != answer][:3]
+def mcq(question: str, answer: str, distractors: list[str], category: str, rng: random.Random) -> dict:
+    options = [answer] + distractors[:3]
     rng.shuffle(options)
     return {"question": question, "options": options, "answer": options.index(answer), "category": category}
 
 
-def _others(events: list[Event], rng: random.Random) -> list[str]:
-    used = {e.colour for e in events}
-    others = [f"the {c} {s}" for c in PALETTE for s in SHAPES if c not in used]
-    rng.shuffle(others)
-    return others
+def colour_distractors(answer: str, named: str | None, rng: random.Random, seen: list[str] = ()) -> list[str]:
+    """Three colours other than the answer and the one the question names: first those ``seen`` in
+    the clip, then the rest of the palette, each group in random order. In a long clip every colour
+    is seen, so they are three random others."""
+    first = [c for c in dict.fromkeys(seen) if c not in (answer, named)]
+    rest = [c for c in COLOURS if c not in (answer, named) and c not in first]
+    rng.shuffle(first)
+    rng.shuffle(rest)
+    return (first + rest)[:3]
 
 
-def after_question(events: list[Event], i: int, rng: random.Random) -> dict:
-    """What appears right after object ``i``: its neighbours first among the distractors."""
-    names = [name(e) for e in events]
-    near = [names[k] for k in (i, i - 1, i + 2, i + 3) if 0 <= k < len(names)]
-    return _mcq(f"What appears right after {names[i]}?", names[i + 1], near + names + _others(events, rng), MOMENT, rng)
+def after_question(colours: list[str], i: int, rng: random.Random) -> dict:
+    return mcq(f"Which colour appears right after {colours[i]}?", colours[i + 1],
+               colour_distractors(colours[i + 1], colours[i], rng, colours), MOMENT, rng)
 
 
-def before_question(events: list[Event], i: int, rng: random.Random) -> dict:
-    names = [name(e) for e in events]
-    near = [names[k] for k in (i, i + 1, i - 2, i - 3) if 0 <= k < len(names)]
-    return _mcq(f"What appears right before {names[i]}?", names[i - 1], near + names + _others(events, rng), MOMENT,
-                rng)
+def before_question(colours: list[str], i: int, rng: random.Random) -> dict:
+    return mcq(f"Which colour appears right before {colours[i]}?", colours[i - 1],
+               colour_distractors(colours[i - 1], colours[i], rng, colours), MOMENT, rng)
 
 
-def motion_question(events: list[Event], i: int, rng: random.Random) -> dict:
-    return _mcq(f"Which way does {name(events[i])} move?", events[i].motion, list(MOTIONS), MOMENT, rng)
+def motion_question(colour: str, motion: str, rng: random.Random) -> dict:
+    return mcq(f"Which way does {colour} move?", motion, [m for m in MOTIONS if m != motion], MOMENT, rng)
 
 
 def moment_questions(events: list[Event], rng: random.Random) -> list[tuple[dict, list[int]]]:
     """One question of each moment kind, with the objects (indices) its moment holds."""
-    n = len(events)
+    colours, n = [e.colour for e in events], len(events)
     i, j, k = rng.randrange(n - 1), rng.randrange(1, n), rng.randrange(n)
-    return [(after_question(events, i, rng), [i, i + 1]), (before_question(events, j, rng), [j - 1, j]),
-            (motion_question(events, k, rng), [k])]
+    return [(after_question(colours, i, rng), [i, i + 1]), (before_question(colours, j, rng), [j - 1, j]),
+            (motion_question(events[k].colour, events[k].motion, rng), [k])]
 
 
 def clip_questions(events: list[Event], rng: random.Random) -> list[dict]:
-    """Questions about the whole clip: first, last, how many."""
-    names = [name(e) for e in events]
-    counts = [str(c) for c in range(len(events) - 2, len(events) + 3)]
+    """Questions about the whole clip: first, last, how many circles."""
+    colours = [e.colour for e in events]
+    circles = str(sum(e.shape == "circle" for e in events))
     return [
-        _mcq("What appears first in the video?", names[0], names[1:] + _others(events, rng), "order", rng),
-        _mcq("What appears last in the video?", names[-1], names[:-1][::-1] + _others(events, rng), "order", rng),
-        _mcq("How many objects appear in the video?", str(len(events)), rng.sample(counts, len(counts)), "counting",
-             rng),
+        mcq("Which colour appears first?", colours[0], colour_distractors(colours[0], None, rng), "order", rng),
+        mcq("Which colour appears last?", colours[-1], colour_distractors(colours[-1], None, rng), "order", rng),
+        mcq("How many circles appear?", circles, [c for c in COUNTS if c != circles], "counting", rng),
     ]
+
+
+def moment_floor(question: dict, events: list[Event]) -> float:
+    """The chance of a moment question for a model that knows the clip's first and last colour and
+    nothing about the moment: it rules out the first colour as what comes after, the last as what
+    comes before, and picks at random among the rest."""
+    options, text = question["options"], question["question"]
+    ruled_out = (events[0].colour if "after" in text else events[-1].colour if "before" in text else None)
+    return 1 / sum(o != ruled_out for o in options)
+
+
+def window_of(held: list[int], num_events: int) -> list[int]:
+    """The ``WINDOW_OBJECTS`` consecutive objects around a moment's objects ``held``."""
+    start = min(max(min(held) - 1, 0), num_events - WINDOW_OBJECTS)
+    return list(range(start, start + WINDOW_OBJECTS))
 
 
 def write_clip(path: Path, events: list[Event], size: int = 64) -> None:
@@ -127,17 +159,19 @@ def write_toy_split(root: str | Path, num_videos: int, seed: int) -> Path:
         (root / sub).mkdir(parents=True, exist_ok=True)
     rows, windows = [], []
     for v in range(num_videos):
-        events = random_events(rng, rng.choice(LONG_EVENTS))
+        events = long_events(rng)
         stem = f"toy_{seed}_{v:04d}"
         write_clip(root / "videos" / f"{stem}.mp4", events)
-        meta = {"events": [vars(e) for e in events], "frames_per_event": FRAMES_PER_EVENT}
+        meta = {"events": [vars(e) for e in events], "clip": stem}
         moments = moment_questions(events, rng)
         for k, q in enumerate([q for q, _ in moments] + clip_questions(events, rng)):
-            rows.append({"id": f"{stem}_q{k}", "video": f"videos/{stem}.mp4", **q, "meta": meta})
+            floor = moment_floor(q, events) if q["category"] == MOMENT else 1 / len(q["options"])
+            rows.append({"id": f"{stem}_q{k}", "video": f"videos/{stem}.mp4", **q, "meta": {**meta, "floor": floor}})
         for k, (q, held) in enumerate(moments):
-            window = f"windows/{stem}_q{k}.mp4"
-            write_clip(root / window, [events[i] for i in held])
-            windows.append({"id": f"{stem}_q{k}", "video": window, **q, "meta": {**meta, "window": held}})
+            window = window_of(held, len(events))
+            path = f"windows/{stem}_q{k}.mp4"
+            write_clip(root / path, [events[i] for i in window])
+            windows.append({"id": f"{stem}_q{k}", "video": path, **q, "meta": {**meta, "window": window}})
     (root / "window.jsonl").write_text("".join(json.dumps(r) + "\n" for r in windows))
     path = root / "mcq.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
