@@ -67,7 +67,10 @@ def run_seed(run: PipelineRun, seed: int, curves: bool = True) -> dict:
                               max_pairs=kept if arm == "tpo_nofilter" else None)
     questions = run.questions("test")
     ids = sorted(questions)
-    result = {"seed": seed, "share": run.base.long_moment_share, "lr": run.lr,
+    from omegaconf import OmegaConf
+
+    lr = run.lr if run.lr is not None else OmegaConf.load(run.train_config).model.lr
+    result = {"seed": seed, "share": run.base.long_moment_share, "lr": lr, "base_model": str(models["base"]),
               "pairs": {"filtered": kept, "unfiltered": _count_lines(data["unfiltered"])},
               "in_form_rejected": in_form_share(data["filtered"]), "arms": {}}
     for arm, model in models.items():

@@ -14,36 +14,51 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_toy_reproduction_quick(tmp_path):
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks/toy_reproduction.py"), "--quick", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=1500, env=os.environ.copy())
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/toy_reproduction.py"), "--quick", "--jobs", "2",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=1500, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"tpo_minus_base=-?\d+\.\d\d tpo_minus_sft_self=-?\d+\.\d\d ci_low=-?\d+\.\d\d", last)
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results["seeds"]) == {"0", "1"}
-    arms = {"base", "sft_self", "dpo", "tpo", "tpo_alpha0"}
-    for seed in results["seeds"].values():
-        assert arms <= set(seed)
-        pairs = seed["pairs"]
-        # the unfiltered set holds every non-identical pair, the post-filter keeps a subset of them
-        assert 0 < pairs["tpo"] == pairs["sft_self"] == pairs["tpo_alpha0"] <= pairs["dpo"]
+    number = r"-?\d+\.\d\d"
+    assert re.fullmatch(rf"tpo_minus_base={number} tpo_minus_sft_self={number} ci_low={number} ci_high={number} seeds=2",
+                        last)
+    seeds = {s: json.loads((tmp_path / "seeds" / f"seed-{s}.json").read_text()) for s in (0, 1)}
+    questions = sum(1 for line in (tmp_path / "test-6" / "mcq.jsonl").read_text().splitlines() if line.strip())
+    arms = {"base", "sft_self", "tpo", "tpo_alpha0", "tpo_nofilter"}
+    for seed in seeds.values():
+        assert set(seed["arms"]) == arms
+        # the post-filter keeps a subset of the pairs; the unfiltered arm trains on as many
+        assert 0 < seed["pairs"]["filtered"] <= seed["pairs"]["unfiltered"]
         for arm in arms:
-            for scoring in ("generate", "likelihood"):
-                assert all(0.0 <= v <= 1.0 for v in seed[arm][scoring].values())
-        assert 0.0 <= seed["base"]["window"]["likelihood"] <= 1.0
+            readout = seed["arms"][arm]
+            assert all(0.0 <= readout[k] <= 1.0 for k in ("moment", "after_before", "motion", "others"))
+            assert len(readout["correct"]) == questions and set(readout["correct"]) <= {"0", "1"}
+        assert 0.0 <= seed["arms"]["base"]["window"] <= 1.0
+        assert set(seed["curves"]["tpo"]["frames"]) == {"8", "16", "32"}
     # each seed trained its own base model
-    assert results["seeds"]["0"]["models"]["base"] != results["seeds"]["1"]["models"]["base"]
-    gain, low, high = results["differences"]["tpo-sft_self/likelihood"]
-    assert low <= gain <= high
-    assert last.endswith(f"tpo_minus_sft_self={100 * gain:.2f} ci_low={100 * low:.2f}")
+    assert seeds[0]["base_model"] != seeds[1]["base_model"]
+    gains = [seeds[s]["arms"]["tpo"]["moment"] - seeds[s]["arms"]["sft_self"]["moment"] for s in (0, 1)]
+    assert f"tpo_minus_sft_self={100 * sum(gains) / 2:.2f}" in last
     table = (tmp_path / "table.md").read_text()
-    assert "+ TPO, α = 0" in table and "likelihood scoring" in table and "generation" in table and "± " in table
-    assert len(results["frames_curve"]["tpo"]) == len(results["frames_curve"]["frames"]) == 2
+    assert "+ TPO, α = 0" in table and "no post-filter" in table and "Primary:" in table and "± " in table
     for name in ("frames_curve.png", "niah_base.png", "niah_tpo.png"):
         assert (tmp_path / name).stat().st_size > 5_000
     # every arm was a real `tpo fit` run with its own TensorBoard logs and export
     assert len(list(tmp_path.glob("seed-0/*/**/export/config.json"))) == 4
     assert (tmp_path / "seed-0/data-filtered/manifest.json").exists()
+    # the report alone is rebuilt from the seed files
+    again = subprocess.run([sys.executable, str(REPO / "benchmarks/toy_reproduction.py"), "--quick", "--report",
+                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == last
+
+
+def test_toy_calibration_worker_writes_one_seed_point(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/toy_calibration.py"), "--quick", "--worker", "base",
+                           "--seed", "100", "--share", "0.5", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=900, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-3000:]
+    point = json.loads((tmp_path / "calibration" / "base" / "seed-100-share-0.5.json").read_text())
+    assert point["seed"] == 100 and point["share"] == 0.5
+    assert all(0.0 <= point[k] <= 1.0 for k in ("moment", "window", "order", "counting", "after_before_floor"))
 
 
 def _execute(name: str, out: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 from toy.niah import write_toy_niah
 from collections import Counter
 
-from toy.world import (COLOURS, FRAMES_PER_EVENT, MOMENT, WINDOW_OBJECTS, clip_questions, long_events, moment_floor,
-                       moment_questions, write_toy_split)
+from toy.world import (COLOURS, FRAMES_PER_EVENT, MOMENT, SHAPE_OF, WINDOW_OBJECTS, clip_questions, long_events,
+                       moment_floor, moment_questions, name, write_toy_split)
 from tpo.data.frames import read_frames
 from tpo.evaluate.benchmarks import load_benchmark
 
@@ -18,24 +18,25 @@ def test_questions_are_answered_by_the_events():
     rng = random.Random(0)
     for _ in range(200):
         events = long_events(rng)
-        colours = [e.colour for e in events]
-        assert sorted(colours) == sorted(COLOURS)  # every colour once: a colour option is always in the clip
+        names = [name(e.colour) for e in events]
+        assert sorted(names) == sorted(map(name, COLOURS))  # every object once: an object option is always in it
+        assert all(e.shape == SHAPE_OF[e.colour] for e in events)
         moments = moment_questions(events, rng)
         (after, held_after), (before, held_before), (motion, held_motion) = moments
         for q in [q for q, _ in moments] + clip_questions(events, rng):
             assert len(q["options"]) == 4 == len(set(q["options"]))
-        x = after["question"].removeprefix("Which colour appears right after ").removesuffix("?")
-        assert after["options"][after["answer"]] == colours[colours.index(x) + 1] and x not in after["options"]
-        assert held_after == [colours.index(x), colours.index(x) + 1]
-        y = before["question"].removeprefix("Which colour appears right before ").removesuffix("?")
-        assert before["options"][before["answer"]] == colours[colours.index(y) - 1] and y not in before["options"]
-        assert held_before == [colours.index(y) - 1, colours.index(y)]
+        x = after["question"].removeprefix("What appears right after ").removesuffix("?")
+        assert after["options"][after["answer"]] == names[names.index(x) + 1] and x not in after["options"]
+        assert held_after == [names.index(x), names.index(x) + 1]
+        y = before["question"].removeprefix("What appears right before ").removesuffix("?")
+        assert before["options"][before["answer"]] == names[names.index(y) - 1] and y not in before["options"]
+        assert held_before == [names.index(y) - 1, names.index(y)]
         mover = events[held_motion[0]]
-        assert mover.colour in motion["question"] and motion["options"][motion["answer"]] == mover.motion
+        assert name(mover.colour) in motion["question"] and motion["options"][motion["answer"]] == mover.motion
         assert {q["category"] for q, _ in moments} == {MOMENT}
         first, last, count = clip_questions(events, rng)
-        assert first["options"][first["answer"]] == colours[0] and last["options"][last["answer"]] == colours[-1]
-        assert count["options"][count["answer"]] == str(sum(e.shape == "circle" for e in events))
+        assert first["options"][first["answer"]] == names[0] and last["options"][last["answer"]] == names[-1]
+        assert count["options"][count["answer"]] == str(sum(e.motion == events[0].motion for e in events))
 
 
 def test_no_option_list_gives_its_answer_away():
@@ -77,24 +78,24 @@ def test_the_toy_llm_builds_training_questions_like_the_test_questions():
         window = [(e.colour, [(0, 1), (2, 1)] if e.motion == "right" else [(2, 1), (0, 1)] if e.motion == "left"
                    else [(1, 0), (1, 2)] if e.motion == "down" else [(1, 2), (1, 0)]) for e in events[start:start + 2]]
         for _, question, options in candidate_questions(window, rng):
-            assert len(options) == 4 == len(set(options)) and set(options) <= set(COLOURS) | {"left", "right", "up",
-                                                                                               "down"}
+            objects = set(map(name, COLOURS)) | {"left", "right", "up", "down"}
+            assert len(options) == 4 == len(set(options)) and set(options) <= objects
             stems[question.split(" right ")[0] if "right" in question else question.split()[0]] += 1
-            named = question.removesuffix("?").split()[-1 if "right" in question else 3]
-            assert named not in options
+            named = " ".join(question.removesuffix("?").split()[-3:] if "right" in question else question.split()[3:6])
+            assert named in objects and named not in options
             positions[options.index(_truth(question, events))] += 1
-    assert set(stems) == {"Which colour appears", "Which"}
+    assert set(stems) == {"What appears", "Which"}
     assert max(positions.values()) / sum(positions.values()) < 0.3
 
 
 def _truth(question: str, events) -> str:
-    colours = [e.colour for e in events]
+    names = [name(e.colour) for e in events]
     words = question.removesuffix("?").split()
     if "after" in words:
-        return colours[colours.index(words[-1]) + 1]
+        return names[names.index(" ".join(words[-3:])) + 1]
     if "before" in words:
-        return colours[colours.index(words[-1]) - 1]
-    return next(e.motion for e in events if e.colour == words[3])
+        return names[names.index(" ".join(words[-3:])) - 1]
+    return next(e.motion for e in events if e.colour == words[4])
 
 
 def test_short_clips_need_the_direction_and_floors_are_what_chance_gives():
@@ -105,21 +106,21 @@ def test_short_clips_need_the_direction_and_floors_are_what_chance_gives():
     in_clip_guess, total = 0, 0
     for _ in range(500):
         events = short_events(rng, rng.choice((3, 4)))
-        colours = [e.colour for e in events]
+        names = [name(e.colour) for e in events]
         for prompt, answer in short_clip_examples(events, rng):
             if "right after" in prompt or "right before" in prompt:
-                named = prompt.split("\n")[0].removesuffix("?").split()[-1]
+                named = " ".join(prompt.split("\n")[0].removesuffix("?").split()[-3:])
                 options = [line[3:] for line in prompt.split("\n")[1:5]]
-                candidates = [o for o in options if o in colours and o != named]
-                assert answer.removeprefix("Answer: ").removesuffix(".") in candidates
+                candidates = [o for o in options if o in names and o != named]
+                assert "T" + answer[1:].removesuffix(".") in ["T" + c[1:] for c in candidates]
                 in_clip_guess += 1 / len(candidates)
                 total += 1
     assert total == 1000 and in_clip_guess / total < 0.6  # "name a colour of the clip" is a coin flip or worse
     events = long_events(rng)
-    after = {"question": f"Which colour appears right after {events[3].colour}?",
-             "options": [events[4].colour, events[0].colour, events[5].colour, events[6].colour]}
-    assert moment_floor(after, events) == 1 / 3  # the first colour never comes after anything
-    assert moment_floor({**after, "question": "Which way does red move?"}, events) == 1 / 4
+    after = {"question": f"What appears right after {name(events[3].colour)}?",
+             "options": [name(events[k].colour) for k in (4, 0, 5, 6)]}
+    assert moment_floor(after, events) == 1 / 3  # the first object never comes after anything
+    assert moment_floor({**after, "question": "Which way does the red square move?"}, events) == 1 / 4
 
 
 def test_toy_split_is_a_benchmark_with_window_clips(tmp_path):
@@ -137,7 +138,8 @@ def test_toy_split_is_a_benchmark_with_window_clips(tmp_path):
         long = moments[w.id]
         assert (w.question, w.options, w.answer) == (long.question, long.options, long.answer)
         assert len(w.meta["window"]) == WINDOW_OBJECTS
-        named = long.question.removesuffix("?").split()[-1 if "right" in long.question else 3]
+        words = long.question.removesuffix("?").split()
+        named = words[-2] if "right" in long.question else words[4]
         assert named in [long.meta["events"][i]["colour"] for i in w.meta["window"]]
         assert len(read_frames(w.video, list(range(FRAMES_PER_EVENT * WINDOW_OBJECTS)))) == 32
 
@@ -160,8 +162,10 @@ def test_base_mix_is_mostly_short_clips_with_a_share_of_long_moment_questions():
     rng = random.Random(0)
     short = short_clip_examples(short_events(rng, 4), rng)
     assert [p for p, _ in short][0] == DESCRIBE and len(short) == 5  # describe, two motions, after, before
+    two = short_clip_examples(short_events(rng, 2), rng)  # "after" would be "the other one": motions only
+    assert len(two) == 3 and not any("appears right" in p for p, _ in two)
     long = [p for _ in range(300) for p, _ in long_clip_examples(long_events(rng), rng, moment_share=0.1)]
-    moment = sum(p.startswith(("Which colour appears right", "Which way")) for p in long)
+    moment = sum(p.startswith(("What appears right", "Which way")) for p in long)
     assert long.count(DESCRIBE) == 300 and 40 < moment < 140  # ~10 % of the 900 moment questions
 
 

@@ -14,7 +14,7 @@ from data_gen.config import prompt_template
 from data_gen.postfilter import judge_prompt
 from data_gen.questions import format_captions, parse_questions
 from toy.llm import caption_image, judge, objects_in_order, write_questions
-from toy.world import answer_text, clip_questions, describe, long_events, moment_questions, short_events
+from toy.world import answer_text, clip_questions, describe, long_events, moment_questions, name, short_events
 from tpo.evaluate.answers import extract_choice
 from tpo.synthetic.world import render_frames
 
@@ -61,15 +61,15 @@ def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
         asked = parse_questions(reply, ["temporal order", "attribute"], 4)["questions"]
         assert asked and all(q["type"] in ("temporal order", "attribute") for q in asked)
         assert {q["type"] for q in asked} == {"temporal order", "attribute"}  # the moment kinds taken in turn
-        names = [e.colour for e in events]
+        names = [name(e.colour) for e in events]
         for q in asked:
             stem, *options, instruction = q["question"].split("\n")
             assert instruction.startswith("Answer with") and len(options) == 4
             options = [o[3:] for o in options]
-            if stem.startswith("Which colour appears right after "):
-                truth = names[names.index(stem.removeprefix("Which colour appears right after ").rstrip("?")) + 1]
-            elif stem.startswith("Which colour appears right before "):
-                truth = names[names.index(stem.removeprefix("Which colour appears right before ").rstrip("?")) - 1]
+            if stem.startswith("What appears right after "):
+                truth = names[names.index(stem.removeprefix("What appears right after ").rstrip("?")) + 1]
+            elif stem.startswith("What appears right before "):
+                truth = names[names.index(stem.removeprefix("What appears right before ").rstrip("?")) - 1]
             else:
                 truth = next(e.motion for e in events if f" {e.colour} " in stem)
             assert truth in options
@@ -89,10 +89,10 @@ def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
 def test_judge_drops_questions_the_captions_cannot_answer():
     events = short_events(random.Random(2), 3)
     captions = _captions(events)
-    unknown = "Which colour appears right after purple?\nA. x\nB. y\nAnswer with the option's letter."
+    unknown = "What appears right after the purple square?\nA. x\nB. y\nAnswer with the option's letter."
     assert json.loads(judge(_judge_prompt(captions, unknown, "x", "y")))["rule"] == 3
-    last = f"Which colour appears right after {events[-1].colour}?\nA. {events[0].colour}\nB. y"
-    assert json.loads(judge(_judge_prompt(captions, last, events[0].colour, "y")))["rule"] == 3
+    last = f"What appears right after {name(events[-1].colour)}?\nA. {name(events[0].colour)}\nB. y"
+    assert json.loads(judge(_judge_prompt(captions, last, name(events[0].colour), "y")))["rule"] == 3
 
 
 def test_toy_answers_read_back_through_the_evaluator():
@@ -108,6 +108,6 @@ def test_toy_answers_read_back_through_the_evaluator():
 def test_parse_mcq_inverts_mcq_prompt():
     from tpo.evaluate.answers import mcq_prompt, parse_mcq
 
-    options = ["red", "blue", "left", "4"]
-    assert parse_mcq(mcq_prompt("Which colour appears right after green?", options)) == (
-        "Which colour appears right after green?", options)
+    options = ["the red square", "the blue circle", "left", "4"]
+    assert parse_mcq(mcq_prompt("What appears right after the green circle?", options)) == (
+        "What appears right after the green circle?", options)

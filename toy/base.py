@@ -1,19 +1,25 @@
 """The toy base model: a small LLaVA-OneVision trained from scratch on the toy world.
 
 Supervised fine-tuning makes it a competent base with the weakness the paper's method targets. It
-is trained *mostly on short clips*: three or four objects shown as densely as a long clip's
+is trained *mostly on short clips*: one to four objects shown as densely as a long clip's
 (``FRAMES_PER_OBJECT`` frames each), described ("Describe the video.") and asked about (which way
-an object moves, which colour appears right after / right before another; the clip's other colours
-are the first distractors, so the direction matters). A ``long_share`` of its clips are long ones
-(eight objects in 32 frames), described and asked about as a whole (first, last, how many circles),
-with only a ``long_moment_share`` of their moment questions kept: the share that makes the base
-*partly* grounded on long clips, as real video-LMMs are. It is chosen once, by a rule fixed before
-any TPO run (``benchmarks/toy_calibration.py``). Shown frames without the moment asked about, the
-base still answers in the question's form, about some other moment.
+an object moves; with three or four objects, what appears right after / right before another,
+the clip's other objects being the first distractors, so the direction matters). A
+``long_share`` of its clips are long ones (eight objects in 32 frames), described and asked about
+as a whole (first, last, how many move the first one's way), with only a ``long_moment_share`` of
+their moment questions kept: the share that makes the base *partly* grounded on long clips, as
+real video-LMMs are. It is chosen once, by a rule fixed before any TPO run
+(``benchmarks/toy_calibration.py``). Shown frames without the moment asked about, the base still
+answers in the question's form, about some other moment.
 
-``toy_base_path(cfg)`` builds it once (deterministic for a machine, a few minutes on 2 CPU cores)
-and caches it under ``$TPO_CACHE`` like the other built-in models. ``cfg.seed`` draws both the
-clips and the initial weights: each seed of the reproduction has its own base.
+The loss is ``transformers``' token mean, so the descriptions (many tokens) carry most of the
+gradient: describing the clip is what teaches the model to read the video at all, and answers in
+the descriptions' words reuse it. (Weighting every answer equally, or packing a clip's questions
+into one conversation, left 192-wide bases that never read the video in 800–1,000 steps.)
+
+``toy_base_path(cfg)`` builds it once (deterministic for a machine and thread count, about 13 min
+on one core) and caches it under ``$TPO_CACHE`` like the other built-in models. ``cfg.seed`` draws
+both the clips and the initial weights: each seed of the reproduction has its own base.
 """
 
 from __future__ import annotations
@@ -45,10 +51,10 @@ _VERSION = "5"
 
 @dataclass(frozen=True)
 class ToyBaseConfig:
-    num_clips: int = 1500
-    describe_steps: int = 300  # first only "Describe the video." (grounding), then the full mix
-    steps: int = 1000
-    batch_size: int = 8  # conversations (one clip each) per step
+    num_clips: int = 800
+    describe_steps: int = 200  # first only "Describe the video." (grounding), then the full mix
+    steps: int = 800
+    batch_size: int = 32
     lr: float = 1e-3
     long_share: float = 0.3  # share of long clips; the others show one to four objects
     long_moment_share: float = 0.3  # share of a long clip's moment questions kept in the mix (calibrated)
@@ -100,30 +106,8 @@ def _example(q: dict) -> tuple[str, str]:
     return mcq_prompt(q["question"], q["options"]), answer_text(q)
 
 
-def conversation(adapter, processor, clip, examples: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """A clip's (prompt, reply) examples as one multi-turn conversation, the video in the first
-    turn only (it is encoded once for all of them). ``weights`` spreads 1 over each reply's tokens,
-    so every answer counts once, however short ("Answer: blue.") or long (a description)."""
-    tok = processor.tokenizer
-    turns = []
-    for k, (prompt, reply) in enumerate(examples):
-        if k == 0:
-            tokens = adapter.encode_prompt(processor, clip, prompt).tokens
-        else:  # the template's own text for a further user turn (after the newline that ends a turn)
-            text = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": prompt}]}],
-                                                 add_generation_prompt=True, tokenize=False)
-            ids = torch.tensor(tok("\n" + text, add_special_tokens=False)["input_ids"])
-            tokens = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        seq = labelled_sequence(tokens, adapter.response_ids(processor, reply))
-        answer = seq["labels"] != IGNORE_INDEX
-        seq["weights"] = answer.float() / answer.sum()
-        turns.append(seq)
-    return {key: torch.cat([t[key] for t in turns]) for key in turns[0]}
-
-
 def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list[dict]:
-    """Per clip, two conversations: its description alone, and its questions in a random order. The
-    clip's vision tensors are shared by both."""
+    """Every SFT example tokenised; the clip's vision tensors are shared by its examples."""
     rng = random.Random(cfg.seed)
     rows = []
     for _ in tqdm(range(cfg.num_clips), desc="toy base: clips", leave=False):
@@ -133,14 +117,13 @@ def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list
         write_clip(path, events)
         clip = read_clip(path, uniform_frame_indices(FRAMES_PER_EVENT * len(events), shown_frames(events)))
         examples = long_clip_examples(events, rng, cfg.long_moment_share) if long else short_clip_examples(events, rng)
-        questions = examples[1:]
-        rng.shuffle(questions)
-        vision = adapter.encode_prompt(processor, clip, DESCRIBE).vision  # stored in bf16: a small encoded set
-        vision = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in vision.items()}
-        rows.append({"seq": conversation(adapter, processor, clip, examples[:1]), "vision": vision, "describe": True})
-        if questions:
-            rows.append({"seq": conversation(adapter, processor, clip, questions), "vision": vision,
-                         "describe": False})
+        vision = None
+        for prompt, reply in examples:
+            enc = adapter.encode_prompt(processor, clip, prompt)
+            if vision is None:  # stored in bf16 to keep the encoded set small
+                vision = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.vision.items()}
+            rows.append({"seq": labelled_sequence(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
+                         "describe": prompt == DESCRIBE})
     return rows
 
 
@@ -153,21 +136,11 @@ def _by_frame_count(rows: list[dict]) -> list[list[dict]]:
 
 def _batch(rows: list[dict], pad_id: int) -> dict:
     seqs = [r["seq"] for r in rows]
-    inputs = {k: pad_rows([s[k] for s in seqs], pad_id if k == "input_ids" else 0) for k in seqs[0]
-              if k not in ("labels", "weights")}
+    inputs = {k: pad_rows([s[k] for s in seqs], pad_id if k == "input_ids" else 0) for k in seqs[0] if k != "labels"}
     for key, value in rows[0]["vision"].items():
         cat = torch.cat([r["vision"][key] for r in rows])
         inputs[key] = cat.float() if cat.is_floating_point() else cat
-    return {**inputs, "labels": pad_rows([s["labels"] for s in seqs], IGNORE_INDEX),
-            "weights": pad_rows([s["weights"] for s in seqs], 0.0)}
-
-
-def answer_nll_sum(model, batch: dict) -> torch.Tensor:
-    """The sum over the batch's answers of each answer's mean token NLL."""
-    labels, weights = batch.pop("labels")[:, 1:], batch.pop("weights")[:, 1:]
-    logits = model(**batch).logits[:, :-1]
-    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
-    return (nll * weights).sum()
+    return {**inputs, "labels": pad_rows([s["labels"] for s in seqs], IGNORE_INDEX)}
 
 
 def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
@@ -187,12 +160,11 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
     for step in bar:
         pool = described if step < cfg.describe_steps else rows
         pick = [pool[i] for i in torch.randint(len(pool), (cfg.batch_size,), generator=gen).tolist()]
-        answers = sum(r["seq"]["weights"].sum().item() for r in pick)
         loss = 0.0
         for group in _by_frame_count(pick):  # a batch's clips must have one frame count
-            part = answer_nll_sum(model, _batch(group, pad_id))
-            (part / answers).backward()
-            loss += part.item() / answers
+            part = model(**_batch(group, pad_id)).loss * len(group) / len(pick)
+            part.backward()
+            loss += part.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()

@@ -6,7 +6,7 @@ names, speaking the real protocol:
 - ``toy-captioner`` names the object in a frame: colour, shape (how much of its bounding box it
   fills) and place ("The red square at the top left.");
 - ``toy-llm`` reads the timestamped captions of a clip and writes multiple-choice questions about
-  it — which colour appears right after / right before a colour, which way an object moves — built
+  it — what appears right after / right before an object, which way an object moves — built
   exactly as the held-out questions are (``toy.world``'s question builders: distractors are the
   other colours, those in the captions first), in the evaluation's prompt format;
 - ``toy-judge`` answers the question from the captions itself and applies the three post-filter
@@ -27,7 +27,7 @@ import numpy as np
 
 from data_gen.scripted_server import ScriptedServer, main, one_image, prompt_text
 from tpo.clean_exit import run_and_exit
-from toy.world import after_question, before_question, motion_question
+from toy.world import after_question, before_question, motion_question, name
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
 from tpo.synthetic.world import MOTIONS, PALETTE, find_object, place
 
@@ -79,12 +79,12 @@ def answer_from_captions(question: str, objects: list[tuple[str, list]]) -> str 
     names = [n for n, _ in objects]
     if len(set(names)) != len(names):
         return None  # an object seen twice: "right after" is ambiguous
-    if m := re.fullmatch(r"Which colour appears right (after|before) (\w+)\?", question):
+    if m := re.fullmatch(r"What appears right (after|before) the (\w+) \w+\?", question):
         if m.group(2) not in names:
             return None
         i = names.index(m.group(2)) + (1 if m.group(1) == "after" else -1)
-        return names[i] if 0 <= i < len(names) else None
-    if m := re.fullmatch(r"Which way does (\w+) move\?", question):
+        return name(names[i]) if 0 <= i < len(names) else None
+    if m := re.fullmatch(r"Which way does the (\w+) \w+ move\?", question):
         return motion(objects[names.index(m.group(1))][1]) if m.group(1) in names else None
     return None
 

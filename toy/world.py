@@ -1,20 +1,21 @@
 """The toy world of the end-to-end reproduction: long clips, moments in them, and questions.
 
 A *long clip* shows all eight colours of the palette once each, in a random order, each object
-moving one way for ``FRAMES_PER_EVENT`` video frames. Sampled at ``NUM_FRAMES`` = 32 frames, one
+moving one way for ``FRAMES_PER_EVENT`` video frames. An object's shape follows from its colour
+(``SHAPE_OF``), so its name ("the red square") is known from its colour alone. Sampled at ``NUM_FRAMES`` = 32 frames, one
 object (a *moment*) fills 4 of them — the size of the paper's relevant window ``S_a``. Its ground
 truth is known frame by frame, so multiple-choice questions with known answers can be asked:
 
-- ``moment``: about one moment — which colour appears right after / right before a colour, which
-  way an object moves;
-- ``order``: which colour appears first, last (the whole clip);
-- ``counting``: how many circles appear.
+- ``moment``: about one moment — what appears right after / right before an object, which way an
+  object moves;
+- ``order``: what appears first, last (the whole clip);
+- ``counting``: how many objects move the way the first one does.
 
-Every colour is in every long clip, so a colour option is never excluded by "it is not in the
+Every object is in every long clip, so an object option is never excluded by "it is not in the
 clip": an answer about the wrong moment is in form and wrong. No option list gives its answer
-away (``tests/test_toy.py`` checks position and value): colour distractors are drawn at random
-from the other colours, motion options are always the four motions, count options always
-``COUNTS``. The one thing the clip itself excludes is the first colour as what comes *after*
+away (``tests/test_toy.py`` checks position and value): object distractors are drawn at random
+from the other objects, motion options are always the four motions, count options always
+``COUNTS``. The one thing the clip itself excludes is the first object as what comes *after*
 (the last as what comes *before*); :func:`moment_floor` is the accuracy of knowing only that.
 
 ``write_toy_split`` writes long clips and their questions, and, for every moment question, the
@@ -37,19 +38,28 @@ FRAMES_PER_EVENT = 8  # video frames per object; a long clip is 64 frames at 8 f
 NUM_FRAMES = 32  # frames the toy model sees of a long clip, in data generation, training and evaluation
 FRAMES_PER_OBJECT = 4  # sampled frames per object at NUM_FRAMES; short and window clips are shown as densely
 WINDOW_OBJECTS = 4  # objects of a window clip (and of the base model's short clips at most)
-COUNTS = ("2", "3", "4", "5")  # how many circles a long clip has: every count option list is this one
+COUNTS = ("1", "2", "3", "4")  # how many objects move the first one's way: every count option list is this one
+SHAPE_OF = {c: SHAPES[k % 2] for k, c in enumerate(COLOURS)}
+
+
+def name(colour: str) -> str:
+    return f"the {colour} {SHAPE_OF[colour]}"
 
 
 def long_events(rng: random.Random) -> list[Event]:
-    """The eight colours in a random order; ``COUNTS`` circles (uniform), the rest squares."""
-    circles = set(rng.sample(range(len(COLOURS)), int(rng.choice(COUNTS))))
-    return [Event(c, "circle" if k in circles else "square", rng.choice(list(MOTIONS)))
+    """The eight colours in a random order. The first object moves a random way and ``COUNTS``
+    objects (uniform, itself included) move that way; the others move one of the other three ways.
+    Every motion is as likely for any one object."""
+    counted = rng.choice(list(MOTIONS))
+    same = {0, *rng.sample(range(1, len(COLOURS)), int(rng.choice(COUNTS)) - 1)}
+    others = [m for m in MOTIONS if m != counted]
+    return [Event(c, SHAPE_OF[c], counted if k in same else rng.choice(others))
             for k, c in enumerate(rng.sample(COLOURS, len(COLOURS)))]
 
 
 def short_events(rng: random.Random, count: int) -> list[Event]:
-    """``count`` objects of distinct colours, any shape."""
-    return [Event(c, rng.choice(SHAPES), rng.choice(list(MOTIONS))) for c in rng.sample(COLOURS, count)]
+    """``count`` objects of distinct colours."""
+    return [Event(c, SHAPE_OF[c], rng.choice(list(MOTIONS))) for c in rng.sample(COLOURS, count)]
 
 
 def shown_frames(events: list[Event]) -> int:
@@ -63,18 +73,22 @@ def describe(events: list[Event]) -> str:
 
 
 def reply(index: int, option: str) -> str:
-    """How the toy base model is taught to answer: the option's text in a sentence ("Answer: blue."),
-    and so what likelihood scoring scores for option ``index``. Not the letter: a model this small
-    learns which colour is meant long before it learns which letter lists it. The option's words
-    keep their case and a leading space, so they are the very tokens the options and the clip
-    descriptions use (a capitalised "Blue" would be one more thing to learn)."""
-    return f"Answer: {option}."
+    """How the toy base model is taught to answer, and so what likelihood scoring scores for option
+    ``index``: the option's text in the words of a clip's description ("The blue square.", "It moves
+    left.", "There are 3."). Not the letter: a model this small learns which object is meant long
+    before it learns which letter lists it, and an answer worded like the description reuses what
+    describing the clip taught it."""
+    if option in MOTIONS:
+        return f"It moves {option}."
+    if option in COUNTS:
+        return f"There are {option}."
+    return option[0].upper() + option[1:] + "."
 
 
 def is_reply(text: str) -> bool:
-    """Whether ``text`` is in the toy's answer form (a colour, a motion or a count, as :func:`reply`
+    """Whether ``text`` is in the toy's answer form (an object, a motion or a count, as :func:`reply`
     writes it) rather than, say, a description of the clip."""
-    return text in {reply(0, t) for t in (*COLOURS, *MOTIONS, *COUNTS)}
+    return text in {reply(0, t) for t in (*map(name, COLOURS), *MOTIONS, *COUNTS)}
 
 
 def answer_text(question: dict) -> str:
@@ -98,18 +112,22 @@ def colour_distractors(answer: str, named: str | None, rng: random.Random, seen:
     return (first + rest)[:3]
 
 
+def _object_mcq(question: str, answer: str, distractors: list[str], category: str, rng: random.Random) -> dict:
+    return mcq(question, name(answer), [name(c) for c in distractors], category, rng)
+
+
 def after_question(colours: list[str], i: int, rng: random.Random) -> dict:
-    return mcq(f"Which colour appears right after {colours[i]}?", colours[i + 1],
-               colour_distractors(colours[i + 1], colours[i], rng, colours), MOMENT, rng)
+    return _object_mcq(f"What appears right after {name(colours[i])}?", colours[i + 1],
+                       colour_distractors(colours[i + 1], colours[i], rng, colours), MOMENT, rng)
 
 
 def before_question(colours: list[str], i: int, rng: random.Random) -> dict:
-    return mcq(f"Which colour appears right before {colours[i]}?", colours[i - 1],
-               colour_distractors(colours[i - 1], colours[i], rng, colours), MOMENT, rng)
+    return _object_mcq(f"What appears right before {name(colours[i])}?", colours[i - 1],
+                       colour_distractors(colours[i - 1], colours[i], rng, colours), MOMENT, rng)
 
 
 def motion_question(colour: str, motion: str, rng: random.Random) -> dict:
-    return mcq(f"Which way does {colour} move?", motion, [m for m in MOTIONS if m != motion], MOMENT, rng)
+    return mcq(f"Which way does {name(colour)} move?", motion, [m for m in MOTIONS if m != motion], MOMENT, rng)
 
 
 def moment_questions(events: list[Event], rng: random.Random) -> list[tuple[dict, list[int]]]:
@@ -121,22 +139,22 @@ def moment_questions(events: list[Event], rng: random.Random) -> list[tuple[dict
 
 
 def clip_questions(events: list[Event], rng: random.Random) -> list[dict]:
-    """Questions about the whole clip: first, last, how many circles."""
-    colours = [e.colour for e in events]
-    circles = str(sum(e.shape == "circle" for e in events))
+    """Questions about the whole clip: first, last, how many objects move the first one's way."""
+    colours, counted = [e.colour for e in events], events[0].motion
+    count = str(sum(e.motion == counted for e in events))
     return [
-        mcq("Which colour appears first?", colours[0], colour_distractors(colours[0], None, rng), "order", rng),
-        mcq("Which colour appears last?", colours[-1], colour_distractors(colours[-1], None, rng), "order", rng),
-        mcq("How many circles appear?", circles, [c for c in COUNTS if c != circles], "counting", rng),
+        _object_mcq("What appears first?", colours[0], colour_distractors(colours[0], None, rng), "order", rng),
+        _object_mcq("What appears last?", colours[-1], colour_distractors(colours[-1], None, rng), "order", rng),
+        mcq(f"How many objects move {counted}?", count, [c for c in COUNTS if c != count], "counting", rng),
     ]
 
 
 def moment_floor(question: dict, events: list[Event]) -> float:
-    """The chance of a moment question for a model that knows the clip's first and last colour and
-    nothing about the moment: it rules out the first colour as what comes after, the last as what
+    """The chance of a moment question for a model that knows the clip's first and last object and
+    nothing about the moment: it rules out the first object as what comes after, the last as what
     comes before, and picks at random among the rest."""
     options, text = question["options"], question["question"]
-    ruled_out = (events[0].colour if "after" in text else events[-1].colour if "before" in text else None)
+    ruled_out = name(events[0].colour) if "after" in text else name(events[-1].colour) if "before" in text else None
     return 1 / sum(o != ruled_out for o in options)
 
 
