@@ -14,9 +14,8 @@ from data_gen.config import prompt_template
 from data_gen.postfilter import judge_prompt
 from data_gen.questions import format_captions, parse_questions
 from toy.llm import caption_image, judge, objects_in_order, write_questions
-from toy.world import answer_text, clip_questions, describe, long_events, moment_questions, name, short_events
+from toy.world import answer_text, clip_questions, describe, long_events, moment_questions, name, render, short_events
 from tpo.evaluate.answers import extract_choice
-from tpo.synthetic.world import render_frames
 
 
 def _through_jpeg(frame: np.ndarray) -> np.ndarray:
@@ -24,8 +23,8 @@ def _through_jpeg(frame: np.ndarray) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
 
 
-def _captions(events, frames_per_event=4):
-    frames = render_frames(events, frames_per_event)
+def _captions(events):
+    frames = render(events)[1::2]  # the long clips' density: 4 frames per object
     return [{"frame": i, "text": caption_image(_through_jpeg(f))} for i, f in enumerate(frames)]
 
 

@@ -46,7 +46,7 @@ from tpo.synthetic.world import Event
 
 FAMILY = "llava_onevision"
 DESCRIBE = "Describe the video."
-_VERSION = "5"
+_VERSION = "6"
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+
 from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event, render_frames, write_video
 
 MOMENT = "moment"
@@ -164,8 +166,15 @@ def window_of(held: list[int], num_events: int) -> list[int]:
     return list(range(start, start + WINDOW_OBJECTS))
 
 
+def render(events: list[Event], size: int = 64) -> np.ndarray:
+    """A clip's frames. The shapes are larger than the demo world's (``size // 5``): after the
+    model's 2x2 pooling a small shape's colour is faint, and a from-scratch base then takes several
+    times longer to start reading the video at all."""
+    return render_frames(events, FRAMES_PER_EVENT, size, radius=size // 5)
+
+
 def write_clip(path: Path, events: list[Event], size: int = 64) -> None:
-    write_video(path, render_frames(events, FRAMES_PER_EVENT, size))
+    write_video(path, render(events, size))
 
 
 def write_toy_split(root: str | Path, num_videos: int, seed: int) -> Path:

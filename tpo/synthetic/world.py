@@ -53,10 +53,10 @@ def _sentences() -> list[str]:
 CORPUS = _sentences()  # what the tiny tokenizers are trained on
 
 
-def _draw(frame: np.ndarray, event: Event, progress: float) -> None:
+def _draw(frame: np.ndarray, event: Event, progress: float, radius: int) -> None:
     """Draw the event's shape at ``progress`` (0..1) along its motion path."""
     h, w, _ = frame.shape
-    r = h // 8
+    r = radius
     dx, dy = MOTIONS[event.motion]
     cx = int(w / 2 + dx * (progress - 0.5) * (w / 2))
     cy = int(h / 2 + dy * (progress - 0.5) * (h / 2))
@@ -68,12 +68,13 @@ def _draw(frame: np.ndarray, event: Event, progress: float) -> None:
     frame[mask] = PALETTE[event.colour]
 
 
-def render_frames(events: list[Event], frames_per_event: int, size: int = 64) -> np.ndarray:
-    """``(len(events) * frames_per_event, size, size, 3)`` uint8 frames, one segment per event."""
+def render_frames(events: list[Event], frames_per_event: int, size: int = 64, radius: int | None = None) -> np.ndarray:
+    """``(len(events) * frames_per_event, size, size, 3)`` uint8 frames, one segment per event; the
+    shapes' half-width is ``radius`` pixels (default ``size // 8``)."""
     frames = np.full((len(events) * frames_per_event, size, size, 3), 16, dtype=np.uint8)
     for i, event in enumerate(events):
         for j in range(frames_per_event):
-            _draw(frames[i * frames_per_event + j], event, j / max(frames_per_event - 1, 1))
+            _draw(frames[i * frames_per_event + j], event, j / max(frames_per_event - 1, 1), radius or size // 8)
     return frames
 
 
