@@ -124,8 +124,8 @@ def table(per_seed: list[dict]) -> str:
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {pairs} |")
     floors = [_cell([r["arms"]["base"][k] for r in per_seed]) for k in ("after_before_floor", "motion_floor")]
     lines.append(f"| floor (knows first/last, not the moment) | | {floors[0]} | {floors[1]} | | |")
-    lines.append(f"| base, shown only the window around the moment | {_cell([r['arms']['base']['window'] for r in per_seed])}"
-                 " | | | | |")
+    window = _cell([r["arms"]["base"]["window"] for r in per_seed])
+    lines.append(f"| base, shown only the window around the moment | {window} | | | | |")
     return "\n".join(lines)
 
 

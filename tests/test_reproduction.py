@@ -19,8 +19,8 @@ def test_toy_reproduction_quick(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     number = r"-?\d+\.\d\d"
-    assert re.fullmatch(rf"tpo_minus_base={number} tpo_minus_sft_self={number} ci_low={number} ci_high={number} seeds=2",
-                        last)
+    fields = ("tpo_minus_base", "tpo_minus_sft_self", "ci_low", "ci_high")
+    assert re.fullmatch(" ".join(f"{k}={number}" for k in fields) + " seeds=2", last)
     seeds = {s: json.loads((tmp_path / "seeds" / f"seed-{s}.json").read_text()) for s in (0, 1)}
     questions = sum(1 for line in (tmp_path / "test-6" / "mcq.jsonl").read_text().splitlines() if line.strip())
     arms = {"base", "sft_self", "tpo", "tpo_alpha0", "tpo_nofilter"}

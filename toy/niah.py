@@ -48,7 +48,9 @@ def write_toy_niah(root: str | Path, lengths=(2, 4, 6, 8), depths=(0.0, 0.25, 0.
                 indices = uniform_frame_indices(FRAMES_PER_EVENT * length, shown_frames(events))
                 video = f"videos/niah_L{length}_d{round(100 * depth):03d}_{k}.mp4"
                 write_clip(root / video, events)
-                rows.append({"id": Path(video).stem, "video": video, **motion_question(events[position].colour, events[position].motion, rng),
+                needle = events[position]
+                rows.append({"id": Path(video).stem, "video": video,
+                             **motion_question(needle.colour, needle.motion, rng),
                              "frame_indices": indices, "duration": f"depth {depth:g}",
                              "meta": {"length": len(indices), "depth": depth}})
     path = root / "niah.jsonl"

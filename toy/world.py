@@ -2,8 +2,9 @@
 
 A *long clip* shows all eight colours of the palette once each, in a random order, each object
 moving one way for ``FRAMES_PER_EVENT`` video frames. An object's shape follows from its colour
-(``SHAPE_OF``), so its name ("the red square") is known from its colour alone. Sampled at ``NUM_FRAMES`` = 32 frames, one
-object (a *moment*) fills 4 of them — the size of the paper's relevant window ``S_a``. Its ground
+(``SHAPE_OF``), so its name ("the red square") is known from its colour alone. Sampled at
+``NUM_FRAMES`` = 32 frames, one object (a *moment*) fills 4 of them — the size of the paper's
+relevant window ``S_a``. Its ground
 truth is known frame by frame, so multiple-choice questions with known answers can be asked:
 
 - ``moment``: about one moment — what appears right after / right before an object, which way an
