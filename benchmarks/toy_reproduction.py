@@ -140,9 +140,9 @@ def per_seed_table(per_seed: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def differences(per_seed: list[dict], ids: list[str], clips: list[str]) -> dict:
+def differences(per_seed: list[dict], clips: list[str | None]) -> dict:
     """Per comparison: the t-interval over seeds and the seed-and-clip bootstrap (moment questions)."""
-    moment = [k for k, i in enumerate(ids) if clips[k] is not None]
+    moment = [k for k, clip in enumerate(clips) if clip is not None]
     out = {}
     for a, b in (("tpo", "sft_self"), ("tpo", "base"), ("tpo", "tpo_alpha0"), ("tpo", "tpo_nofilter"),
                  ("sft_self", "base")):
@@ -210,11 +210,10 @@ def plots(per_seed: list[dict], grids: dict, out: Path) -> None:
 
 
 def report(per_seed: list[dict], run: PipelineRun, out: Path) -> str:
-    questions = run.questions("test")
-    ids = sorted(questions)
-    rows = {json.loads(line)["id"]: json.loads(line) for line in run.split("test").read_text().splitlines()}
+    rows = {r["id"]: r for r in map(json.loads, run.split("test").read_text().splitlines())}
+    ids = sorted(rows)
     clips = [rows[i]["meta"]["clip"] if rows[i]["category"] == MOMENT else None for i in ids]
-    diffs = differences(per_seed, ids, clips)
+    diffs = differences(per_seed, clips)
     primary = diffs["tpo-sft_self"]["t"]
     n = len(per_seed)
     observed_sd = mean_std([r["arms"]["tpo"]["moment"] - r["arms"]["sft_self"]["moment"] for r in per_seed])[1]
