@@ -16,8 +16,9 @@ from pathlib import Path
 
 from data_gen.config import ConfigError
 from data_gen.index import VIDEO_EXTENSIONS
-from data_gen.write import SCHEMA_VERSION, write_json, write_jsonl
+from data_gen.write import write_json, write_jsonl
 from tpo.data.frames import VideoReadError, count_frames, uniform_frame_indices
+from tpo.data.records import SCHEMA_VERSION, PreferenceRecord
 
 
 def _text(value, role: str) -> str:
@@ -96,17 +97,15 @@ def import_file(fmt: str, input_path: str, videos: str, output: str, num_frames:
             rid = rid or f"{fmt}-{number:07d}"
             if rid in seen:
                 raise ValueError(f"duplicate id {rid!r}")
+            record = PreferenceRecord(
+                id=rid, video=path.relative_to(root).as_posix(), frame_indices=frames, question=question,
+                chosen=chosen, rejected=rejected, chosen_frames=frames, rejected_frames=frames,
+                provenance={"imported_from": fmt, "source": str(source), "line": number})
         except (ValueError, VideoReadError) as err:
             skipped.append({"line": number, "reason": str(err)})
             continue
         seen.add(rid)
-        records.append({
-            "id": rid, "video": path.relative_to(root).as_posix(), "frame_indices": frames,
-            "question": question, "chosen": chosen, "rejected": rejected,
-            "chosen_frames": frames, "rejected_frames": frames,
-            "provenance": {"imported_from": fmt, "source": str(source), "line": number,
-                           "schema_version": SCHEMA_VERSION},
-        })
+        records.append(record.to_json())
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "preferences.jsonl", records, "id")
     write_jsonl(out / "skipped.jsonl", skipped, "line")

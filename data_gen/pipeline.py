@@ -21,8 +21,9 @@ from data_gen.postfilter import filter_jobs, rule_labels, run_postfilter
 from data_gen.questions import format_captions, question_jobs, run_questions
 from data_gen.runner import StageRunner
 from data_gen.sample import sample_frames
-from data_gen.write import (SCHEMA_VERSION, build_record, category, count_by, package_versions, write_json,
+from data_gen.write import (build_record, category, count_by, package_versions, write_json,
                             write_jsonl)
+from tpo.data.records import SCHEMA_VERSION
 
 
 def precheck(pair: dict, truncated: str) -> tuple[str, str] | None:
@@ -172,7 +173,7 @@ class Pipeline:
                seconds: float) -> dict:
         cfg = self.cfg
         provenance = {
-            "generator": "data_gen", "schema_version": SCHEMA_VERSION, "policy": cfg.answer.model,
+            "generator": "data_gen", "policy": cfg.answer.model,
             "family": cfg.answer.family, "llm": cfg.questions.model, "captioner": cfg.caption.model,
             "judge": cfg.postfilter.model if cfg.postfilter.enabled else None, "seed": cfg.seed,
         }

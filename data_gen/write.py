@@ -2,7 +2,7 @@
 
 Output files (all replaced atomically, sorted, so identical inputs give identical bytes):
 
-- ``preferences.jsonl``: the kept pairs (the record contract of ARCHITECTURE.md);
+- ``preferences.jsonl``: the kept pairs (:class:`tpo.data.records.PreferenceRecord`, ``docs/record-format.md``);
 - ``filtered_out.jsonl``: pairs the post-filter (or the identical-answer check) dropped, with why;
 - ``skipped.jsonl``: videos left out (unreadable, truncated, too short) with the reason;
 - ``failures.jsonl``: items a model call could not produce, with the stage and the reason;
@@ -19,7 +19,7 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from tpo.data.records import PreferenceRecord
 OUTPUT_FILES = ("preferences.jsonl", "filtered_out.jsonl", "skipped.jsonl", "failures.jsonl")
 
 
@@ -47,22 +47,13 @@ def write_json(path: Path, value: dict) -> None:
 def build_record(question: dict, chosen: str, rejected: str, captions: list[dict], verdict: dict,
                  provenance: dict) -> dict:
     seg = question["segment"]
-    return {
-        "id": question["id"],
-        "video": seg.video,
-        "frame_indices": list(seg.frame_indices),
-        "question": question["question"],
-        "chosen": chosen,
-        "rejected": rejected,
-        **{f"{side}_truncated": True for side, cut in question["truncated"].items() if cut},
-        "manipulation": seg.kind,
-        "chosen_frames": list(seg.chosen_frames),
-        "rejected_frames": list(seg.rejected_frames),
-        "question_type": question["type"],
-        "captions": captions,
-        "filter": verdict,
-        "provenance": provenance,
-    }
+    return PreferenceRecord(
+        id=question["id"], video=seg.video, frame_indices=list(seg.frame_indices), question=question["question"],
+        chosen=chosen, rejected=rejected, chosen_truncated=question["truncated"]["chosen"],
+        rejected_truncated=question["truncated"]["rejected"], manipulation=seg.kind,
+        chosen_frames=list(seg.chosen_frames), rejected_frames=list(seg.rejected_frames),
+        question_type=question["type"], captions=captions, filter=verdict, provenance=provenance,
+    ).to_json()
 
 
 def category(reason: str) -> str:

@@ -37,6 +37,8 @@ CASES = {
     "bad indices": (lambda rs, _: rs[2].update(frame_indices=[1, -2]), "non-negative integers"),
     "bad manipulation": (lambda rs, _: rs[2].update(manipulation="shuffled"), "'manipulation' is 'shuffled'"),
     "duplicate id": (lambda rs, _: rs[2].update(id=rs[0]["id"]), "duplicate id"),
+    "unknown schema version": (lambda rs, _: rs[2].update(schema_version=2), "schema_version 2 is not one this tpo"),
+    "bad truncation flag": (lambda rs, _: rs[2].update(chosen_truncated="yes"), "must be true or false"),
 }
 
 

@@ -1,3 +1,4 @@
+import json
 from collections import Counter
 
 import pytest
@@ -6,7 +7,7 @@ import torch
 from tpo.data.collate import PairCollator
 from tpo.data.datamodule import PreferenceDataModule, select_pairs, split_by_video
 from tpo.data.frames import read_frames, uniform_frame_indices
-from tpo.data.records import read_records
+from tpo.data.records import SCHEMA_VERSION, PreferenceRecord, RecordError, read_records
 from tpo.models import IGNORE_INDEX, get_adapter
 
 
@@ -36,9 +37,9 @@ def test_validation_split_holds_out_whole_videos(pref_file):
 def test_mix_ratio_and_size_are_config_changes(pref_file, fraction, size):
     records, _ = read_records(pref_file)
     chosen = select_pairs(records, fraction, size, seed=0)
-    assert len(chosen) == size and len({r["id"] for r in chosen}) == size
+    assert len(chosen) == size and len({r.id for r in chosen}) == size
     if fraction is not None:
-        counts = Counter(r["manipulation"] for r in chosen)
+        counts = Counter(r.manipulation for r in chosen)
         assert counts["irrelevant"] == round(size * fraction)
         assert counts["incomplete"] == size - round(size * fraction)
 
@@ -106,3 +107,17 @@ def test_training_warns_when_data_gen_prompted_otherwise(tmp_path, caplog):
     assert "did not answer" not in caplog.text
     warn_if_prompted_otherwise(tmp_path / "preferences.jsonl", time_instruction=True)
     assert "answer.time_instruction=False but training uses time_instruction=True" in caplog.text
+
+
+def test_record_round_trips_through_its_json_form(pref_file):
+    line = json.loads(pref_file.read_text().splitlines()[0])
+    record = PreferenceRecord.from_json({**line, "note": "kept"})
+    assert record.to_json() == {**line, "note": "kept", "schema_version": SCHEMA_VERSION}
+    assert record.extra == {"note": "kept"} and record.manipulation in ("irrelevant", "incomplete")
+    legacy = {k: v for k, v in line.items() if k != "schema_version"}
+    # files written before the version had its own field kept it in the provenance
+    assert PreferenceRecord.from_json({**legacy, "provenance": {"schema_version": 1}}).schema_version == 1
+    with pytest.raises(RecordError, match="schema_version 9"):
+        PreferenceRecord.from_json({**legacy, "provenance": {"schema_version": 9}})
+    with pytest.raises(RecordError, match="'chosen_frames' must hold only non-negative integers"):
+        PreferenceRecord(**{**legacy, "chosen_frames": [-1]})

@@ -35,9 +35,9 @@ def test_import_llava_hound(raw_videos, tmp_path):
     written, skipped = import_file("llava-hound", source, raw_videos, tmp_path / "out", num_frames=8)
     assert (written, skipped) == (2, 4)
     records, bad = read_records(tmp_path / "out" / "preferences.jsonl")  # video_root from the manifest
-    assert not bad and [r["id"] for r in records] == ["h1", "h2"]
-    assert records[0]["video"] == "clip_0000.mp4" and len(records[0]["frame_indices"]) == 8
-    assert records[0]["question"] == "What happens?" and "manipulation" not in records[0].data
+    assert not bad and [r.id for r in records] == ["h1", "h2"]
+    assert records[0].video == "clip_0000.mp4" and len(records[0].frame_indices) == 8
+    assert records[0].question == "What happens?" and records[0].manipulation is None
     reasons = {s["line"]: s["reason"] for s in map(json.loads, (tmp_path / "out/skipped.jsonl").read_text().splitlines())}
     assert reasons[3].startswith("video not found") and reasons[4].startswith("not valid JSON")
     assert reasons[5] == "duplicate id 'h1'" and reasons[6].startswith("empty prompt")
@@ -55,8 +55,8 @@ def test_import_trl_conversational_and_plain(raw_videos, tmp_path):
     written, skipped = import_file("trl", source, raw_videos, tmp_path / "out", num_frames=4)
     records, bad = read_records(tmp_path / "out" / "preferences.jsonl")
     assert (written, skipped) == (2, 1) and not bad
-    first = next(r for r in records if r["video"] == "clip_0003.mp4")
-    assert (first["question"], first["chosen"], first["rejected"]) == ("What moves?", "The red square.", "The blue circle.")
+    first = next(r for r in records if r.video == "clip_0003.mp4")
+    assert (first.question, first.chosen, first.rejected) == ("What moves?", "The red square.", "The blue circle.")
 
 
 def test_cli_dry_run_and_import(raw_videos, tmp_path, scripted_server):

@@ -36,7 +36,7 @@ def test_end_to_end_records_follow_the_contract(reference_run, raw_videos):
         assert d["filter"]["kept"] is False and d["filter"]["reason"]
     assert {int(k.split(":")[0]): v for k, v in stats["pairs"]["dropped_by_rule"].items()} == \
         {k: v for k, v in by_rule.items() if k != "identical"}
-    for r in (rec.data for rec in records):
+    for r in (rec.to_json() for rec in records):
         assert r["filter"]["kept"] and r["filter"]["judge"] == "scripted-judge"
         assert len(r["frame_indices"]) == 16 and r["chosen"] != r["rejected"]
         if r["manipulation"] == "irrelevant":

@@ -51,9 +51,8 @@ def model_fingerprint(model_path: str, adapter, dtype: str, precision: str, proc
 
 
 def record_fingerprint(record) -> str:
-    data = record.data
-    cut = [data.get("chosen_truncated", False), data.get("rejected_truncated", False)]
-    return _digest([data["video"], data["frame_indices"], data["question"], data["chosen"], data["rejected"], cut])
+    cut = [record.chosen_truncated, record.rejected_truncated]
+    return _digest([record.video, record.frame_indices, record.question, record.chosen, record.rejected, cut])
 
 
 @torch.no_grad()
@@ -88,7 +87,7 @@ def compute(adapter, model, loaders, forward_context=nullcontext, progress: bool
 
 
 def save(path: str | Path, fingerprint: str, records, values: dict[str, list[float]]) -> None:
-    entries = {r["id"]: {"key": record_fingerprint(r), "logps": values[r["id"]]} for r in records}
+    entries = {r.id: {"key": record_fingerprint(r), "logps": values[r.id]} for r in records}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -107,14 +106,14 @@ def load(path: str | Path, fingerprint: str, records) -> dict[str, torch.Tensor]
                                   f"processor or prompt settings (or an older version of tpo); {HINT}")
     entries, missing, changed = cache["entries"], [], []
     for record in records:
-        entry = entries.get(record["id"])
+        entry = entries.get(record.id)
         if entry is None:
-            missing.append(record["id"])
+            missing.append(record.id)
         elif entry["key"] != record_fingerprint(record):
-            changed.append(record["id"])
+            changed.append(record.id)
     if missing or changed:
         first = (missing or changed)[0]
         raise StaleReferenceError(f"reference log-probs {path} do not match the data: {len(missing)} record(s) "
                                   f"missing, {len(changed)} changed (video, frames, question or answers), e.g. "
                                   f"{first!r}; {HINT}")
-    return {r["id"]: torch.tensor(entries[r["id"]]["logps"]) for r in records}
+    return {r.id: torch.tensor(entries[r.id]["logps"]) for r in records}

@@ -17,7 +17,7 @@ from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from tpo.builtin import resolve
 from tpo.data.collate import SharedPrefixCollator
 from tpo.data.frames import read_clip
-from tpo.data.records import BadRecordsError, Record, read_records, summarize
+from tpo.data.records import BadRecordsError, PreferenceRecord, read_records, summarize
 from tpo.errors import ConfigError, TPOError
 from tpo.models import get_adapter
 
@@ -28,7 +28,7 @@ SKIPPED_FILE = "skipped_records.jsonl"
 class PreferenceDataset(Dataset):
     """Decodes exactly each record's ``frame_indices``; items feed :class:`SharedPrefixCollator`."""
 
-    def __init__(self, records: list[Record]):
+    def __init__(self, records: list[PreferenceRecord]):
         self.records = records
 
     def __len__(self) -> int:
@@ -36,10 +36,9 @@ class PreferenceDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         rec = self.records[i]
-        clip = read_clip(rec.video_path, rec["frame_indices"])
-        return {"id": rec["id"], "question": rec["question"], "chosen": rec["chosen"], "rejected": rec["rejected"],
-                "chosen_truncated": rec.data.get("chosen_truncated", False),
-                "rejected_truncated": rec.data.get("rejected_truncated", False), "clip": clip}
+        return {"id": rec.id, "question": rec.question, "chosen": rec.chosen, "rejected": rec.rejected,
+                "chosen_truncated": rec.chosen_truncated, "rejected_truncated": rec.rejected_truncated,
+                "clip": read_clip(rec.video_path, rec.frame_indices)}
 
 
 def warn_if_prompted_otherwise(path: Path, time_instruction: bool) -> None:
@@ -58,7 +57,7 @@ def warn_if_prompted_otherwise(path: Path, time_instruction: bool) -> None:
                     generated_with, time_instruction)
 
 
-def split_by_video(records: list[Record], val_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+def split_by_video(records: list[PreferenceRecord], val_fraction: float, seed: int) -> tuple[list[PreferenceRecord], list[PreferenceRecord]]:
     """Hold out ``val_fraction`` of the *videos* (all their pairs), so no video is on both sides."""
     videos = sorted({str(r.video_path) for r in records})
     random.Random(seed).shuffle(videos)
@@ -70,8 +69,8 @@ def split_by_video(records: list[Record], val_fraction: float, seed: int) -> tup
             [r for r in records if str(r.video_path) in held_out])
 
 
-def select_pairs(records: list[Record], irrelevant_fraction: float | None, max_pairs: int | None,
-                 seed: int) -> list[Record]:
+def select_pairs(records: list[PreferenceRecord], irrelevant_fraction: float | None, max_pairs: int | None,
+                 seed: int) -> list[PreferenceRecord]:
     """The training subset: ``max_pairs`` pairs with ``irrelevant_fraction`` of them *irrelevant*.
 
     The paper's mix-ratio (10:0 ... 0:10) and dataset-size ablations are these two settings.
@@ -86,11 +85,11 @@ def select_pairs(records: list[Record], irrelevant_fraction: float | None, max_p
         return sorted(rng.sample(records, size), key=lambda r: r.line)
     if not 0.0 <= irrelevant_fraction <= 1.0:
         raise ConfigError(f"irrelevant_fraction must lie in [0, 1], got {irrelevant_fraction}")
-    pools = {m: [r for r in records if r.data.get("manipulation") == m] for m in ("irrelevant", "incomplete")}
-    unlabeled = [r for r in records if r.data.get("manipulation") not in pools]
+    pools = {m: [r for r in records if r.manipulation == m] for m in ("irrelevant", "incomplete")}
+    unlabeled = [r for r in records if r.manipulation not in pools]
     if unlabeled:
         raise ConfigError(f"irrelevant_fraction needs every record's 'manipulation'; line {unlabeled[0].line} "
-                         f"(id {unlabeled[0]['id']!r}) and {len(unlabeled) - 1} more have none")
+                         f"(id {unlabeled[0].id!r}) and {len(unlabeled) - 1} more have none")
     want = {"irrelevant": round(size * irrelevant_fraction)}
     want["incomplete"] = size - want["irrelevant"]
     for kind, n in want.items():
@@ -102,7 +101,7 @@ def select_pairs(records: list[Record], irrelevant_fraction: float | None, max_p
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """Reads a preference-record JSONL file (ARCHITECTURE.md) for TPO training.
+    """Reads a preference-record JSONL file (``docs/record-format.md``) for TPO training.
 
     Args:
         path: the ``preferences.jsonl`` file (or ``builtin:demo``).
@@ -153,7 +152,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.val_set = PreferenceDataset(val) if val else None
         log.info("preference pairs: %d train, %d validation", len(self.train_set), len(val))
 
-    def all_records(self) -> list[Record]:
+    def all_records(self) -> list[PreferenceRecord]:
         """The training and validation records (what reference log-probs are needed for)."""
         return self.train_set.records + (self.val_set.records if self.val_set is not None else [])
 

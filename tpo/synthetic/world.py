@@ -18,6 +18,7 @@ import av
 import numpy as np
 
 from tpo.data.frames import uniform_frame_indices
+from tpo.data.records import PreferenceRecord
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230), "yellow": (240, 220, 40)}
 # every colour an object can be drawn in and recognised by: the demo's four and four more for longer clips
@@ -160,17 +161,16 @@ def write_preference_dataset(
                 chosen, rejected = _sentence(events), _sentence([events[i] for i in kept])
                 s_a, s_b = indices, indices[::2]
                 manipulation, qtype = "incomplete", "temporal order"
-            records.append({
-                "id": f"clip_{v:04d}-{p}", "video": name, "frame_indices": indices, "question": question,
-                "chosen": chosen, "rejected": rejected, "manipulation": manipulation,
-                "chosen_frames": s_a, "rejected_frames": s_b, "question_type": qtype,
-                "captions": [{"frame": i, "text": events[min(i // frames_per_event, len(events) - 1)].describe()}
-                             for i in s_a],
-                "filter": {"kept": True, "reason": "synthetic ground truth", "judge": "none"},
-                "provenance": {"source": "tpo.synthetic.world", "seed": seed, "schema_version": 1},
-            })
+            records.append(PreferenceRecord(
+                id=f"clip_{v:04d}-{p}", video=name, frame_indices=indices, question=question, chosen=chosen,
+                rejected=rejected, manipulation=manipulation, chosen_frames=s_a, rejected_frames=s_b,
+                question_type=qtype,
+                captions=[{"frame": i, "text": events[min(i // frames_per_event, len(events) - 1)].describe()}
+                          for i in s_a],
+                filter={"kept": True, "reason": "synthetic ground truth", "judge": "none"},
+                provenance={"source": "tpo.synthetic.world", "seed": seed}))
     path = root / "preferences.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    path.write_text("".join(json.dumps(r.to_json()) + "\n" for r in records))
     return path
 
 
