@@ -114,7 +114,7 @@ def to(batch: dict, device) -> dict:
 
 def run_variant(variant: str, args) -> dict:
     from tpo.attention import use_attention
-    from tpo.loss import response_logps, tpo_loss
+    from tpo.loss import Pair, response_logps, tpo_loss
     from tpo.models import get_adapter
     from tpo.shared_prefix import shared_prefix_logps
 
@@ -139,8 +139,9 @@ def run_variant(variant: str, args) -> dict:
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
 
     def logps(model, b):
-        if variant == "naive":
-            return response_logps(model(**b["inputs"], use_cache=False).logits, b["labels"])
+        if variant == "naive":  # rows [0, n) are prompt + chosen, [n, 2n) prompt + rejected
+            sums, counts = response_logps(model(**b["inputs"], use_cache=False).logits, b["labels"])
+            return Pair(sums[:n], sums[n:]), Pair(counts[:n], counts[n:])
         return shared_prefix_logps(adapter, model, b)
 
     def step():
@@ -150,7 +151,7 @@ def run_variant(variant: str, args) -> dict:
         else:
             with torch.no_grad():
                 ref = logps(reference, batch)[0]
-        out = tpo_loss(policy_logps[:n], policy_logps[n:], ref[:n], ref[n:], tokens[:n], tokens[n:], beta=0.1, alpha=1.0)
+        out = tpo_loss(policy_logps, ref, tokens, beta=0.1, alpha=1.0)
         out["loss"].backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

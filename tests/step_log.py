@@ -38,7 +38,7 @@ class FinalLogps(L.Callback):
         pl_module.policy.train()
         if trainer.is_global_zero:
             with open(self.path, "w") as f:
-                json.dump({"ids": batch["ids"], "logps": logps.tolist()}, f)
+                json.dump({"ids": batch["ids"], "logps": torch.cat(logps).tolist()}, f)
 
 
 def read(path) -> dict[int, dict]:

@@ -57,11 +57,11 @@ def test_flex_attention_logps_equal_sdpa(family, fresh_compile):
     adapter, model, batch = _batch(family)
     model.eval()
     with torch.no_grad():
-        sdpa = shared_prefix_logps(adapter, model, batch)[0]
+        sdpa = torch.cat(shared_prefix_logps(adapter, model, batch)[0])
         use_attention(model, "flex_attention")
         assert text_attention(model) == FLEX
         assert model.config.vision_config._attn_implementation == "sdpa"  # the vision encoder keeps SDPA
-        flex = shared_prefix_logps(adapter, model, batch)[0]
+        flex = torch.cat(shared_prefix_logps(adapter, model, batch)[0])
     assert torch.allclose(flex, sdpa, rtol=1e-5, atol=1e-4)
     use_attention(model, "sdpa")
     assert text_attention(model) == "sdpa"
@@ -95,7 +95,7 @@ def test_flex_attention_gradients_equal_sdpa_on_gpu(family):
     for kind in ("sdpa_no_cudnn", "flex_attention"):
         use_attention(model, kind)
         model.zero_grad()
-        logps = shared_prefix_logps(adapter, model, batch)[0]
+        logps = torch.cat(shared_prefix_logps(adapter, model, batch)[0])
         (logps * torch.tensor([1.0, 0.5, -0.7, 2.0], device="cuda")).sum().backward()
         grads[kind] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     for name, grad in grads["sdpa_no_cudnn"].items():

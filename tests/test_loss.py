@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tpo.loss import response_logps, tpo_loss
+from tpo.loss import Pair, response_logps, tpo_loss
 from tpo.models import IGNORE_INDEX
 
 
@@ -15,7 +15,7 @@ def test_loss_and_metrics_match_hand_computation():
     pc, pr = torch.tensor([-10.0, -20.0]), torch.tensor([-12.0, -15.0])
     rc, rr = torch.tensor([-11.0, -19.0]), torch.tensor([-11.0, -16.0])
     tokens = torch.tensor([4, 6])
-    out = tpo_loss(pc, pr, rc, rr, tokens, torch.tensor([3, 9]), beta=0.2, alpha=0.5)
+    out = tpo_loss(Pair(pc, pr), Pair(rc, rr), Pair(tokens, torch.tensor([3, 9])), beta=0.2, alpha=0.5)
     # pair 1: chosen ratio 1, rejected ratio -1 -> h = 2;  pair 2: chosen -1, rejected 1 -> h = -2
     dpo = (-math.log(_sigmoid(0.2 * 2)) - math.log(_sigmoid(0.2 * -2))) / 2
     sft = 30.0 / 10  # total chosen NLL / total chosen tokens
@@ -33,17 +33,18 @@ def test_loss_and_metrics_match_hand_computation():
 def test_ipo_and_hinge():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.0))  # h = 2
     tokens = torch.tensor([1])
-    hinge = tpo_loss(pc, pr, rc, rr, tokens, tokens, beta=0.25, alpha=0.0, loss_type="hinge")["loss"].item()
+    hinge = tpo_loss(Pair(pc, pr), Pair(rc, rr), Pair(tokens, tokens), beta=0.25, alpha=0.0,
+                     loss_type="hinge")["loss"].item()
     assert hinge == pytest.approx(max(0.0, 1 - 0.25 * 2))
     with pytest.raises(ValueError, match="unknown loss_type"):
-        tpo_loss(pc, pr, rc, rr, tokens, tokens, beta=0.1, alpha=0.0, loss_type="kto")
+        tpo_loss(Pair(pc, pr), Pair(rc, rr), Pair(tokens, tokens), beta=0.1, alpha=0.0, loss_type="kto")
 
 
 def test_dpo_gradient_pushes_chosen_up_and_rejected_down():
     pc = torch.tensor([-5.0], requires_grad=True)
     pr = torch.tensor([-5.0], requires_grad=True)
-    loss = tpo_loss(pc, pr, torch.tensor([-5.0]), torch.tensor([-5.0]), torch.tensor([3]), torch.tensor([3]),
-                    beta=0.1, alpha=0.0)["loss"]
+    same, tokens = torch.tensor([-5.0]), torch.tensor([3])
+    loss = tpo_loss(Pair(pc, pr), Pair(same, same), Pair(tokens, tokens), beta=0.1, alpha=0.0)["loss"]
     loss.backward()
     assert pc.grad.item() < 0 < pr.grad.item()
 
@@ -71,7 +72,8 @@ def test_ipo_uses_per_token_log_ratios():
     rc, rr = torch.tensor([-14.0, -5.0]), torch.tensor([-24.0, -8.0])
     chosen_tokens, rejected_tokens = torch.tensor([4, 2]), torch.tensor([12, 1])
     beta = 0.5
-    out = tpo_loss(pc, pr, rc, rr, chosen_tokens, rejected_tokens, beta=beta, alpha=0.0, loss_type="ipo")
+    out = tpo_loss(Pair(pc, pr), Pair(rc, rr), Pair(chosen_tokens, rejected_tokens), beta=beta, alpha=0.0,
+                   loss_type="ipo")
     # pair 1: chosen (-10 + 14) / 4 = 1, rejected (-30 + 24) / 12 = -0.5 -> h = 1.5
     # pair 2: chosen (-6 + 5) / 2 = -0.5, rejected (-4 + 8) / 1 = 4 -> h = -4.5
     expected = ((1.5 - 1 / (2 * beta)) ** 2 + (-4.5 - 1 / (2 * beta)) ** 2) / 2
@@ -82,5 +84,6 @@ def test_ipo_uses_per_token_log_ratios():
     summed = ((10 - 1) ** 2 + (-1 - 4 - 1) ** 2) / 2
     assert out["loss"].item() != pytest.approx(summed)
     # the rejected answers' lengths reach the loss: a longer rejected answer changes it
-    longer = tpo_loss(pc, pr, rc, rr, chosen_tokens, rejected_tokens * 2, beta=beta, alpha=0.0, loss_type="ipo")
+    longer = tpo_loss(Pair(pc, pr), Pair(rc, rr), Pair(chosen_tokens, rejected_tokens * 2), beta=beta, alpha=0.0,
+                      loss_type="ipo")
     assert longer["loss"].item() != pytest.approx(expected)

@@ -130,14 +130,14 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path, pref_file)
     batch = SharedPrefixCollator(module.adapter, dm.collator.processor)([dm.train_set[0], dm.train_set[1]])
     base = module.adapter.load(MODEL)[0].eval()
     with torch.no_grad():
-        base_logps = shared_prefix_logps(module.adapter, base, batch)[0]
+        base_logps = torch.cat(shared_prefix_logps(module.adapter, base, batch)[0])
     seen = {}
 
     class AtTrainEnd(L.Callback):  # before the export merges the adapters into the weights
         def on_train_end(self, trainer, pl_module):
             with torch.no_grad():
-                seen["reference"] = pl_module._reference_logps(batch)
-                seen["policy"] = shared_prefix_logps(pl_module.adapter, pl_module.policy, batch)[0]
+                seen["reference"] = torch.cat(pl_module._reference_logps(batch))
+                seen["policy"] = torch.cat(shared_prefix_logps(pl_module.adapter, pl_module.policy, batch)[0])
 
     export = HFExport()
     trainer = L.Trainer(default_root_dir=tmp_path, max_steps=6, accelerator="cpu", enable_progress_bar=False,
@@ -150,5 +150,6 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path, pref_file)
     assert torch.allclose(seen["reference"], base_logps, atol=1e-4)  # adapters off = the base model
     assert not torch.allclose(seen["policy"], base_logps, atol=1e-3)  # the adapters learned something
     with torch.no_grad():  # the export holds the merged weights: it scores like the trained policy
-        exported = shared_prefix_logps(module.adapter, module.adapter.load(str(export.path))[0].eval(), batch)[0]
+        exported = torch.cat(shared_prefix_logps(module.adapter, module.adapter.load(str(export.path))[0].eval(),
+                                                 batch)[0])
     assert torch.allclose(exported, seen["policy"], atol=1e-4)

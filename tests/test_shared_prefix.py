@@ -42,7 +42,7 @@ def test_shared_prefix_equals_two_passes(family):
     seen = []
     hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
     from tpo.shared_prefix import shared_prefix_logps
-    shared_logps, shared_counts = shared_prefix_logps(adapter, model, shared)
+    shared_logps, shared_counts = map(torch.cat, shared_prefix_logps(adapter, model, shared))
     hook.remove()
     (shared_logps * torch.tensor([1.0, 0.5, -0.7, 2.0])).sum().backward()
     shared_grads = _grads(model)

@@ -130,8 +130,8 @@ def test_hf_export_is_written_in_the_checkpoints_dtype(tmp_path, pref_file):
     exported, _ = get_adapter(FAMILY).load(str(export))
     batch = dm.collator([dm.val_set[i] for i in range(4)])
     with torch.no_grad():
-        got = shared_prefix_logps(module.adapter, exported.eval(), batch)[0]
-        trained = shared_prefix_logps(module.adapter, module.policy.eval(), batch)[0]
-        base = shared_prefix_logps(module.adapter, get_adapter(FAMILY).load(str(source))[0].eval(), batch)[0]
+        got = torch.cat(shared_prefix_logps(module.adapter, exported.eval(), batch)[0])
+        trained = torch.cat(shared_prefix_logps(module.adapter, module.policy.eval(), batch)[0])
+        base = torch.cat(shared_prefix_logps(module.adapter, get_adapter(FAMILY).load(str(source))[0].eval(), batch)[0])
     assert torch.allclose(got, trained, rtol=2**-8, atol=0)  # within bf16's rounding of each weight
     assert not torch.allclose(got, base, rtol=0.1)  # and it did train

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,18 @@ import torch.nn.functional as F
 from tpo.models import IGNORE_INDEX
 
 LossType = Literal["sigmoid", "ipo", "hinge"]
+
+
+class Pair(NamedTuple):
+    """One value per preference pair for each side: ``chosen`` and ``rejected``, ``(B,)`` each
+    (summed log-probs, or token counts). ``torch.cat(pair)`` is the two-pass layout's ``(2B,)``."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+    def rows(self, index) -> Pair:
+        """The pairs ``index`` (a mask, indices or a slice) of both sides."""
+        return Pair(self.chosen[index], self.rejected[index])
 
 
 def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,12 +46,10 @@ def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
-def tpo_loss(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
-    ref_chosen: torch.Tensor, ref_rejected: torch.Tensor, chosen_tokens: torch.Tensor, rejected_tokens: torch.Tensor,
-    beta: float, alpha: float, loss_type: LossType = "sigmoid", sft_tokens: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """The loss and its metrics from per-pair sequence log-probs and token counts (all ``(B,)``).
+def tpo_loss(policy: Pair, reference: Pair, tokens: Pair, beta: float, alpha: float, loss_type: LossType = "sigmoid",
+             sft_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The loss and its metrics from the policy's and the reference's summed response log-probs and
+    the responses' token counts, per pair.
 
     The rewards (``β ×`` log-ratio) are those the loss sees: per-token means for ``ipo``, sums otherwise.
 
@@ -49,11 +59,11 @@ def tpo_loss(
     several processes, the global token count / the number of processes, so that the average of
     the ranks' losses (what data parallelism optimises) is the loss of the whole global batch.
     """
-    chosen_ratio = policy_chosen - ref_chosen
-    rejected_ratio = policy_rejected - ref_rejected
+    chosen_ratio = policy.chosen - reference.chosen
+    rejected_ratio = policy.rejected - reference.rejected
     if loss_type == "ipo":
-        chosen_ratio = chosen_ratio / chosen_tokens.clamp(min=1)
-        rejected_ratio = rejected_ratio / rejected_tokens.clamp(min=1)
+        chosen_ratio = chosen_ratio / tokens.chosen.clamp(min=1)
+        rejected_ratio = rejected_ratio / tokens.rejected.clamp(min=1)
     h = chosen_ratio - rejected_ratio
     if loss_type == "sigmoid":
         dpo = -F.logsigmoid(beta * h)
@@ -64,8 +74,8 @@ def tpo_loss(
     else:
         raise ValueError(f"unknown loss_type {loss_type!r}; choose sigmoid, ipo or hinge")
     dpo = dpo.mean()
-    tokens = chosen_tokens.sum() if sft_tokens is None else sft_tokens
-    sft = -policy_chosen.sum() / tokens.clamp(min=1)
+    divisor = tokens.chosen.sum() if sft_tokens is None else sft_tokens
+    sft = -policy.chosen.sum() / divisor.clamp(min=1)
     chosen_rewards = (beta * chosen_ratio).detach()
     rejected_rewards = (beta * rejected_ratio).detach()
     return {
@@ -76,6 +86,6 @@ def tpo_loss(
         "rewards/rejected": rejected_rewards.mean(),
         "rewards/margin": (chosen_rewards - rejected_rewards).mean(),
         "rewards/accuracy": (chosen_rewards > rejected_rewards).float().mean(),
-        "logps/chosen": policy_chosen.detach().mean(),
-        "logps/rejected": policy_rejected.detach().mean(),
+        "logps/chosen": policy.chosen.detach().mean(),
+        "logps/rejected": policy.rejected.detach().mean(),
     }

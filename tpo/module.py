@@ -17,7 +17,7 @@ from tpo import reference, sharding
 from tpo.attention import Attention, check_attention, use_attention
 from tpo.errors import ConfigError, TPOError
 from tpo.lora import LoraSettings, add_lora
-from tpo.loss import LossType, tpo_loss
+from tpo.loss import LossType, Pair, tpo_loss
 from tpo.models import get_adapter
 from tpo.shared_prefix import shared_prefix_logps
 
@@ -196,26 +196,24 @@ class TPOModule(L.LightningModule):
             with torch.no_grad(), self.policy.disable_adapter():
                 return self.sequence_logps(self.policy, batch)[0]
         pairs = torch.stack([self.reference_table[rid] for rid in batch["ids"]]).to(self.device)
-        return torch.cat([pairs[:, 0], pairs[:, 1]])
+        return Pair(pairs[:, 0], pairs[:, 1])
 
     # ---- loss --------------------------------------------------------------------------------
-    def sequence_logps(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Response log-probs ``(2B,)`` (chosen rows, then rejected), one shared-prefix forward per pair."""
+    def sequence_logps(self, model, batch: dict) -> tuple[Pair, Pair]:
+        """Response log-probs and token counts per pair, one shared-prefix forward per pair."""
         return shared_prefix_logps(self.adapter, model, batch)
 
     def _step(self, batch: dict, rows: torch.Tensor | slice = slice(None)) -> dict[str, torch.Tensor]:
         """Loss and metrics of the pairs ``rows`` of the batch (every pair goes through the models)."""
-        n = len(batch["ids"])
         policy_logps, tokens = self.sequence_logps(self.policy, batch)
         ref_logps = self._reference_logps(batch)
-        h, chosen_tokens, rejected_tokens = self.hparams, tokens[:n][rows], tokens[n:][rows]
+        h, tokens = self.hparams, tokens.rows(rows)
         sft_tokens = None
         if self.training and self._trainer is not None and self.trainer.world_size > 1:
-            total = self.trainer.strategy.reduce(chosen_tokens.sum().float(), reduce_op="sum")
+            total = self.trainer.strategy.reduce(tokens.chosen.sum().float(), reduce_op="sum")
             sft_tokens = total / self.trainer.world_size
-        return tpo_loss(policy_logps[:n][rows], policy_logps[n:][rows], ref_logps[:n][rows], ref_logps[n:][rows],
-                        chosen_tokens, rejected_tokens, beta=h.beta, alpha=h.alpha, loss_type=h.loss_type,
-                        sft_tokens=sft_tokens)
+        return tpo_loss(policy_logps.rows(rows), ref_logps.rows(rows), tokens, beta=h.beta, alpha=h.alpha,
+                        loss_type=h.loss_type, sft_tokens=sft_tokens)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         out = self._step(batch)

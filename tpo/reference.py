@@ -72,9 +72,8 @@ def compute(adapter, model, loaders, forward_context=nullcontext, progress: bool
             batch["inputs"] = {k: v.to(device) for k, v in batch["inputs"].items()}
             with forward_context():
                 logps, _ = shared_prefix_logps(adapter, model, batch)
-            n = len(batch["ids"])
-            for i, rid in enumerate(batch["ids"]):
-                values.setdefault(rid, [float(logps[i]), float(logps[n + i])])
+            for rid, chosen, rejected in zip(batch["ids"], logps.chosen.tolist(), logps.rejected.tolist()):
+                values.setdefault(rid, [chosen, rejected])
     model.train(was_training)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         shares = [None] * torch.distributed.get_world_size()

@@ -27,6 +27,7 @@ import inspect
 import torch
 
 from tpo.attention import FLEX, text_attention
+from tpo.loss import Pair
 from tpo.models import ModelAdapter, PromptEncoding
 
 _NEW_TOKEN_VALUES = {"attention_mask": 1}  # per-token keys of response tokens; others are 0
@@ -189,8 +190,8 @@ def answer_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[torch.Tenso
     return sums.view(b, n), counts.view(b, n)
 
 
-def shared_prefix_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and token counts of the responses of a :func:`pack_pairs` batch: ``(2B,)``
-    each, chosen rows then rejected (the two-pass layout's order)."""
+def shared_prefix_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[Pair, Pair]:
+    """Summed log-probs and token counts of the chosen and rejected responses of a
+    :func:`pack_pairs` batch, ``(B,)`` each."""
     sums, counts = answer_logps(adapter, model, batch)
-    return sums.t().reshape(-1), counts.t().reshape(-1)
+    return Pair(sums[:, 0], sums[:, 1]), Pair(counts[:, 0], counts[:, 1])
