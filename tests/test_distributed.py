@@ -220,9 +220,11 @@ def test_precompute_ref_on_two_processes_matches_one_and_starts_at_zero_rewards(
 
 
 def test_bf16_mixed_sharded_qwen_computes_its_reference_file_and_starts_at_zero_rewards(pref_file, tmp_path):
-    done = _tpo("fit", "--config", _config(tmp_path, pref_file, precision="bf16-mixed"),
-                "--model.family", "qwen2_5_vl", "--model.model_path", "builtin:tiny-qwen2_5_vl",
-                "--model.reference_logps", tmp_path / "ref.json", "--trainer.max_steps", 2, cwd=tmp_path)
+    settings = ["--config", _config(tmp_path, pref_file, precision="bf16-mixed"), "--model.family", "qwen2_5_vl",
+                "--model.model_path", "builtin:tiny-qwen2_5_vl", "--model.reference_logps", tmp_path / "ref.json"]
+    done = _tpo("precompute-ref", *settings, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    done = _tpo("fit", *settings, "--trainer.max_steps", 2, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
     first = read(tmp_path / "steps.jsonl")[1]
     assert first["rewards/chosen"] == 0.0 and first["rewards/rejected"] == 0.0

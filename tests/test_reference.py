@@ -10,7 +10,7 @@ import pytest
 
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.module import TPOModule
-from tpo.reference import StaleReferenceError
+from tpo.reference import AdaptersOff, Precomputed, StaleReferenceError, precompute
 
 FAMILY = "llava_onevision"
 MODEL = f"builtin:tiny-{FAMILY}"
@@ -42,6 +42,9 @@ def _fit(root, pref_file, steps=8, precision="32-true", ckpt_path=None, checkpoi
                         callbacks=[losses, rewards])
     dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0, val_fraction=0.25,
                               time_instruction=time_instruction)
+    if module.hparams.reference_logps is not None and ckpt_path is None:  # as `tpo precompute-ref` does
+        precompute(L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False),
+                   module, dm)
     trainer.fit(module, dm, ckpt_path=ckpt_path)
     module.first_rewards = getattr(rewards, "values", None)
     return module, losses.values, dm
@@ -51,7 +54,7 @@ def test_precomputed_reference_trains_like_the_live_reference(tmp_path, pref_fil
     _, live, _ = _fit(tmp_path / "live", pref_file)
     cache = tmp_path / "ref.json"
     module, cached, dm = _fit(tmp_path / "cached", pref_file, reference_logps=str(cache))
-    assert module.reference is None and cache.exists()  # computed at fit start, no reference model held
+    assert isinstance(module.reference, Precomputed) and cache.exists()  # no reference model held
     assert len(json.loads(cache.read_text())["entries"]) == len(dm.all_records())
     assert cached == pytest.approx(live, rel=1e-4, abs=1e-5)
     assert not any(k.startswith("reference.") for k in module.state_dict())
@@ -80,12 +83,12 @@ def test_stale_or_foreign_caches_are_refused(tmp_path, pref_file):
         _fit(tmp_path / "c", edited, steps=1, reference_logps=str(cache))
 
 
-def test_resume_without_the_cache_is_refused(tmp_path, pref_file):
+def test_fit_without_the_file_says_how_to_make_it(tmp_path, pref_file):
     cache = tmp_path / "ref.json"
     _fit(tmp_path / "a", pref_file, steps=2, reference_logps=str(cache), checkpoint=True)
     checkpoint = next((tmp_path / "a").rglob("*.ckpt"))
     cache.unlink()
-    with pytest.raises(StaleReferenceError, match="resumed run cannot compute them"):
+    with pytest.raises(StaleReferenceError, match="do not exist: compute them first with `tpo precompute-ref`"):
         _fit(tmp_path / "a", pref_file, steps=4, reference_logps=str(cache), ckpt_path=checkpoint)
 
 
@@ -136,7 +139,7 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path, pref_file)
     class AtTrainEnd(L.Callback):  # before the export merges the adapters into the weights
         def on_train_end(self, trainer, pl_module):
             with torch.no_grad():
-                seen["reference"] = torch.cat(pl_module._reference_logps(batch))
+                seen["reference"] = torch.cat(pl_module.reference.logps(batch))
                 seen["policy"] = torch.cat(shared_prefix_logps(pl_module.adapter, pl_module.policy, batch)[0])
 
     export = HFExport()
@@ -145,7 +148,8 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path, pref_file)
                         callbacks=[AtTrainEnd(), export])
     module.configure_model()
     trainable = [n for n, p in module.policy.named_parameters() if p.requires_grad]
-    assert module.reference is None and trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    assert isinstance(module.reference, AdaptersOff)
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
     trainer.fit(module, dm)
     assert torch.allclose(seen["reference"], base_logps, atol=1e-4)  # adapters off = the base model
     assert not torch.allclose(seen["policy"], base_logps, atol=1e-3)  # the adapters learned something

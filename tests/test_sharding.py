@@ -65,14 +65,14 @@ def test_policy_is_sharded_with_fp32_master_weights_and_bf16_compute(sharded):
 
 def test_rotary_buffers_stay_fp32(sharded):
     module, _, _ = sharded
-    for model in (module.policy, module.reference):
+    for model in (module.policy, module.reference.model):
         inv_freq = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
         assert inv_freq and all(b.dtype == torch.float32 for b in inv_freq)
 
 
 def test_reference_is_frozen_sharded_and_outside_the_module(sharded):
     module, _, trainer = sharded
-    reference = module.reference
+    reference = module.reference.model
     assert all(isinstance(p, DTensor) and not p.requires_grad for p in reference.parameters())
     assert not reference.training and module.policy.training
     reference_ids = {id(p) for p in reference.parameters()}
@@ -87,7 +87,7 @@ def test_policy_blocks_are_checkpointed_and_the_reference_is_not(sharded):
 
     module, _, _ = sharded
     assert any(isinstance(m, CheckpointWrapper) for m in module.policy.modules())
-    assert not any(isinstance(m, CheckpointWrapper) for m in module.reference.modules())
+    assert not any(isinstance(m, CheckpointWrapper) for m in module.reference.model.modules())
 
 
 def test_unsupported_precision_is_a_clear_error(tmp_path, pref_file):

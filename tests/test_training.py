@@ -49,7 +49,7 @@ def run(tmp_path_factory, pref_file):
     ckpt = ModelCheckpoint(save_top_k=-1, every_n_epochs=1)
     module = TPOModule(MODEL, FAMILY)
     module.configure_model()
-    initial_reference = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    initial_reference = {k: v.clone() for k, v in module.reference.model.state_dict().items()}
     trainer, module, dm, recorder = _fit(root, pref_file, EPOCHS, callbacks=[ckpt, HFExport()])
     return {"trainer": trainer, "module": module, "dm": dm, "steps": recorder.steps, "ckpt": ckpt,
             "initial_reference": initial_reference, "root": root}
@@ -70,13 +70,13 @@ def test_preferences_are_learned(run):
 
 def test_reference_stays_bit_identical_and_out_of_checkpoints(run):
     module = run["module"]
-    for key, value in module.reference.state_dict().items():
+    for key, value in module.reference.model.state_dict().items():
         assert torch.equal(value, run["initial_reference"][key]), key
     changed = [k for k, v in module.policy.state_dict().items() if not torch.equal(v, run["initial_reference"][k])]
     assert changed  # the policy did move
-    assert not module.reference.training and all(not p.requires_grad for p in module.reference.parameters())
+    assert not module.reference.model.training and all(not p.requires_grad for p in module.reference.model.parameters())
     optimizer_params = {id(p) for g in run["trainer"].optimizers[0].param_groups for p in g["params"]}
-    assert optimizer_params.isdisjoint({id(p) for p in module.reference.parameters()})
+    assert optimizer_params.isdisjoint({id(p) for p in module.reference.model.parameters()})
     state = torch.load(_checkpoints(run)[-1], weights_only=False)["state_dict"]
     assert state and not any(k.startswith("reference.") for k in state)
     assert all(k.startswith("policy.") for k in state)
@@ -100,7 +100,7 @@ def test_hf_export_loads_back_with_the_same_logps(run):
     with torch.no_grad():
         exported, _ = response_logps(model(**batch["inputs"]).logits, batch["labels"])
         trained, _ = response_logps(module.policy.eval()(**batch["inputs"]).logits, batch["labels"])
-        reference, _ = response_logps(module.reference(**batch["inputs"]).logits, batch["labels"])
+        reference, _ = response_logps(module.reference.model(**batch["inputs"]).logits, batch["labels"])
     assert torch.allclose(exported, trained, atol=1e-5)
     assert not torch.allclose(exported, reference, atol=1e-3)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import NoReturn
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
+from tpo import reference
 from tpo.clean_exit import run_and_exit
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.errors import ConfigError, TPOError
@@ -55,27 +55,18 @@ class TPOCLI(LightningCLI):
               f"  export:     {export or '(none)'}")
 
 
-# `precompute-ref` is the start of `fit` (processes launched, models built and sharded, reference
-# log-probs computed by every rank) without a training step, a log or a checkpoint.
-PRECOMPUTE_OVERRIDES = ["--trainer.max_steps", "0", "--trainer.logger", "false", "--trainer.num_sanity_val_steps", "0",
-                        "--export.enabled", "false"]
-
-
 def precompute_reference(args: list[str]) -> None:
     """``tpo precompute-ref --config X.yaml``: write (or check) ``model.reference_logps`` for the data,
     with the trainer (devices, strategy, precision) of the config, as the training run will use it."""
     with warnings.catch_warnings():  # we pass `args` on purpose: the first word was ours, not Lightning's
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-        cli = TPOCLI(TPOModule, PreferenceDataModule, run=False, args=args + PRECOMPUTE_OVERRIDES,
-                     save_config_callback=None)
+        cli = TPOCLI(TPOModule, PreferenceDataModule, run=False, args=args, save_config_callback=None)
     path = cli.model.hparams.reference_logps
     if path is None:
         raise ConfigError("set --model.reference_logps PATH (the file to write)")
-    existed = Path(path).exists()
-    cli.trainer.fit(cli.model, cli.datamodule)
+    state = reference.precompute(cli.trainer, cli.model, cli.datamodule)
     if cli.trainer.is_global_zero:
-        state = "checked" if existed else "written"
-        print(f"reference log-probs for {len(cli.model.reference_table)} records {state}: {path}")
+        print(f"reference log-probs for {len(cli.model.reference.table)} records {state}: {path}")
 
 
 def close_process_group(wait_for_peers: bool = True) -> None:

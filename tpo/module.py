@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -43,10 +42,9 @@ class TPOModule(L.LightningModule):
         trainable: parts that learn: any of ``vision_tower``, ``projector``, ``language_model``.
         dtype: dtype the weights are loaded in (``float32``, ``bfloat16``, ``float16``). With
             ``trainer.precision: bf16-mixed`` keep ``float32``: those are the master weights.
-        reference_logps: a JSON file of reference log-probs per record (``tpo/reference.py``). Set, no
-            reference model is loaded: the file is read at the start of fit/validate, and computed there
-            first (with the untrained policy, which *is* the reference) when it does not exist yet.
-            ``None``: a live frozen reference model.
+        reference_logps: a JSON file of reference log-probs per record, written by ``tpo precompute-ref``
+            (``tpo/reference.py``). Set, no reference model is loaded: the file is read at the start of
+            fit/validate. ``None``: a live frozen reference model.
         lora: train LoRA adapters on the language model instead of full weights (``trainable`` is then
             ignored); the reference is the same model with its adapters disabled, so there is no copy.
         time_instruction: LLaVA-Video's sentence on the frames' times before every question (the
@@ -76,8 +74,8 @@ class TPOModule(L.LightningModule):
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.policy = None
-        self._frozen: dict[str, nn.Module] = {}  # a plain dict: what is in it is not a registered submodule
-        self.reference_table: dict[str, torch.Tensor] | None = None  # record id -> [chosen, rejected]
+        # Not a registered submodule: the reference is in no checkpoint, optimizer or DDP bucket.
+        self.reference: reference.Reference | None = None  # chosen once: configure_model, or at fit start
         self.val_means = nn.ModuleDict({k.replace("/", "_"): MeanMetric() for k in METRICS})
         self.last_epoch_means: dict[str, float] = {}  # training metrics averaged over the last epoch
         self._epoch_sums: dict[str, torch.Tensor] = {}
@@ -86,13 +84,11 @@ class TPOModule(L.LightningModule):
         self._skips_in_a_row = 0
 
     @property
-    def reference(self) -> nn.Module | None:
-        """The live frozen reference model (None with precomputed log-probs or LoRA)."""
-        return self._frozen.get("reference")
-
-    @property
     def live_reference(self) -> bool:
         return self.hparams.reference_logps is None and self.hparams.lora is None
+
+    def _frozen_model(self) -> nn.Module | None:
+        return self.reference.model if isinstance(self.reference, reference.FrozenCopy) else None
 
     # ---- models ------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -108,19 +104,20 @@ class TPOModule(L.LightningModule):
         self.policy, _ = self.adapter.load(h.model_path, DTYPES[h.dtype])
         use_attention(self.policy, h.attention)
         if self.live_reference:
-            self._frozen["reference"] = copy.deepcopy(self.policy).requires_grad_(False).eval()
+            self.reference = reference.FrozenCopy(self.adapter, copy.deepcopy(self.policy).requires_grad_(False).eval())
         if h.lora is not None:
             self.policy = add_lora(self.policy, self.adapter, h.lora)
+            if h.reference_logps is None:
+                self.reference = reference.AdaptersOff(self.adapter, self.policy)
         else:
             self.adapter.set_trainable(self.policy, h.trainable)
         self.policy.train()  # from_pretrained returns eval mode
 
     def _trains_on_cpu(self) -> bool:
-        trainer = self._trainer  # precompute-ref is a fit without steps: forwards only
+        trainer = self._trainer
         if trainer is None:
             return False
-        fitting = trainer.state.fn == TrainerFn.FITTING and trainer.max_steps != 0
-        return fitting and trainer.strategy.root_device.type == "cpu"
+        return trainer.state.fn == TrainerFn.FITTING and trainer.strategy.root_device.type == "cpu"
 
     def _configure_sharded(self) -> None:
         h, strategy = self.hparams, self.trainer.strategy
@@ -134,79 +131,60 @@ class TPOModule(L.LightningModule):
         if self.live_reference:
             ref = sharding.build_sharded(self.adapter, h.model_path, dtype, mesh, self.trainer.precision,
                                          lambda m: m.requires_grad_(False), checkpointing=False)
-            self._frozen["reference"] = ref.eval()
+            self.reference = reference.FrozenCopy(self.adapter, ref.eval())
             models.append(ref)
         for model in models:
             use_attention(model, h.attention)
         sharding.load_full_weights(self.adapter, h.model_path, dtype, models, self.global_rank)
         self.policy.train()
 
+    # Lightning moves and casts a module with ``.to()`` / ``.half()`` (``nn.Module._apply``); the frozen
+    # copy is not a submodule, so it is carried along here. No public hook covers every such call.
     def _apply(self, fn, *args, **kwargs):
-        super()._apply(fn, *args, **kwargs)  # device moves and dtype casts reach the reference too
-        if self.reference is not None:
-            self.reference._apply(fn, *args, **kwargs)
+        super()._apply(fn, *args, **kwargs)
+        if self._frozen_model() is not None:
+            self._frozen_model()._apply(fn, *args, **kwargs)
         return self
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.reference is not None:
-            self.reference.eval()  # the reference never leaves eval mode (no dropout)
+        if self._frozen_model() is not None:
+            self._frozen_model().eval()  # the reference never leaves eval mode (no dropout)
         return self
 
     # ---- precomputed reference log-probs -----------------------------------------------------
-    def load_reference_logps(self, datamodule, resuming: bool = False) -> None:
-        """Read ``reference_logps`` for every train/val record, computing the file first if absent.
+    def reference_fingerprint(self, precision: str, processor) -> str:
+        """What precomputed log-probs must have been made with: model, dtype, precision, processor, prompts."""
+        h = self.hparams
+        return reference.model_fingerprint(h.model_path, self.adapter, h.dtype, precision, processor)
 
-        Computed by every rank together through the (sharded) policy, under the training precision,
-        each rank scoring its own share in the training order, so the first step's rewards are 0.
-        """
-        path, h, strategy = Path(self.hparams.reference_logps), self.hparams, self.trainer.strategy
-        records = datamodule.all_records()
-        fingerprint = reference.model_fingerprint(h.model_path, self.adapter, h.dtype, self.trainer.precision,
-                                                  datamodule.collator.processor)
-        if not strategy.broadcast(path.exists()):
-            if resuming:
-                raise reference.StaleReferenceError(
-                    f"reference log-probs {path} are missing; a resumed run cannot compute them (the policy is no "
-                    "longer the reference): restore the file")
-            loaders = [datamodule.train_dataloader()] + ([datamodule.val_dataloader()] if datamodule.val_set else [])
-            values = reference.compute(self.adapter, self.policy, loaders, self.trainer.precision_plugin.forward_context,
-                                       progress=self.trainer.is_global_zero)
-            if self.trainer.is_global_zero:
-                reference.save(path, fingerprint, records, values)
-            strategy.barrier("reference_logps")
-        self.reference_table = reference.load(path, fingerprint, records)
-
-    def _needs_reference_table(self) -> bool:
-        return self.hparams.reference_logps is not None and self.reference_table is None
+    def _read_precomputed(self) -> None:
+        if self.hparams.reference_logps is not None and self.reference is None:
+            datamodule = self.trainer.datamodule
+            fingerprint = self.reference_fingerprint(self.trainer.precision, datamodule.collator.processor)
+            self.reference = reference.read(self.hparams.reference_logps, fingerprint, datamodule.all_records())
 
     def on_fit_start(self) -> None:
-        if self._needs_reference_table():
-            self.load_reference_logps(self.trainer.datamodule, resuming=self.trainer.ckpt_path is not None)
+        self._read_precomputed()
 
     def on_validation_start(self) -> None:
-        if self._needs_reference_table():
-            self.load_reference_logps(self.trainer.datamodule)
+        self._read_precomputed()
 
-    def _reference_logps(self, batch: dict) -> torch.Tensor:
-        if self.reference is not None:
-            with torch.no_grad():
-                return self.sequence_logps(self.reference, batch)[0]
-        if self.reference_table is None:  # LoRA: the base model is the policy with adapters off
-            with torch.no_grad(), self.policy.disable_adapter():
-                return self.sequence_logps(self.policy, batch)[0]
-        pairs = torch.stack([self.reference_table[rid] for rid in batch["ids"]]).to(self.device)
-        return Pair(pairs[:, 0], pairs[:, 1])
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict[str, list[float]]:
+        """``{record id: [chosen, rejected]}`` reference log-probs (``tpo precompute-ref``): before
+        training, the policy is the reference."""
+        logps, _ = self.sequence_logps(self.policy, batch)
+        return {rid: [c, r] for rid, c, r in zip(batch["ids"], logps.chosen.tolist(), logps.rejected.tolist())}
 
     # ---- loss --------------------------------------------------------------------------------
     def sequence_logps(self, model, batch: dict) -> tuple[Pair, Pair]:
         """Response log-probs and token counts per pair, one shared-prefix forward per pair."""
         return shared_prefix_logps(self.adapter, model, batch)
 
-    def _step(self, batch: dict, rows: torch.Tensor | slice = slice(None)) -> dict[str, torch.Tensor]:
+    def compute_loss(self, batch: dict, rows: torch.Tensor | slice = slice(None)) -> dict[str, torch.Tensor]:
         """Loss and metrics of the pairs ``rows`` of the batch (every pair goes through the models)."""
         policy_logps, tokens = self.sequence_logps(self.policy, batch)
-        ref_logps = self._reference_logps(batch)
+        ref_logps = self.reference.logps(batch)
         h, tokens = self.hparams, tokens.rows(rows)
         sft_tokens = None
         if self.training and self._trainer is not None and self.trainer.world_size > 1:
@@ -216,7 +194,7 @@ class TPOModule(L.LightningModule):
                         loss_type=h.loss_type, sft_tokens=sft_tokens)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self._step(batch)
+        out = self.compute_loss(batch)
         n = len(batch["ids"])
         self.log("train/loss", out["loss"], prog_bar=True, batch_size=n, sync_dist=True)
         self.log_dict({f"train/{k}" if "/" not in k else k: v for k, v in out.items() if k != "loss"},
@@ -236,7 +214,7 @@ class TPOModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         counted = batch["counted"]  # False: a duplicate that only keeps the ranks' batch counts equal
-        out = self._step(batch, counted)
+        out = self.compute_loss(batch, counted)
         weight = int(counted.sum())
         for key in METRICS:
             metric = self.val_means[key.replace("/", "_")]

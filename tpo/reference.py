@@ -1,7 +1,14 @@
-"""Reference log-probs computed once: ``log πref(r+|V,q)`` and ``log πref(r-|V,q)`` per record.
+"""The reference model of the DPO term, in one of three forms, chosen once by ``TPOModule``:
+
+- :class:`FrozenCopy`: a frozen copy of the starting policy (the default);
+- :class:`AdaptersOff`: with LoRA, the policy with its adapters disabled;
+- :class:`Precomputed`: ``log πref(r+|V,q)`` and ``log πref(r-|V,q)`` per record, read from a file.
+
+Each gives the reference log-probs of a batch as a :class:`tpo.loss.Pair` (``.logps(batch)``).
 
 The reference model never changes, so its log-probs are a property of the dataset. They are
-computed in inference mode with the same shared-prefix path training uses, saved as JSON keyed
+computed once, by an explicit ``tpo precompute-ref`` (:func:`precompute`: a ``trainer.predict``
+with the same shared-prefix path training uses), saved as JSON keyed
 by record id, and the file carries a fingerprint of the model, its processor and prompt settings
 and each record's content (video, frames, question, answers and whether each answer was cut off).
 Training then holds no reference model.
@@ -13,14 +20,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from tpo.builtin import resolve
 from tpo.errors import TPOError
+from tpo.loss import Pair
 from tpo.shared_prefix import shared_prefix_logps
 
 FORMAT_VERSION = 3  # 2: the training precision; 3: real frame times, the time instruction, truncation flags
@@ -55,26 +61,73 @@ def record_fingerprint(record) -> str:
     return _digest([record.video, record.frame_indices, record.question, record.chosen, record.rejected, cut])
 
 
-@torch.no_grad()
-def compute(adapter, model, loaders, forward_context=nullcontext, progress: bool = True) -> dict[str, list[float]]:
-    """``{record id: [chosen logp, rejected logp]}`` over the batches of ``loaders``.
+class FrozenCopy:
+    """The live reference: a frozen copy of the starting policy, run beside it at every step."""
 
-    With several processes every rank runs ``loaders`` over its own share of the records (all ranks
-    take part in every forward of a sharded model) and the shares are gathered on every rank. A
-    record seen twice (a sampler's padding) keeps its first value.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    def __init__(self, adapter, model):
+        self.adapter, self.model = adapter, model
+
+    @torch.no_grad()
+    def logps(self, batch: dict) -> Pair:
+        return shared_prefix_logps(self.adapter, self.model, batch)[0]
+
+
+class AdaptersOff:
+    """LoRA's reference: the policy itself with its adapters disabled, so there is no second copy."""
+
+    def __init__(self, adapter, policy):
+        self.adapter, self.policy = adapter, policy
+
+    @torch.no_grad()
+    def logps(self, batch: dict) -> Pair:
+        with self.policy.disable_adapter():
+            return shared_prefix_logps(self.adapter, self.policy, batch)[0]
+
+
+class Precomputed:
+    """Reference log-probs read from the file ``tpo precompute-ref`` wrote: no reference model at all."""
+
+    def __init__(self, table: dict[str, torch.Tensor]):
+        self.table = table
+
+    def logps(self, batch: dict) -> Pair:
+        pairs = torch.stack([self.table[rid] for rid in batch["ids"]]).to(batch["inputs"]["input_ids"].device)
+        return Pair(pairs[:, 0], pairs[:, 1])
+
+
+Reference = FrozenCopy | AdaptersOff | Precomputed
+
+
+def precompute(trainer, module, datamodule) -> str:
+    """Write ``module.hparams.reference_logps`` for the datamodule's records, or check the file there:
+    ``trainer.predict`` runs the untrained policy (which *is* the reference) over the training
+    loaders with the trainer's processes, strategy and precision, each rank scoring its own share
+    in the training order, so the first step's rewards are 0. Returns ``"written"`` or ``"checked"``."""
+    path = Path(module.hparams.reference_logps)
+    state = "checked"
+    if not path.exists():
+        outputs = trainer.predict(module, datamodule=datamodule)
+        if outputs and isinstance(outputs[0], list):  # one list per loader when there are several
+            outputs = [batch for loader in outputs for batch in loader]
+        values = _gather(outputs)
+        if trainer.is_global_zero:
+            save(path, module.reference_fingerprint(trainer.precision, datamodule.collator.processor),
+                 datamodule.all_records(), values)
+        trainer.strategy.barrier("reference_logps")
+        state = "written"
+    datamodule.setup("predict")
+    fingerprint = module.reference_fingerprint(trainer.precision, datamodule.collator.processor)
+    module.reference = read(path, fingerprint, datamodule.all_records())
+    return state
+
+
+def _gather(outputs: list[dict[str, list[float]]]) -> dict[str, list[float]]:
+    """One ``{record id: [chosen, rejected]}`` from every batch of every rank; a record seen twice
+    (a sampler's padding) keeps its first value."""
     values = {}
-    for loader in loaders:
-        for batch in tqdm(loader, desc="reference log-probs", disable=not progress):
-            batch["inputs"] = {k: v.to(device) for k, v in batch["inputs"].items()}
-            with forward_context():
-                logps, _ = shared_prefix_logps(adapter, model, batch)
-            for rid, chosen, rejected in zip(batch["ids"], logps.chosen.tolist(), logps.rejected.tolist()):
-                values.setdefault(rid, [chosen, rejected])
-    model.train(was_training)
+    for batch in outputs:
+        for rid, logps in batch.items():
+            values.setdefault(rid, logps)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         shares = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(shares, values)
@@ -83,6 +136,14 @@ def compute(adapter, model, loaders, forward_context=nullcontext, progress: bool
             for rid, logps in share.items():
                 values.setdefault(rid, logps)
     return values
+
+
+def read(path: str | Path, fingerprint: str, records) -> Precomputed:
+    """The precomputed reference for ``records``: the file must exist and match (model, data)."""
+    if not Path(path).exists():
+        raise StaleReferenceError(f"reference log-probs {path} do not exist: compute them first with "
+                                  "`tpo precompute-ref` and the same config")
+    return Precomputed(load(path, fingerprint, records))
 
 
 def save(path: str | Path, fingerprint: str, records, values: dict[str, list[float]]) -> None:

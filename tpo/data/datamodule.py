@@ -188,6 +188,11 @@ class PreferenceDataModule(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer else 1
         return self._loader(EvenShares(self.val_set, world), shuffle=False)
 
+    def predict_dataloader(self) -> list[StatefulDataLoader]:
+        """The training and validation loaders, in training order: what reference log-probs are
+        precomputed over (``tpo precompute-ref``)."""
+        return [self.train_dataloader()] + ([self.val_dataloader()] if self.val_set is not None else [])
+
 
 class ResumableSampler(StatefulDistributedSampler):
     """torchdata's resumable distributed sampler, whose state also holds the epoch: the loader builds
