@@ -1,9 +1,11 @@
 """TPOModule: a trainable policy and a frozen reference copy, trained with DPO + SFT."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: jsonargparse reads the ranges of `tpo.settings`'
+# types only from evaluated annotations.
 
 import copy
 import math
+from typing import Literal
 
 import lightning as L
 import torch
@@ -18,6 +20,7 @@ from tpo.errors import ConfigError, TPOError
 from tpo.lora import LoraSettings, add_lora
 from tpo.loss import LossType, Pair, tpo_loss
 from tpo.models import get_adapter
+from tpo.settings import Fraction, NonNegative, Positive, PositiveInt
 from tpo.shared_prefix import shared_prefix_logps
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,17 +62,15 @@ class TPOModule(L.LightningModule):
     """
 
     def __init__(
-        self, model_path: str, family: str, beta: float = 0.1, alpha: float = 1.0,
-        loss_type: LossType = "sigmoid", lr: float = 1e-6, weight_decay: float = 0.0,
-        warmup_ratio: float = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
-        dtype: str = "float32", reference_logps: str | None = None, lora: LoraSettings | None = None,
-        time_instruction: bool = False, attention: Attention = "sdpa_no_cudnn", max_consecutive_skips: int = 5,
+        self, model_path: str, family: str, beta: Positive = 0.1, alpha: NonNegative = 1.0,
+        loss_type: LossType = "sigmoid", lr: Positive = 1e-6, weight_decay: NonNegative = 0.0,
+        warmup_ratio: Fraction = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32", reference_logps: str | None = None, lora: LoraSettings | None = None,
+        time_instruction: bool = False, attention: Attention = "sdpa_no_cudnn", max_consecutive_skips: PositiveInt = 5,
     ):
         super().__init__()
         self.save_hyperparameters()
         check_attention(attention)
-        if max_consecutive_skips < 1:
-            raise ConfigError(f"model.max_consecutive_skips must be at least 1, got {max_consecutive_skips}")
         self.adapter = get_adapter(family, time_instruction)
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")

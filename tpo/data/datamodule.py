@@ -1,6 +1,7 @@
 """PreferenceDataModule: preference records -> decoded frames -> padded pair batches."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: jsonargparse reads the ranges of `tpo.settings`'
+# types only from evaluated annotations.
 
 import json
 import logging
@@ -20,6 +21,7 @@ from tpo.data.frames import read_clip
 from tpo.data.records import BadRecordsError, PreferenceRecord, read_records, summarize
 from tpo.errors import ConfigError, TPOError
 from tpo.models import get_adapter
+from tpo.settings import Fraction, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
 SKIPPED_FILE = "skipped_records.jsonl"
@@ -120,8 +122,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def __init__(
         self, path: str, video_root: str | None = None, model_path: str = "", family: str = "",
-        batch_size: int = 1, num_workers: int = 0, irrelevant_fraction: float | None = None,
-        max_pairs: int | None = None, val_fraction: float = 0.0, seed: int = 0,
+        batch_size: PositiveInt = 1, num_workers: NonNegativeInt = 0, irrelevant_fraction: Fraction | None = None,
+        max_pairs: PositiveInt | None = None, val_fraction: Fraction = 0.0, seed: int = 0,
         on_bad_record: Literal["error", "skip"] = "error", time_instruction: bool = False,
     ):
         super().__init__()
