@@ -1,4 +1,4 @@
-"""``python -m data_gen run|merge|import``: see ``python -m data_gen <command> --help``."""
+"""``tpo data run|merge|import`` (or ``python -m data_gen ...``): see ``tpo data <command> --help``."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 
-from data_gen.client import FatalApiError
-from data_gen.config import ConfigError, load_config
+from data_gen.config import load_config
 from tpo.clean_exit import run_and_exit
+from tpo.errors import TPOError
 
 
 def _run(args) -> None:
@@ -50,8 +50,9 @@ def _import(args) -> None:
     print(f"imported {written} records into {args.output} ({skipped} skipped, see skipped.jsonl)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data_gen", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m data_gen") -> int:
+    """``tpo data ...`` (registered as a ``tpo.commands`` entry point) and ``python -m data_gen ...``."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="videos folder -> preference dataset directory")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except (ConfigError, FileNotFoundError, FatalApiError) as err:
+    except TPOError as err:  # a mistake in the input; anything else is our bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -26,14 +26,15 @@ import numpy as np
 import openai
 
 from data_gen.cache import Outcome
-from data_gen.config import ApiConfig, ConfigError
+from data_gen.config import ApiConfig
+from tpo.errors import ConfigError, TPOError
 
 
 class TransientFailure(RuntimeError):
     """Retries ran out on 429 / 5xx / timeouts: not cached, so a rerun tries the item again."""
 
 
-class FatalApiError(RuntimeError):
+class FatalApiError(TPOError):
     """Bad key, unknown model or endpoint: no item can succeed, so the run stops."""
 
 

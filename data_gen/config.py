@@ -15,6 +15,8 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tpo.errors import ConfigError
+
 PROMPT_DIR = Path(__file__).parent / "prompts"
 
 
@@ -111,10 +113,6 @@ class DataGenConfig:
     questions: QuestionConfig = field(default_factory=QuestionConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     postfilter: PostFilterConfig = field(default_factory=PostFilterConfig)
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used, with the key at fault."""
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> DataGenConfig:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from data_gen.config import ConfigError
 from data_gen.index import VIDEO_EXTENSIONS
 from data_gen.write import write_json, write_jsonl
 from tpo.data.frames import VideoReadError, count_frames, uniform_frame_indices
 from tpo.data.records import SCHEMA_VERSION, PreferenceRecord
+from tpo.errors import ConfigError, TPOError
 
 
 def _text(value, role: str) -> str:
@@ -81,7 +81,7 @@ def import_file(fmt: str, input_path: str, videos: str, output: str, num_frames:
     """Convert ``input_path``; returns ``(records written, lines skipped)``."""
     source, root, out = Path(input_path), Path(videos), Path(output)
     if not source.is_file():
-        raise FileNotFoundError(f"input file not found: {source}")
+        raise TPOError(f"input file not found: {source}")
     records, skipped, seen = [], [], set()
     for number, row in _rows(source):
         try:

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_gen.cache import Outcome
-from data_gen.config import ConfigError, fingerprint
+from data_gen.config import fingerprint
 from data_gen.runner import Job, StageRunner
+from tpo.errors import ConfigError, TPOError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
 
@@ -31,7 +32,7 @@ def list_videos(root: str | Path) -> list[str]:
     """Relative paths of all video files under ``root``, sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"videos folder not found: {root}")
+        raise TPOError(f"videos folder not found: {root}")
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                   if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from data_gen.config import ConfigError
 from data_gen.write import OUTPUT_FILES, add_counts, read_jsonl, write_json, write_jsonl
+from tpo.errors import ConfigError
 
 _SHARD = re.compile(r"shard-(\d+)-of-(\d+)$")
 _SORT_KEY = {"skipped.jsonl": "video"}

@@ -72,3 +72,29 @@ def test_every_recipe_parses(config):
         data = yaml.safe_load(done.stdout)["data"]
         assert data["batch_size"] * trainer["devices"] * trainer["num_nodes"] * trainer["accumulate_grad_batches"] == 64
         assert trainer["strategy"]["class_path"] == "tpo.sharding.FSDP2Strategy"
+
+
+def test_one_entry_point_lists_and_runs_every_command(tmp_path):
+    done = subprocess.run(["tpo", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    for command in ("fit", "validate", "precompute-ref", "evaluate", "data"):
+        assert f"\n  {command} " in done.stdout
+    done = subprocess.run(["tpo", "data", "run", "--config", "nope.yaml"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert done.returncode == 2 and "error: config file not found: nope.yaml" in done.stderr
+    done = subprocess.run(["tpo", "evaluate", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "usage: tpo evaluate" in done.stdout
+    done = subprocess.run(["tpo", "trian"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "unknown command 'trian'" in done.stderr
+
+
+def test_a_bug_is_not_reported_as_a_user_mistake(monkeypatch):
+    """Only our error type means "your input is wrong"; anything else keeps its traceback."""
+    import tpo.evaluate.__main__ as evaluate_cli
+
+    def bug(args):
+        raise KeyError("a bug in tpo")
+
+    monkeypatch.setattr(evaluate_cli, "_niah_make", bug)
+    with pytest.raises(KeyError, match="a bug in tpo"):
+        evaluate_cli.main(["niah-make", "--out", "x"])

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from data_gen.client import CallStats, ChatClient, FatalApiError, TransientFailure, parse_text, retry_after_seconds
-from data_gen.config import ApiConfig, ConfigError
+from data_gen.config import ApiConfig
+from tpo.errors import ConfigError
 from data_gen.postfilter import parse_verdict
 from data_gen.questions import parse_questions
 

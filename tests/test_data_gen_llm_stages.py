@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 from data_gen.cache import ResultCache
 from data_gen.client import CallStats
-from data_gen.config import ApiConfig, ConfigError, PostFilterConfig, QuestionConfig, load_config
+from data_gen.config import ApiConfig, PostFilterConfig, QuestionConfig, load_config
+from tpo.errors import ConfigError
 from data_gen.postfilter import RULE1, filter_jobs, run_postfilter
 from data_gen.questions import run_questions
 from data_gen.runner import Job, StageRunner

@@ -4,7 +4,8 @@ import random
 
 import pytest
 
-from data_gen.config import ConfigError, ManipulationConfig, load_config, to_dict
+from data_gen.config import ManipulationConfig, load_config, to_dict
+from tpo.errors import ConfigError
 from data_gen.index import shard
 from data_gen.manipulate import irrelevant_windows, make_segments
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from tpo.errors import TPOError
 from tpo.evaluate.__main__ import main
 from tpo.evaluate.benchmarks import load_benchmark
 from tpo.evaluate.mcq import evaluate, read_predictions
@@ -108,7 +109,7 @@ def test_without_subtitles_the_prompt_is_unchanged(videomme):
     assert all(p.startswith(QUESTION) for p in recorder.prompts) and len(recorder.prompts) == 1
     with pytest.raises(ValueError, match="videomme only"):
         load_benchmark("jsonl", videomme / "videomme.json", subtitles=videomme / "subtitle")
-    with pytest.raises(FileNotFoundError, match="subtitle folder not found"):
+    with pytest.raises(TPOError, match="subtitle folder not found"):
         load_benchmark("videomme", videomme / "videomme.json", subtitles=videomme / "nope")
 
 

@@ -1,8 +1,11 @@
-"""``tpo fit|validate|precompute-ref --config FILE.yaml``: LightningCLI over TPOModule and PreferenceDataModule."""
+"""``tpo``: the one entry point. ``tpo fit|validate|precompute-ref --config FILE.yaml`` is LightningCLI
+over TPOModule and PreferenceDataModule; ``tpo evaluate ...`` and ``tpo data ...`` hand over to the
+evaluator and to data_gen (which registers itself as a ``tpo.commands`` entry point)."""
 
 from __future__ import annotations
 
 import sys
+from importlib.metadata import entry_points
 import time
 import warnings
 from typing import NoReturn
@@ -80,17 +83,59 @@ def close_process_group(wait_for_peers: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def main(args: list[str] | None = None) -> None:
-    """``tpo fit|validate|precompute-ref`` in this process. Our own errors (bad records, a stale reference
-    file, a wrong setting) print as one message from rank 0 and exit with status 2."""
+TRAINING_COMMANDS = {
+    "fit": "train on preference pairs: --config X.yaml, then any --model.*, --data.*, --trainer.* setting",
+    "validate": "the validation metrics of a model on the held-out pairs, with a training config",
+    "precompute-ref": "write model.reference_logps (reference log-probs per record) with a training config",
+}
+OTHER_COMMANDS = {
+    "evaluate": "benchmarks and needle in a haystack: tpo evaluate mcq|niah-make|niah --help",
+    "data": "preference data from videos: tpo data run|merge|import --help",
+}
+
+
+def usage() -> str:
+    width = max(map(len, {**TRAINING_COMMANDS, **OTHER_COMMANDS}))
+    rows = [f"  {name:<{width}}  {text}" for name, text in {**TRAINING_COMMANDS, **OTHER_COMMANDS}.items()]
+    return "usage: tpo <command> [options]\n\ncommands:\n" + "\n".join(rows) + "\n\ntpo <command> --help for its options"
+
+
+def plugin_commands() -> dict:
+    """Commands other packages add to ``tpo`` (``tpo.commands`` entry points): ``data`` from data_gen."""
+    return {ep.name: ep for ep in entry_points(group="tpo.commands")}
+
+
+def main(args: list[str] | None = None) -> int | None:
+    """``tpo <command> ...`` in this process. Mistakes in the input (bad records, a stale reference file,
+    a wrong setting) print as one ``error:`` line (from rank 0) and exit with status 2; anything else
+    is a bug in tpo and keeps its traceback."""
     argv = sys.argv[1:] if args is None else list(args)
+    command = argv[0] if argv else None
+    if command in (None, "-h", "--help"):
+        print(usage(), file=sys.stdout if command else sys.stderr)
+        return 0 if command else 2
+    if command == "evaluate":
+        from tpo.evaluate.__main__ import main as evaluate
+
+        return evaluate(argv[1:], prog="tpo evaluate")
+    plugins = plugin_commands()
+    if command in plugins:
+        return plugins[command].load()(argv[1:], prog=f"tpo {command}")
+    if command not in TRAINING_COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    return train(argv)
+
+
+def train(argv: list[str]) -> None:
+    """``fit``, ``validate`` and ``precompute-ref``, on as many processes as the config's trainer starts."""
     # torchdata's StatefulDataLoader calls a deprecated torch function at every iterator (torchdata 0.11)
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
     try:
-        if argv[:1] == ["precompute-ref"]:
+        if argv[0] == "precompute-ref":
             precompute_reference(argv[1:])
         else:
-            TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=args)
+            TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=argv)
         close_process_group()
     except TPOError as err:
         if rank_zero_only.rank == 0:

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 from transformers.video_utils import VideoMetadata
 
+from tpo.errors import TPOError
 
-class VideoReadError(RuntimeError):
+
+class VideoReadError(TPOError):
     """A video that is missing, empty or cannot be decoded."""
 
 

@@ -1,4 +1,4 @@
-"""``python -m tpo.evaluate mcq|niah-make|niah``: evaluate a model; see ``--help`` of each."""
+"""``tpo evaluate mcq|niah-make|niah`` (or ``python -m tpo.evaluate ...``): evaluate a model; see ``--help`` of each."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from tpo.clean_exit import run_and_exit
-from tpo.data.frames import VideoReadError
+from tpo.errors import TPOError
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -54,7 +54,7 @@ def _same_settings(out: Path, settings: dict) -> None:
         changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
         if changed and (out / "predictions.jsonl").exists():
             diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise ValueError(f"{out} holds predictions made with other settings ({diff}); "
+            raise TPOError(f"{out} holds predictions made with other settings ({diff}); "
                              f"use another --out, or delete {out / 'predictions.jsonl'} to start over")
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
@@ -113,8 +113,8 @@ def _niah(args) -> None:
     print(f"heatmap:     {plot_heatmap(grid, Path(args.out) / 'niah_heatmap.png', f'NIAH — {args.model}')}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tpo.evaluate", description=__doc__)
+def main(argv: list[str] | None = None, prog: str = "python -m tpo.evaluate") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     mcq = commands.add_parser("mcq", help="multiple-choice accuracy on a benchmark")
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except (FileNotFoundError, ValueError, VideoReadError) as err:
+    except TPOError as err:  # a mistake in the input; anything else is our bug and keeps its traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

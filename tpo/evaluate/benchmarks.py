@@ -24,6 +24,8 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tpo.errors import TPOError
+
 LETTERS = string.ascii_uppercase
 _LABEL = re.compile(r"^\s*\(?([A-Z])[.):]\s+")
 
@@ -105,9 +107,9 @@ def _read_json_list(path: Path) -> list:
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        raise TPOError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(rows, list):
-        raise ValueError(f"{path}: expected a JSON list of items")
+        raise TPOError(f"{path}: expected a JSON list of items")
     return rows
 
 
@@ -142,7 +144,7 @@ def load_mlvu(path: Path, videos: Path) -> Loaded:
     """``path``: the folder of task JSON files (``1_plotQA.json`` ...), or one of them."""
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     if not files:
-        raise ValueError(f"{path}: no MLVU task JSON files")
+        raise TPOError(f"{path}: no MLVU task JSON files")
     loaded = Loaded()
     for file in files:
         for i, row in enumerate(_read_json_list(file)):
@@ -179,20 +181,20 @@ def load_benchmark(name: str, path: str | Path, videos: str | Path | None = None
     """Items of benchmark ``name`` from ``path``; videos under ``videos`` (default: beside ``path``);
     Video-MME's subtitle files under ``subtitles`` (default: none, the "w/o subs" setting)."""
     if name not in LOADERS:
-        raise ValueError(f"unknown benchmark {name!r}; choose from {list(LOADERS)}")
+        raise TPOError(f"unknown benchmark {name!r}; choose from {list(LOADERS)}")
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{name} annotation file not found: {path}")
+        raise TPOError(f"{name} annotation file not found: {path}")
     extra = {}
     if subtitles is not None:
         if name != "videomme":
-            raise ValueError(f"subtitles are read for videomme only, not {name}")
+            raise TPOError(f"subtitles are read for videomme only, not {name}")
         if not Path(subtitles).is_dir():
-            raise FileNotFoundError(f"videomme subtitle folder not found: {subtitles}")
+            raise TPOError(f"videomme subtitle folder not found: {subtitles}")
         extra["subtitles"] = Path(subtitles)
     loaded = LOADERS[name](path, Path(videos) if videos else (path if path.is_dir() else path.parent), **extra)
     ids = [item.id for item in loaded.items]
     if len(ids) != len(set(ids)):
         duplicate = next(i for i in ids if ids.count(i) > 1)
-        raise ValueError(f"{path}: item id {duplicate!r} appears more than once")
+        raise TPOError(f"{path}: item id {duplicate!r} appears more than once")
     return loaded

@@ -6,6 +6,7 @@ from typing import Literal
 
 import lightning as L
 
+from tpo.errors import ConfigError, TPOError
 from tpo.evaluate.benchmarks import load_benchmark
 from tpo.evaluate.mcq import evaluate
 from tpo.evaluate.model import make_answerer
@@ -25,7 +26,7 @@ class MCQEval(L.Callback):
                  max_new_tokens: int = 8, at_start: bool = True,
                  scoring: Literal["generate", "likelihood"] = "generate"):
         if scoring not in ("generate", "likelihood"):
-            raise ValueError(f"scoring must be 'generate' or 'likelihood', got {scoring!r}")
+            raise ConfigError(f"scoring must be 'generate' or 'likelihood', got {scoring!r}")
         self.data, self.benchmark, self.videos, self.name = data, benchmark, videos, name
         self.every_n_steps, self.num_frames, self.limit = every_n_steps, num_frames, limit
         self.batch_size, self.max_new_tokens, self.at_start = batch_size, max_new_tokens, at_start
@@ -37,7 +38,7 @@ class MCQEval(L.Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         loaded = load_benchmark(self.benchmark, self.data, self.videos)
         if not loaded.items:
-            raise ValueError(f"{self.data}: no usable evaluation items ({len(loaded.bad)} malformed)")
+            raise TPOError(f"{self.data}: no usable evaluation items ({len(loaded.bad)} malformed)")
         self.items = loaded.items
 
     def _run(self, trainer, pl_module) -> None:

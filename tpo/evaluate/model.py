@@ -23,7 +23,7 @@ def infer_family(path: str) -> str:
     for name, adapter in FAMILIES.items():
         if model_type in adapter.model_types:
             return name
-    raise ValueError(f"{path}: no supported family loads model type {model_type!r}; families: {list(FAMILIES)}")
+    raise TPOError(f"{path}: no supported family loads model type {model_type!r}; families: {list(FAMILIES)}")
 
 
 def _is_checkpoint(path: str) -> bool:
@@ -38,7 +38,7 @@ def _load_checkpoint(path: str) -> dict:
                        f"{path}.consolidated, or evaluate the run's HF export")
     ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     if "model_path" not in ckpt.get("hyper_parameters", {}):
-        raise ValueError(f"{path} is not a TPO checkpoint (no model_path in its hyper-parameters)")
+        raise TPOError(f"{path} is not a TPO checkpoint (no model_path in its hyper-parameters)")
     return ckpt
 
 

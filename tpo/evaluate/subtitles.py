@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tpo.errors import TPOError
+
 SUBTITLES_INTRO = "This video's subtitles are listed below:"
 NO_SUBTITLES = "No subtitles available"
 
@@ -34,7 +36,7 @@ _ANY_TIME = re.compile(r"\d+:\d+:\d+")
 log = logging.getLogger(__name__)
 
 
-class SubtitleError(ValueError):
+class SubtitleError(TPOError):
     """A subtitle file that cannot be read as SRT."""
 
 
