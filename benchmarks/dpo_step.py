@@ -92,14 +92,9 @@ def make_pairs(model, frames: int, batch: int, seed: int = 0) -> list[dict]:
 
 
 def naive_batch(pairs: list[dict]) -> dict:
-    from tpo.data.collate import labelled_sequence, pad_rows
-    from tpo.models import IGNORE_INDEX
+    from tpo.two_pass import two_pass_batch
 
-    rows = [labelled_sequence(p["prompt"].tokens, p[side]) for side in ("chosen", "rejected") for p in pairs]
-    inputs = {k: pad_rows([r[k] for r in rows], 0) for k in rows[0] if k != "labels"}
-    vision = torch.cat([p["prompt"].vision["pixel_values_videos"] for p in pairs])
-    inputs["pixel_values_videos"] = torch.cat([vision, vision])
-    return {"inputs": inputs, "labels": pad_rows([r["labels"] for r in rows], IGNORE_INDEX)}
+    return two_pass_batch([p["prompt"] for p in pairs], [p["chosen"] for p in pairs], [p["rejected"] for p in pairs], 0)
 
 
 def packed_batch(pairs: list[dict]) -> dict:
@@ -114,9 +109,10 @@ def to(batch: dict, device) -> dict:
 
 def run_variant(variant: str, args) -> dict:
     from tpo.attention import use_attention
-    from tpo.loss import Pair, response_logps, tpo_loss
+    from tpo.loss import tpo_loss
     from tpo.models import get_adapter
     from tpo.shared_prefix import shared_prefix_logps
+    from tpo.two_pass import two_pass_logps
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -139,9 +135,8 @@ def run_variant(variant: str, args) -> dict:
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
 
     def logps(model, b):
-        if variant == "naive":  # rows [0, n) are prompt + chosen, [n, 2n) prompt + rejected
-            sums, counts = response_logps(model(**b["inputs"], use_cache=False).logits, b["labels"])
-            return Pair(sums[:n], sums[n:]), Pair(counts[:n], counts[n:])
+        if variant == "naive":
+            return two_pass_logps(model, b)
         return shared_prefix_logps(adapter, model, b)
 
     def step():

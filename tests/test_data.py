@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
-from tpo.data.collate import PairCollator
+from tpo.two_pass import two_pass_collate
 from tpo.data.datamodule import PreferenceDataModule, select_pairs, split_by_video
 from tpo.data.frames import read_frames, uniform_frame_indices
 from tpo.data.records import SCHEMA_VERSION, PreferenceRecord, RecordError, read_records
@@ -58,7 +58,7 @@ def test_collated_labels_cover_response_tokens_only(pref_file):
     dm = PreferenceDataModule(str(pref_file), model_path="builtin:tiny-qwen2_5_vl", family="qwen2_5_vl", batch_size=2)
     dm.setup("fit")
     items = [dm.train_set[0], dm.train_set[1]]
-    batch = PairCollator(adapter, processor)(items)
+    batch = two_pass_collate(adapter, processor, items)
     ids, labels, mask = batch["inputs"]["input_ids"], batch["labels"], batch["inputs"]["attention_mask"]
     assert ids.shape[0] == 4 and batch["ids"] == [items[0]["id"], items[1]["id"]]
     for row, (item, side) in enumerate([(items[0], "chosen"), (items[1], "chosen"),

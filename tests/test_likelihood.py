@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from conftest import FAMILIES
-from tpo.data.collate import labelled_sequence
 from tpo.data.frames import Clip, VideoInfo, frame_metadata, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.evaluate.benchmarks import MCQItem
 from tpo.evaluate.likelihood import LikelihoodScorer, option_continuation
 from tpo.evaluate.mcq import evaluate
-from tpo.loss import response_logps
+from tpo.two_pass import labelled_row, response_logps
 from tpo.models import get_adapter
 
 QUESTIONS = [("What happens first?", ["a red square moves left", "nothing", "a blue circle moves up", "B"]),
@@ -30,7 +29,7 @@ def _one_forward_per_option(scorer, clip, prompt, options) -> list[float]:
     encoding = scorer.adapter.encode_prompt(scorer.processor, clip, prompt)
     scores = []
     for ids in scorer.option_ids(options):
-        row = labelled_sequence(encoding.tokens, ids)
+        row = labelled_row(encoding.tokens, ids)
         labels = row.pop("labels")[None]
         out = scorer.model(**{k: v[None] for k, v in row.items()}, **encoding.vision)
         scores.append(response_logps(out.logits, labels)[0].item())

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from tpo.loss import Pair, response_logps, tpo_loss
+from tpo.loss import Pair, tpo_loss
+from tpo.two_pass import response_logps
 from tpo.models import IGNORE_INDEX
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from conftest import FAMILIES, random_clip
-from tpo.data.collate import PairCollator, SharedPrefixCollator
-from tpo.loss import response_logps
+from tpo.data.collate import SharedPrefixCollator
+from tpo.two_pass import response_logps, two_pass_collate
 from tpo.models import get_adapter
 from tpo.shared_prefix import pair_attention_mask, pair_position_ids
 
@@ -32,7 +32,7 @@ def test_shared_prefix_equals_two_passes(family):
     model, processor = adapter.load(f"builtin:tiny-{family}")
     model.train()
     items = _items()
-    naive = PairCollator(adapter, processor)(items)
+    naive = two_pass_collate(adapter, processor, items)
     shared = SharedPrefixCollator(adapter, processor)(items)
 
     naive_logps, naive_counts = response_logps(model(**naive["inputs"]).logits, naive["labels"])

@@ -8,10 +8,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from tpo.data.collate import PairCollator
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.export import HFExport
-from tpo.loss import response_logps
+from tpo.two_pass import response_logps, two_pass_collate
 from tpo.models import get_adapter
 from tpo.module import TPOModule
 from tpo.shared_prefix import shared_prefix_logps
@@ -96,7 +95,7 @@ def test_hf_export_loads_back_with_the_same_logps(run):
     model = AutoModelForImageTextToText.from_pretrained(export).eval()
     processor = AutoProcessor.from_pretrained(export)
     module, dm = run["module"], run["dm"]
-    batch = PairCollator(module.adapter, processor)([dm.train_set[0], dm.train_set[1]])
+    batch = two_pass_collate(module.adapter, processor, [dm.train_set[0], dm.train_set[1]])
     with torch.no_grad():
         exported, _ = response_logps(model(**batch["inputs"]).logits, batch["labels"])
         trained, _ = response_logps(module.policy.eval()(**batch["inputs"]).logits, batch["labels"])

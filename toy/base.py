@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import tempfile
 from dataclasses import asdict, dataclass
@@ -34,19 +33,20 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
 
 from toy.world import (FRAMES_PER_EVENT, after_question, answer_text, before_question, clip_questions, describe,
                        long_events, moment_questions, motion_question, short_events, shown_frames, write_clip)
-from tpo.data.collate import labelled_sequence, pad_rows
 from tpo.data.frames import read_clip, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
-from tpo.models import IGNORE_INDEX, get_adapter, pad_token_id
+from tpo.models import get_adapter, pad_token_id
 from tpo.synthetic.tiny_models import build_llava_onevision, build_once, cache_dir
+from tpo.two_pass import labelled_batch, labelled_row
 from tpo.synthetic.world import Event
 
 FAMILY = "llava_onevision"
 DESCRIBE = "Describe the video."
-_VERSION = "6"
+_VERSION = "7"  # 7: transformers' warm-up cosine schedule
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list
             enc = adapter.encode_prompt(processor, clip, prompt)
             if vision is None:  # stored in bf16 to keep the encoded set small
                 vision = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.vision.items()}
-            rows.append({"seq": labelled_sequence(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
+            rows.append({"seq": labelled_row(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
                          "describe": prompt == DESCRIBE})
     return rows
 
@@ -135,12 +135,9 @@ def _by_frame_count(rows: list[dict]) -> list[list[dict]]:
 
 
 def _batch(rows: list[dict], pad_id: int) -> dict:
-    seqs = [r["seq"] for r in rows]
-    inputs = {k: pad_rows([s[k] for s in seqs], pad_id if k == "input_ids" else 0) for k in seqs[0] if k != "labels"}
-    for key, value in rows[0]["vision"].items():
-        cat = torch.cat([r["vision"][key] for r in rows])
-        inputs[key] = cat.float() if cat.is_floating_point() else cat
-    return {**inputs, "labels": pad_rows([s["labels"] for s in seqs], IGNORE_INDEX)}
+    visions = [{k: v.float() if v.is_floating_point() else v for k, v in r["vision"].items()} for r in rows]
+    batch = labelled_batch([r["seq"] for r in rows], visions, pad_id)
+    return {**batch["inputs"], "labels": batch["labels"]}
 
 
 def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
@@ -151,9 +148,7 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
     pad_id = pad_token_id(processor)
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
-    warmup = max(1, cfg.steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s / cfg.steps, 1.0))))
+    schedule = get_cosine_schedule_with_warmup(optimizer, max(1, cfg.steps // 20), cfg.steps)
     described = [r for r in rows if r["describe"]]
     model.train()
     bar = tqdm(range(cfg.steps), desc="toy base: SFT")

@@ -15,8 +15,6 @@ from typing import Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from tpo.models import IGNORE_INDEX
-
 LossType = Literal["sigmoid", "ipo", "hinge"]
 
 
@@ -30,20 +28,6 @@ class Pair(NamedTuple):
     def rows(self, index) -> Pair:
         """The pairs ``index`` (a mask, indices or a slice) of both sides."""
         return Pair(self.chosen[index], self.rejected[index])
-
-
-def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row ``(sum of log-probs of the response tokens, number of response tokens)``.
-
-    ``logits[:, t]`` predicts ``labels[:, t + 1]``; positions labelled ``IGNORE_INDEX`` (video,
-    prompt, padding) contribute nothing.
-    """
-    logits, labels = logits[:, :-1], labels[:, 1:]
-    mask = labels != IGNORE_INDEX
-    token_logps = -F.cross_entropy(
-        logits.float().transpose(1, 2), labels.masked_fill(~mask, 0), reduction="none"
-    )
-    return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
 def tpo_loss(policy: Pair, reference: Pair, tokens: Pair, beta: float, alpha: float, loss_type: LossType = "sigmoid",

@@ -27,10 +27,9 @@ import inspect
 import torch
 
 from tpo.attention import FLEX, text_attention
+from tpo.data.sequences import append_tokens, pad_token_rows
 from tpo.loss import Pair
 from tpo.models import ModelAdapter, PromptEncoding
-
-_NEW_TOKEN_VALUES = {"attention_mask": 1}  # per-token keys of response tokens; others are 0
 
 
 def pack_answers(prompts: list[PromptEncoding], answers: list[list[list[int]]], pad_id: int) -> dict:
@@ -41,23 +40,10 @@ def pack_answers(prompts: list[PromptEncoding], answers: list[list[list[int]]], 
     tensor of (prompt, answer 1, ..., answer N) lengths}``.
     """
     n = max(len(a) for a in answers)
-    rows, segments = [], []
-    for prompt, own in zip(prompts, answers):
-        flat = torch.tensor([t for answer in own for t in answer], dtype=prompt.tokens["input_ids"].dtype)
-        row = {}
-        for key, value in prompt.tokens.items():
-            tail = flat if key == "input_ids" else torch.full((len(flat),), _NEW_TOKEN_VALUES.get(key, 0),
-                                                              dtype=value.dtype)
-            row[key] = torch.cat([value, tail])
-        rows.append(row)
-        segments.append([len(prompt.tokens["input_ids"])] + [len(a) for a in own] + [0] * (n - len(own)))
-    length = max(len(r["input_ids"]) for r in rows)
-    inputs = {}
-    for key in rows[0]:
-        out = torch.full((len(rows), length), pad_id if key == "input_ids" else 0, dtype=rows[0][key].dtype)
-        for i, row in enumerate(rows):
-            out[i, : len(row[key])] = row[key]
-        inputs[key] = out
+    rows = [append_tokens(prompt.tokens, [t for answer in own for t in answer]) for prompt, own in zip(prompts, answers)]
+    segments = [[len(prompt.tokens["input_ids"])] + [len(a) for a in own] + [0] * (n - len(own))
+                for prompt, own in zip(prompts, answers)]
+    inputs = pad_token_rows(rows, pad_id)
     for key in prompts[0].vision:
         inputs[key] = torch.cat([p.vision[key] for p in prompts])
     return {"inputs": inputs, "segments": torch.tensor(segments)}

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from tpo.data.frames import Clip
+from tpo.data.sequences import pad_token_rows
 from tpo.models.adapter import ModelAdapter, PromptEncoding, pad_token_id
 from tpo.sharding import root_unsharded
 
@@ -23,13 +24,7 @@ def left_padded_batch(prompts: list[PromptEncoding], pad_id: int) -> dict[str, t
     Vision tensors concatenate only when the prompts have equally many frames (LLaVA families);
     group the prompts by frame count before calling this.
     """
-    length = max(len(p.tokens["input_ids"]) for p in prompts)
-    batch = {}
-    for key in prompts[0].tokens:
-        fill = pad_id if key == "input_ids" else 0
-        rows = [torch.cat([torch.full((length - len(p.tokens[key]),), fill, dtype=p.tokens[key].dtype), p.tokens[key]])
-                for p in prompts]
-        batch[key] = torch.stack(rows)
+    batch = pad_token_rows([p.tokens for p in prompts], pad_id, left=True)
     for key in prompts[0].vision:
         batch[key] = torch.cat([p.vision[key] for p in prompts])
     return batch
