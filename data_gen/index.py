@@ -6,13 +6,13 @@ download) is reported with the reason and left out; the run goes on.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from data_gen.cache import Outcome
 from data_gen.config import fingerprint
 from data_gen.runner import Job, StageRunner
+from tpo.data.frames import VideoReadError, check_video
 from tpo.errors import ConfigError, TPOError
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ts")
@@ -45,39 +45,17 @@ def shard(rels: list[str], num_shards: int, shard_index: int) -> list[str]:
     return sorted(rels)[shard_index::num_shards]
 
 
-def _decord_message(err: Exception) -> str:
-    """decord's first error line without its ``[time] file.cc:line:`` prefix."""
-    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(err).splitlines()[0])[:200]
-
-
 def probe(path: Path) -> dict:
-    """``{num_frames, fps, duration_s}``; raises ValueError with the reason a video is unusable."""
-    import decord
-
-    if path.stat().st_size == 0:
-        raise ValueError("empty file")
-    try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-    except Exception as err:  # decord raises DECORDError with a C++ trace
-        message = _decord_message(err)
-        if "av_read_frame" in message:  # the header parsed but the stream ends early
-            raise ValueError(f"truncated: the stream ends before its last frame ({message})") from None
-        raise ValueError(f"cannot open: {message}") from None
-    count = len(reader)
-    if count == 0:
-        raise ValueError("no video frames")
-    try:
-        reader[count - 1].asnumpy()
-    except Exception as err:
-        raise ValueError(f"truncated: the last of {count} frames does not decode ({_decord_message(err)})") from None
-    fps = float(reader.get_avg_fps() or 0.0)
-    return {"num_frames": count, "fps": fps, "duration_s": count / fps if fps > 0 else 0.0}
+    """``{num_frames, fps, duration_s}``; raises VideoReadError with the reason a video is unusable."""
+    info = check_video(path)
+    return {"num_frames": info.num_frames, "fps": info.fps,
+            "duration_s": info.num_frames / info.fps if info.fps > 0 else 0.0}
 
 
 def _probe_outcome(path: Path) -> Outcome:
     try:
         return Outcome(True, probe(path))
-    except ValueError as err:
+    except VideoReadError as err:
         return Outcome(False, reason=str(err))
 
 

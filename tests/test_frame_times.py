@@ -71,8 +71,8 @@ def test_every_stage_times_frames_from_the_decoded_video(pref_file):
     dm.setup("fit")
     record = dm.train_set.records[0]
     training = dm.train_set[0]["clip"]
-    path, indices = record.video_path, record["frame_indices"]
-    video = Video(record["video"], path, identity="x", **probe(path))
+    path, indices = record.video_path, record.frame_indices
+    video = Video(record.video, path, identity="x", **probe(path))
     generation = video_clip(video, tuple(indices), tuple(indices))
     evaluation = item_clip(MCQItem("q", path, "?", ["a", "b"], 0, frame_indices=indices), 32)
     assert video.fps > 0 and training.metadata.fps == pytest.approx(video.fps)

@@ -9,6 +9,7 @@ rotary positions, Qwen3-VL's ``<t seconds>`` stamps) see the video's real timing
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -80,16 +81,49 @@ def frame_metadata(info: VideoInfo, indices: list[int], height: int | None = Non
                        frames_indices=[int(i) for i in indices])
 
 
-def _reader(path: str | Path):
+def _decord_message(err: Exception) -> str:
+    """decord's first error line without its ``[time] file.cc:line:`` prefix."""
+    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(err).splitlines()[0])[:200]
+
+
+def _open(path: Path):
     import decord  # imported lazily: decord pulls in native libraries
 
+    return decord.VideoReader(str(path), num_threads=1)
+
+
+def _reader(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise VideoReadError(f"video not found: {path}")
     try:
-        return decord.VideoReader(str(path), num_threads=1)
+        return _open(path)
     except Exception as err:  # decord raises its own DECORDError with a C++ trace
-        raise VideoReadError(f"cannot decode video {path}: {str(err).splitlines()[0]}") from None
+        raise VideoReadError(f"cannot decode video {path}: {_decord_message(err)}") from None
+
+
+def check_video(path: str | Path) -> VideoInfo:
+    """A video's frame count and fps after the checks data_gen makes of every video before using it:
+    it opens, has frames, and its last frame decodes. A :class:`VideoReadError` gives the reason
+    (``empty file``, ``cannot open: ...``, ``truncated: ...``), without the path."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise VideoReadError("empty file")
+    try:
+        reader = _open(path)
+    except Exception as err:
+        message = _decord_message(err)
+        if "av_read_frame" in message:  # the header parsed but the stream ends early
+            raise VideoReadError(f"truncated: the stream ends before its last frame ({message})") from None
+        raise VideoReadError(f"cannot open: {message}") from None
+    count = len(reader)
+    if count == 0:
+        raise VideoReadError("no video frames")
+    try:
+        reader[count - 1].asnumpy()
+    except Exception as err:
+        raise VideoReadError(f"truncated: the last of {count} frames does not decode ({_decord_message(err)})") from None
+    return VideoInfo(count, float(reader.get_avg_fps() or 0.0))
 
 
 @lru_cache(maxsize=65536)
@@ -114,7 +148,7 @@ def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
     try:
         return reader.get_batch(list(indices)).asnumpy()
     except Exception as err:
-        raise VideoReadError(f"cannot decode frames {indices} of {path}: {str(err).splitlines()[0]}") from None
+        raise VideoReadError(f"cannot decode frames {indices} of {path}: {_decord_message(err)}") from None
 
 
 def clip_of(frames: np.ndarray, info: VideoInfo, indices: list[int]) -> Clip:
