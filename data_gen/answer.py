@@ -46,12 +46,12 @@ class LocalAnswerer:
         import torch
 
         from tpo.models import get_adapter
-        from tpo.models.generate import resolve_device
+        from tpo.models.generate import for_inference
 
         self.cfg = cfg
         self.adapter = get_adapter(cfg.family, cfg.time_instruction)
-        self.model, self.processor = self.adapter.load(cfg.model, getattr(torch, cfg.dtype))
-        self.model.to(resolve_device(cfg.device)).eval()
+        model, self.processor = self.adapter.load(cfg.model, getattr(torch, cfg.dtype))
+        self.model = for_inference(model, cfg.device)
 
     def run_batch(self, jobs: list[Job]) -> list[Outcome]:
         from tpo.models.generate import answer_questions

@@ -63,7 +63,7 @@ class LocalCaptioner:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from tpo.models.generate import resolve_device
+        from tpo.models.generate import for_inference
         from tpo.builtin import resolve
 
         path = str(resolve(cfg.model))
@@ -71,8 +71,8 @@ class LocalCaptioner:
         self.prompt = prompt_template(cfg.prompt)
         self.processor = AutoProcessor.from_pretrained(path)
         self.processor.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
-        self.model.to(resolve_device(cfg.device)).eval()
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
+        self.model = for_inference(model, cfg.device)
 
     def run_batch(self, jobs: list[Job]) -> list[Outcome]:
         from PIL import Image

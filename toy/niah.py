@@ -17,6 +17,7 @@ from pathlib import Path
 
 from toy.world import FRAMES_PER_EVENT, motion_question, shown_frames, write_clip
 from tpo.data.frames import uniform_frame_indices
+from tpo.evaluate.niah import needle_position
 from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event
 
 
@@ -24,7 +25,7 @@ def haystack(rng: random.Random, length: int, depth: float) -> tuple[list[Event]
     """``length`` objects, one of them (at ``depth``) the only one of its colour; the others use the
     remaining colours, never the same colour twice in a row."""
     needle_colour, *colours = rng.sample(list(PALETTE), len(PALETTE))
-    events, position = [], round(depth * (length - 1))
+    events, position = [], needle_position(length, depth)
     for k in range(length):
         if k == position:
             colour = needle_colour

@@ -12,7 +12,7 @@ from tpo.errors import TPOError
 from tpo.evaluate.likelihood import LikelihoodScorer
 from tpo.export import trained_prompt
 from tpo.models import FAMILIES, ModelAdapter, get_adapter
-from tpo.models.generate import answer_questions, resolve_device
+from tpo.models.generate import answer_questions, for_inference
 
 
 def infer_family(path: str) -> str:
@@ -74,7 +74,7 @@ def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = tor
             time_instruction = trained_time_instruction(path)
         adapter = get_adapter(family or infer_family(path), time_instruction)
         model, processor = adapter.load(path, dtype)
-    return adapter, model.to(resolve_device(device)).eval(), processor
+    return adapter, for_inference(model, device), processor
 
 
 class VideoAnswerer:

@@ -18,6 +18,12 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def for_inference(model, device: str = "auto"):
+    """``model`` on ``device`` (``auto``: a GPU when there is one) in eval mode, as every stage that
+    answers or scores runs it."""
+    return model.to(resolve_device(device)).eval()
+
+
 def left_padded_batch(prompts: list[PromptEncoding], pad_id: int) -> dict[str, torch.Tensor]:
     """Stack prompt encodings for ``generate``: tokens left-padded, vision tensors concatenated.
 
