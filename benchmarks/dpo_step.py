@@ -65,8 +65,9 @@ def build_model(shape: str, dtype: torch.dtype):
         text_config=Qwen2Config(**spec["text"], max_position_embeddings=32768),
         video_token_index=VIDEO_TOKEN, image_token_index=VIDEO_TOKEN + 1, vision_feature_layer=-1,
         vision_feature_select_strategy="full", image_grid_pinpoints=[[spec["vision"]["image_size"]] * 2])
-    config._attn_implementation = "sdpa"
-    return LlavaOnevisionForConditionalGeneration(config).to(dtype)
+    model = LlavaOnevisionForConditionalGeneration(config).to(dtype)
+    model.set_attn_implementation("sdpa")
+    return model
 
 
 def make_pairs(model, frames: int, batch: int, seed: int = 0) -> list[dict]:

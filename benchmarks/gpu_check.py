@@ -114,8 +114,7 @@ def mfu(tiny: bool, peak_tflops: float) -> dict:
     dims = (dict(hidden_size=64, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
             if tiny else dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4))
     layers, tokens = (2, 256) if tiny else (4, 8192)
-    config = Qwen2Config(**dims, num_hidden_layers=layers)
-    config._attn_implementation = "sdpa"
+    config = Qwen2Config(**dims, num_hidden_layers=layers, attn_implementation="sdpa")
     blocks = torch.nn.ModuleList(Qwen2DecoderLayer(config, i) for i in range(layers)).to(device, dtype)
     rotary = Qwen2RotaryEmbedding(config).to(device)
     x = torch.randn(1, tokens, config.hidden_size, device=device, dtype=dtype, requires_grad=True)

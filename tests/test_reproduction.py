@@ -1,5 +1,6 @@
 """The end-to-end toy reproduction and the ablation notebooks run at their reduced setting."""
 
+
 import json
 import os
 import re

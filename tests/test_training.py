@@ -82,9 +82,10 @@ def test_reference_stays_bit_identical_and_out_of_checkpoints(run):
 
 
 def test_resume_reproduces_the_uninterrupted_run(run, pref_file, tmp_path):
-    first_epoch_ckpt = next(p for p in _checkpoints(run) if "epoch=0-" in p.name)
-    _, _, _, resumed = _fit(tmp_path, pref_file, EPOCHS, ckpt_path=first_epoch_ckpt)
-    expected = [s["loss"] for s in run["steps"] if s["epoch"] >= 1]
+    """Resumed from the next-to-last epoch's checkpoint, the last epoch is the uninterrupted run's."""
+    checkpoint = next(p for p in _checkpoints(run) if f"epoch={EPOCHS - 2}-" in p.name)
+    _, _, _, resumed = _fit(tmp_path, pref_file, EPOCHS, ckpt_path=checkpoint)
+    expected = [s["loss"] for s in run["steps"] if s["epoch"] == EPOCHS - 1]
     got = [s["loss"] for s in resumed.steps]
     assert len(got) == len(expected)
     assert got == pytest.approx(expected, rel=1e-5, abs=1e-6)

@@ -38,7 +38,7 @@ def exit_status(err: SystemExit) -> int:
 
 def flush_and_exit(status: int) -> NoReturn:
     """Leave now with ``status``: atexit handlers, logging and standard streams first, no finalisation."""
-    try:
+    try:  # internal: the only way to run the atexit handlers before os._exit, which skips them
         atexit._run_exitfuncs()
     except BaseException:  # an atexit handler's failure must not change the program's status
         traceback.print_exc()

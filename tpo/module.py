@@ -115,6 +115,8 @@ class TPOModule(L.LightningModule):
         self.policy.train()  # from_pretrained returns eval mode
 
     def _trains_on_cpu(self) -> bool:
+        # internal: `self.trainer` raises when no trainer is attached (a module used on its own, as in
+        # tests and notebooks); Lightning has no public way to ask
         trainer = self._trainer
         if trainer is None:
             return False
@@ -139,8 +141,8 @@ class TPOModule(L.LightningModule):
         sharding.load_full_weights(self.adapter, h.model_path, dtype, models, self.global_rank)
         self.policy.train()
 
-    # Lightning moves and casts a module with ``.to()`` / ``.half()`` (``nn.Module._apply``); the frozen
-    # copy is not a submodule, so it is carried along here. No public hook covers every such call.
+    # internal: Lightning moves and casts a module with ``.to()`` / ``.half()`` (``nn.Module._apply``);
+    # the frozen copy is not a submodule, so it is carried along here. No public hook covers every such call.
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
         if self._frozen_model() is not None:
@@ -188,6 +190,7 @@ class TPOModule(L.LightningModule):
         ref_logps = self.reference.logps(batch)
         h, tokens = self.hparams, tokens.rows(rows)
         sft_tokens = None
+        # internal: `_trainer`, as in _trains_on_cpu
         if self.training and self._trainer is not None and self.trainer.world_size > 1:
             total = self.trainer.strategy.reduce(tokens.chosen.sum().float(), reduce_op="sum")
             sft_tokens = total / self.trainer.world_size

@@ -56,6 +56,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.activation_checkpointing = activation_checkpointing
 
     def setup_environment(self) -> None:
+        # internal: Lightning's "auto" sizes would give each node one data-parallel rank and tensor-parallel
+        # ranks within it; the constructor cannot take the real size, which is known only once devices are.
         self._data_parallel_size = self.num_nodes * self.num_processes  # all ranks shard; no tensor parallelism
         super().setup_environment()
 
@@ -95,6 +97,7 @@ def build_sharded(adapter: ModelAdapter, model_path: str, dtype: torch.dtype, me
     if not blocks:
         raise ConfigError(f"found no transformer-block classes to shard in {type(model).__name__}")
     if checkpointing:
+        # internal: torch 2.14 has no public per-block checkpoint wrapper for FSDP2; torchtitan uses this one
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, blocks))
@@ -141,7 +144,7 @@ def root_unsharded(model: nn.Module):
     # FSDP2 picks its root at the first forward. Generation calls the vision encoder first, whose
     # blocks would each take themselves for the root, and the model's own forward would then fail
     # ("requires running forward through the root module first"). There is no public call for this
-    # in torch 2.14; the state's lazy init is what the root's first forward runs.
+    # in torch 2.14; the state's lazy init is what the root's first forward runs. internal: for that reason
     model._get_fsdp_state()._lazy_init()
     model.unshard()
     try:

@@ -107,7 +107,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     Args:
         path: the ``preferences.jsonl`` file (or ``builtin:demo``).
-        video_root: directory record ``video`` paths are relative to (default: the file's directory).
+        video_root: directory record ``video`` paths are relative to (default: the ``video_root`` of a
+            ``manifest.json`` beside the file, as data_gen writes it, else the file's directory).
         model_path, family: the model whose processor encodes the batches (linked from ``model.*``).
         batch_size: preference pairs per device per step.
         irrelevant_fraction: share of *irrelevant* pairs in the training set (0.5 = the paper's 5:5);
