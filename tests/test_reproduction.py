@@ -1,6 +1,5 @@
 """The end-to-end toy reproduction and the ablation notebooks run at their reduced setting."""
 
-
 import json
 import os
 import re
@@ -9,9 +8,11 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # minutes each: `-m "not slow"` leaves them out of a quick local run
 
 
 def test_toy_reproduction_quick(tmp_path):
