@@ -8,6 +8,7 @@ import sys
 
 from data_gen.config import load_config
 from tpo.clean_exit import run_and_exit
+from tpo.data.frames import NUM_FRAMES
 from tpo.errors import TPOError
 
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m data_gen") -> int
     imp.add_argument("--input", required=True, help="JSON or JSONL file")
     imp.add_argument("--videos", required=True, help="folder the file's video paths are relative to")
     imp.add_argument("--output", required=True, help="dataset directory to write")
-    imp.add_argument("--num-frames", type=int, default=32)
+    imp.add_argument("--num-frames", type=int, default=NUM_FRAMES)
     imp.set_defaults(fn=_import)
 
     args = parser.parse_args(argv)

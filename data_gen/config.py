@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tpo.data.frames import NUM_FRAMES
 from tpo.errors import ConfigError
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
@@ -106,7 +107,7 @@ class DataGenConfig:
     videos: str = MISSING  # folder searched recursively for video files
     output_dir: str = MISSING
     seed: int = 0
-    num_frames: int = 32
+    num_frames: int = NUM_FRAMES
     api: ApiConfig = field(default_factory=ApiConfig)
     manipulation: ManipulationConfig = field(default_factory=ManipulationConfig)
     caption: CaptionConfig = field(default_factory=CaptionConfig)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data_gen.index import VIDEO_EXTENSIONS
 from data_gen.write import write_json, write_jsonl
-from tpo.data.frames import VideoReadError, count_frames, uniform_frame_indices
+from tpo.data.frames import NUM_FRAMES, VideoReadError, count_frames, uniform_frame_indices
 from tpo.data.records import SCHEMA_VERSION, PreferenceRecord
 from tpo.errors import ConfigError, TPOError
 
@@ -77,7 +77,7 @@ def _rows(path: Path):
                 yield number, ValueError(f"not valid JSON ({err.msg})")
 
 
-def import_file(fmt: str, input_path: str, videos: str, output: str, num_frames: int = 32) -> tuple[int, int]:
+def import_file(fmt: str, input_path: str, videos: str, output: str, num_frames: int = NUM_FRAMES) -> tuple[int, int]:
     """Convert ``input_path``; returns ``(records written, lines skipped)``."""
     source, root, out = Path(input_path), Path(videos), Path(output)
     if not source.is_file():

@@ -20,6 +20,9 @@ from transformers.video_utils import VideoMetadata
 from tpo.errors import TPOError
 
 
+NUM_FRAMES = 32  # frames per video unless a setting says otherwise: the paper's count, for generation and evaluation
+
+
 class VideoReadError(TPOError):
     """A video that is missing, empty or cannot be decoded."""
 

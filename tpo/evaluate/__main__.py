@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from tpo.clean_exit import run_and_exit
+from tpo.data.frames import NUM_FRAMES
 from tpo.errors import TPOError
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -17,7 +18,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model dir / hub id, a TPO HF export, or a tpo .ckpt")
     parser.add_argument("--family", help="adapter family (default: from the checkpoint)")
     parser.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
-    parser.add_argument("--num-frames", type=int, default=32)
+    parser.add_argument("--num-frames", type=int, default=NUM_FRAMES)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--limit", type=int, help="evaluate only the first N items")

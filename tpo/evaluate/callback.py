@@ -6,6 +6,7 @@ from typing import Literal
 
 import lightning as L
 
+from tpo.data.frames import NUM_FRAMES
 from tpo.errors import ConfigError, TPOError
 from tpo.evaluate.benchmarks import load_benchmark
 from tpo.evaluate.mcq import evaluate
@@ -22,7 +23,7 @@ class MCQEval(L.Callback):
     """
 
     def __init__(self, data: str, benchmark: str = "jsonl", videos: str | None = None, name: str = "mcq",
-                 every_n_steps: int = 100, num_frames: int = 32, limit: int | None = None, batch_size: int = 4,
+                 every_n_steps: int = 100, num_frames: int = NUM_FRAMES, limit: int | None = None, batch_size: int = 4,
                  max_new_tokens: int = 8, at_start: bool = True,
                  scoring: Literal["generate", "likelihood"] = "generate"):
         if scoring not in ("generate", "likelihood"):

@@ -9,7 +9,7 @@ from typing import Callable, Protocol
 
 from tqdm.auto import tqdm
 
-from tpo.data.frames import Clip, VideoReadError, count_frames, read_clip, uniform_frame_indices
+from tpo.data.frames import NUM_FRAMES, Clip, VideoReadError, count_frames, read_clip, uniform_frame_indices
 from tpo.evaluate.answers import extract_choice, mcq_prompt
 from tpo.evaluate.benchmarks import LETTERS, MCQItem
 from tpo.evaluate.subtitles import SubtitleError, with_subtitles
@@ -72,7 +72,7 @@ def read_predictions(path: Path) -> dict[str, dict]:
     return done
 
 
-def evaluate(items: list[MCQItem], answerer: Answerer | OptionScorer, num_frames: int = 32, batch_size: int = 4,
+def evaluate(items: list[MCQItem], answerer: Answerer | OptionScorer, num_frames: int = NUM_FRAMES, batch_size: int = 4,
              predictions_path: str | Path | None = None, limit: int | None = None,
              progress: bool = True) -> dict:
     """Answer ``items[:limit]`` (skipping those already in ``predictions_path``); return the summary.
