@@ -125,7 +125,8 @@ def check_video(path: str | Path) -> VideoInfo:
     try:
         reader[count - 1].asnumpy()
     except Exception as err:
-        raise VideoReadError(f"truncated: the last of {count} frames does not decode ({_decord_message(err)})") from None
+        message = _decord_message(err)
+        raise VideoReadError(f"truncated: the last of {count} frames does not decode ({message})") from None
     return VideoInfo(count, float(reader.get_avg_fps() or 0.0))
 
 
