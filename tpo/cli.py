@@ -4,10 +4,11 @@ evaluator and to data_gen (which registers itself as a ``tpo.commands`` entry po
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from importlib.metadata import entry_points
 import time
 import warnings
+from importlib.metadata import entry_points
 from typing import NoReturn
 
 from lightning.pytorch.cli import LightningCLI
@@ -58,11 +59,19 @@ class TPOCLI(LightningCLI):
               f"  export:     {export or '(none)'}")
 
 
+@contextlib.contextmanager
+def _our_args():
+    """We hand LightningCLI the command line ourselves (its first word is our command, not its own), so
+    its warning against passing ``args`` as well as having a command line does not apply."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        yield
+
+
 def precompute_reference(args: list[str]) -> None:
     """``tpo precompute-ref --config X.yaml``: write (or check) ``model.reference_logps`` for the data,
     with the trainer (devices, strategy, precision) of the config, as the training run will use it."""
-    with warnings.catch_warnings():  # we pass `args` on purpose: the first word was ours, not Lightning's
-        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    with _our_args():
         cli = TPOCLI(TPOModule, PreferenceDataModule, run=False, args=args, save_config_callback=None)
     path = cli.model.hparams.reference_logps
     if path is None:
@@ -135,7 +144,8 @@ def train(argv: list[str]) -> None:
         if argv[0] == "precompute-ref":
             precompute_reference(argv[1:])
         else:
-            TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=argv)
+            with _our_args():
+                TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=argv)
         close_process_group()
     except TPOError as err:
         if rank_zero_only.rank == 0:
