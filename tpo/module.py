@@ -39,7 +39,8 @@ class TPOModule(L.LightningModule):
     Args:
         model_path: checkpoint directory or hub id (``builtin:tiny-<family>`` for the tiny models).
         family: model family (see ``tpo.models.FAMILIES``).
-        beta: DPO temperature β.  alpha: weight α of the SFT term (mean NLL per chosen token).
+        beta: DPO temperature β (0: SFT on the chosen answers alone, the DPO term has no gradient).
+            alpha: weight α of the SFT term (mean NLL per chosen token).
         loss_type: ``sigmoid`` (DPO, default), ``ipo`` or ``hinge``.
         lr, weight_decay, warmup_ratio: AdamW with a cosine schedule after linear warm-up.
         trainable: parts that learn: any of ``vision_tower``, ``projector``, ``language_model``.
@@ -62,7 +63,7 @@ class TPOModule(L.LightningModule):
     """
 
     def __init__(
-        self, model_path: str, family: str, beta: Positive = 0.1, alpha: NonNegative = 1.0,
+        self, model_path: str, family: str, beta: NonNegative = 0.1, alpha: NonNegative = 1.0,
         loss_type: LossType = "sigmoid", lr: Positive = 1e-6, weight_decay: NonNegative = 0.0,
         warmup_ratio: Fraction = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
         dtype: Literal["float32", "bfloat16", "float16"] = "float32", reference_logps: str | None = None, lora: LoraSettings | None = None,
@@ -71,6 +72,8 @@ class TPOModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         check_attention(attention)
+        if loss_type == "ipo" and beta == 0:
+            raise ConfigError("model.beta must be above 0 with loss_type ipo (its target margin is 1 / (2 beta))")
         self.adapter = get_adapter(family, time_instruction)
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
