@@ -7,6 +7,7 @@ import pytest
 
 from tpo.data.datamodule import SKIPPED_FILE, PreferenceDataModule
 from tpo.data.records import BadRecordsError, read_records
+from tpo.module import TPOModule
 from tpo.models import get_adapter
 
 
@@ -56,8 +57,9 @@ def test_bad_record_is_reported_with_file_and_line(case, pref_file, tmp_path):
 
 
 def _datamodule(path, pref_file, on_bad_record):
-    return PreferenceDataModule(path=str(path), video_root=str(pref_file.parent), model_path="builtin:tiny-llava_onevision",
-                                family="llava_onevision", on_bad_record=on_bad_record)
+    dm = PreferenceDataModule(path=str(path), video_root=str(pref_file.parent), on_bad_record=on_bad_record)
+    dm.connect(TPOModule("builtin:tiny-llava_onevision", "llava_onevision"))
+    return dm
 
 
 def test_skip_mode_drops_bad_records_and_writes_them_next_to_the_logs(pref_file, tmp_path):

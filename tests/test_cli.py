@@ -26,7 +26,8 @@ def test_fit_writes_logs_config_checkpoint_and_export_under_root_dir(tmp_path, p
     assert list((run / "checkpoints").glob("*.ckpt"))
     ckpt = torch.load(next((run / "checkpoints").glob("*.ckpt")), weights_only=False, mmap=True)
     assert config["model"]["time_instruction"] is True
-    assert ckpt["datamodule_hyper_parameters"]["time_instruction"] is True  # linked: one prompt for both
+    assert ckpt["hyper_parameters"]["time_instruction"] is True  # the module's adapter encodes every batch
+    assert "time_instruction" not in ckpt["datamodule_hyper_parameters"]
     # evaluation prompts the trained model as training did, from the export or the checkpoint
     from tpo.evaluate.model import load_for_eval, trained_time_instruction
 

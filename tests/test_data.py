@@ -9,6 +9,7 @@ from tpo.data.datamodule import PreferenceDataModule, select_pairs, split_by_vid
 from tpo.data.frames import read_frames, uniform_frame_indices
 from tpo.data.records import SCHEMA_VERSION, PreferenceRecord, RecordError, read_records
 from tpo.models import IGNORE_INDEX, get_adapter
+from tpo.module import TPOModule
 
 
 def test_uniform_frame_indices():
@@ -55,7 +56,8 @@ def test_mix_ratio_beyond_what_the_data_holds_is_an_error(pref_file):
 def test_collated_labels_cover_response_tokens_only(pref_file):
     adapter = get_adapter("qwen2_5_vl")
     processor = adapter.load_processor("builtin:tiny-qwen2_5_vl")
-    dm = PreferenceDataModule(str(pref_file), model_path="builtin:tiny-qwen2_5_vl", family="qwen2_5_vl", batch_size=2)
+    dm = PreferenceDataModule(str(pref_file), batch_size=2)
+    dm.connect(TPOModule("builtin:tiny-qwen2_5_vl", "qwen2_5_vl"))
     dm.setup("fit")
     items = [dm.train_set[0], dm.train_set[1]]
     batch = two_pass_collate(adapter, processor, items)
@@ -106,7 +108,7 @@ def test_training_warns_when_data_gen_prompted_otherwise(tmp_path, caplog):
     warn_if_prompted_otherwise(tmp_path / "preferences.jsonl", time_instruction=False)
     assert "did not answer" not in caplog.text
     warn_if_prompted_otherwise(tmp_path / "preferences.jsonl", time_instruction=True)
-    assert "answer.time_instruction=False but training uses time_instruction=True" in caplog.text
+    assert "answer.time_instruction=False but training uses model.time_instruction=True" in caplog.text
 
 
 def test_record_round_trips_through_its_json_form(pref_file):

@@ -195,7 +195,7 @@ def test_generated_preferences_train(reference_run, tmp_path):
     out, _ = reference_run
     model = "builtin:tiny-llava_onevision"
     L.seed_everything(0)
-    dm = PreferenceDataModule(str(out / "preferences.jsonl"), model_path=model, family="llava_onevision", batch_size=2)
+    dm = PreferenceDataModule(str(out / "preferences.jsonl"), batch_size=2)
     module = TPOModule(model, "llava_onevision", lr=1e-3)
     trainer = L.Trainer(default_root_dir=tmp_path, max_steps=3, accelerator="cpu", enable_progress_bar=False,
                         enable_model_summary=False, logger=False, enable_checkpointing=False)

@@ -18,6 +18,7 @@ from step_log import read
 
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.models import get_adapter
+from tpo.module import TPOModule
 from tpo.shared_prefix import shared_prefix_logps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,7 +95,8 @@ def test_readme_sharded_demo_finishes_and_its_export_scores_like_the_sharded_mod
     final = json.loads((tmp_path / "final_logps.json").read_text())
     adapter = get_adapter("llava_onevision")
     model, _ = adapter.load(str(export))
-    dm = PreferenceDataModule("builtin:demo", model_path=str(export), family="llava_onevision", val_fraction=0.15)
+    dm = PreferenceDataModule("builtin:demo", val_fraction=0.15)
+    dm.connect(TPOModule(str(export), "llava_onevision"))
     dm.setup("fit")
     batch = dm.collator([dm.val_set[i] for i in range(len(final["ids"]))])
     assert batch["ids"] == final["ids"]

@@ -41,7 +41,7 @@ def test_lightning_checkpoint_loads_the_trained_policy(tmp_path, pref_file):
     L.seed_everything(0)
     module = TPOModule(MODEL, "llava_onevision", lr=1e-2)
     trainer = _trainer(tmp_path)
-    trainer.fit(module, PreferenceDataModule(str(pref_file), model_path=MODEL, family="llava_onevision", batch_size=2))
+    trainer.fit(module, PreferenceDataModule(str(pref_file), batch_size=2))
     trainer.save_checkpoint(tmp_path / "run.ckpt")
     adapter, model, _ = load_for_eval(str(tmp_path / "run.ckpt"), dtype=torch.float32, device="cpu")
     trained = module.policy.state_dict()
@@ -79,7 +79,7 @@ def test_callback_logs_accuracy_during_training(tmp_path, pref_file, mcq_file, s
     logger = CSVLogger(tmp_path)
     trainer = _trainer(tmp_path, [callback], logger=logger, steps=4)
     module = TPOModule(MODEL, "llava_onevision", lr=1e-3)
-    trainer.fit(module, PreferenceDataModule(str(pref_file), model_path=MODEL, family="llava_onevision", batch_size=2))
+    trainer.fit(module, PreferenceDataModule(str(pref_file), batch_size=2))
     assert [step for step, _ in callback.history] == [0, 2, 4]
     assert module.policy.training  # put back in training mode after each evaluation
     logged = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()

@@ -15,7 +15,8 @@ from tpo.module import TPOModule
 def test_forward_backward_through_tpo_module(family, pref_file):
     module = TPOModule(f"builtin:tiny-{family}", family, beta=0.1, alpha=1.0)
     module.configure_model()
-    dm = PreferenceDataModule(str(pref_file), model_path=f"builtin:tiny-{family}", family=family, batch_size=2)
+    dm = PreferenceDataModule(str(pref_file), batch_size=2)
+    dm.connect(module)
     dm.setup("fit")
     batch = dm.collator([dm.train_set[0], dm.train_set[1]])
     out = module.compute_loss(batch)

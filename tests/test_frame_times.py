@@ -12,6 +12,7 @@ from tpo.data.frames import Clip, VideoInfo, frame_metadata, read_clip, uniform_
 from tpo.evaluate.benchmarks import MCQItem
 from tpo.evaluate.mcq import item_clip
 from tpo.models import get_adapter
+from tpo.module import TPOModule
 from tpo.shared_prefix import pair_position_ids
 
 FPS = 25.0
@@ -67,7 +68,8 @@ def test_a_window_of_consecutive_frames_keeps_its_real_rate():
 
 def test_every_stage_times_frames_from_the_decoded_video(pref_file):
     """data_gen's answer stage, training (and so the reference precompute) and evaluation agree."""
-    dm = PreferenceDataModule(str(pref_file), model_path="builtin:tiny-qwen2_5_vl", family="qwen2_5_vl")
+    dm = PreferenceDataModule(str(pref_file))
+    dm.connect(TPOModule("builtin:tiny-qwen2_5_vl", "qwen2_5_vl"))
     dm.setup("fit")
     record = dm.train_set.records[0]
     training = dm.train_set[0]["clip"]

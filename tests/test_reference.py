@@ -40,8 +40,7 @@ def _fit(root, pref_file, steps=8, precision="32-true", ckpt_path=None, checkpoi
     trainer = L.Trainer(default_root_dir=root, max_steps=steps, accelerator="cpu", enable_progress_bar=False,
                         enable_model_summary=False, logger=False, enable_checkpointing=checkpoint, precision=precision,
                         callbacks=[losses, rewards])
-    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0, val_fraction=0.25,
-                              time_instruction=time_instruction)
+    dm = PreferenceDataModule(str(pref_file), batch_size=4, seed=0, val_fraction=0.25)
     if module.hparams.reference_logps is not None and ckpt_path is None:  # as `tpo precompute-ref` does
         precompute(L.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False),
                    module, dm)
@@ -128,7 +127,8 @@ def test_lora_reference_is_the_base_model_with_adapters_off(tmp_path, pref_file)
 
     L.seed_everything(0)
     module = TPOModule(MODEL, FAMILY, beta=0.3, lr=3e-3, lora={"r": 4, "alpha": 8, "dropout": 0.0})  # as the CLI gives it
-    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0)
+    dm = PreferenceDataModule(str(pref_file), batch_size=4, seed=0)
+    dm.connect(module)
     dm.setup("fit")
     batch = SharedPrefixCollator(module.adapter, dm.collator.processor)([dm.train_set[0], dm.train_set[1]])
     base = module.adapter.load(MODEL)[0].eval()

@@ -45,7 +45,7 @@ def own_process_group():
 def sharded(tmp_path_factory, pref_file):
     L.seed_everything(0)
     module = TPOModule(MODEL, FAMILY, beta=0.3, lr=1e-3)
-    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=2, val_fraction=0.25)
+    dm = PreferenceDataModule(str(pref_file), batch_size=2, val_fraction=0.25)
     dtypes = ComputeDtypes()
     trainer = L.Trainer(default_root_dir=tmp_path_factory.mktemp("sharded"), accelerator="cpu", devices=1,
                         strategy=FSDP2Strategy(), precision="bf16-mixed", max_steps=2, gradient_clip_val=1.0,
@@ -92,7 +92,7 @@ def test_policy_blocks_are_checkpointed_and_the_reference_is_not(sharded):
 
 def test_unsupported_precision_is_a_clear_error(tmp_path, pref_file):
     module = TPOModule(MODEL, FAMILY)
-    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=2)
+    dm = PreferenceDataModule(str(pref_file), batch_size=2)
     trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, strategy=FSDP2Strategy(),
                         precision="bf16-true", max_steps=1, logger=False, enable_checkpointing=False)
     with own_process_group(), pytest.raises(ValueError, match="precision 'bf16-true' is not supported"):
@@ -100,7 +100,8 @@ def test_unsupported_precision_is_a_clear_error(tmp_path, pref_file):
 
 
 def test_validation_shares_are_even_and_repeats_are_not_counted(pref_file):
-    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, val_fraction=0.25)
+    dm = PreferenceDataModule(str(pref_file), val_fraction=0.25)
+    dm.connect(TPOModule(MODEL, FAMILY))
     dm.setup("fit")
     five = PreferenceDataset(dm.val_set.records[:5])
     shares = EvenShares(five, world=2)
@@ -122,7 +123,7 @@ def test_tied_embeddings_stay_tied(tmp_path, pref_file):
     processor.save_pretrained(tmp_path / "tied")
     path = str(tmp_path / "tied")
     module = TPOModule(path, FAMILY, beta=0.3, lr=1e-2)
-    dm = PreferenceDataModule(str(pref_file), model_path=path, family=FAMILY, batch_size=2)
+    dm = PreferenceDataModule(str(pref_file), batch_size=2)
     trainer = L.Trainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, strategy=FSDP2Strategy(),
                         max_steps=2, enable_progress_bar=False, enable_model_summary=False, logger=False,
                         enable_checkpointing=False)

@@ -33,7 +33,7 @@ class Recorder(L.Callback):
 def _fit(root, pref_file, max_epochs, ckpt_path=None, callbacks=(), **hparams):
     L.seed_everything(0)
     module = TPOModule(MODEL, FAMILY, **{"beta": 0.3, "alpha": 1.0, "lr": 3e-3, **hparams})
-    dm = PreferenceDataModule(str(pref_file), model_path=MODEL, family=FAMILY, batch_size=4, seed=0, val_fraction=0.25)
+    dm = PreferenceDataModule(str(pref_file), batch_size=4, seed=0, val_fraction=0.25)
     recorder = Recorder()
     trainer = L.Trainer(default_root_dir=root, max_epochs=max_epochs, accelerator="cpu", log_every_n_steps=1,
                         gradient_clip_val=1.0, enable_progress_bar=False, enable_model_summary=False,
@@ -117,7 +117,7 @@ def test_hf_export_is_written_in_the_checkpoints_dtype(tmp_path, pref_file):
     processor.save_pretrained(source)
     L.seed_everything(0)
     module = TPOModule(str(source), FAMILY, beta=0.3, lr=3e-3)
-    dm = PreferenceDataModule(str(pref_file), model_path=str(source), family=FAMILY, batch_size=4, val_fraction=0.25)
+    dm = PreferenceDataModule(str(pref_file), batch_size=4, val_fraction=0.25)
     trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=2, accelerator="cpu", enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=False, logger=False, callbacks=[HFExport()])
     trainer.fit(module, dm)

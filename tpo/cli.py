@@ -32,9 +32,6 @@ class TPOCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.model_path", "data.model_path")
-        parser.link_arguments("model.family", "data.family")
-        parser.link_arguments("model.time_instruction", "data.time_instruction")
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
 

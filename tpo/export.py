@@ -88,7 +88,7 @@ class HFExport(L.Callback):
             if dtype is not None:  # save_pretrained recorded the dtype of the policy's (master) weights
                 record_dtype(policy.config, dtype)
                 policy.config.save_pretrained(self.path)
-            pl_module.adapter.load_processor(pl_module.hparams.model_path).save_pretrained(self.path)
+            pl_module.processor.save_pretrained(self.path)
             prompt = {"family": pl_module.adapter.family, "time_instruction": pl_module.adapter.time_instruction}
             (self.path / PROMPT_FILE).write_text(json.dumps(prompt, indent=2) + "\n")
         trainer.strategy.barrier("hf_export")

@@ -52,7 +52,7 @@ class TPOModule(L.LightningModule):
         lora: train LoRA adapters on the language model instead of full weights (``trainable`` is then
             ignored); the reference is the same model with its adapters disabled, so there is no copy.
         time_instruction: LLaVA-Video's sentence on the frames' times before every question (the
-            prompt LLaVA-Video was trained with); passed on to ``data.time_instruction``.
+            prompt LLaVA-Video was trained with); the batches are encoded with this module's adapter.
         attention: the kernel for the language model's attention under the shared-prefix mask:
             ``sdpa_no_cudnn`` (default: SDPA without cuDNN, whose masked backward gives NaN on Hopper
             before cuDNN 9.26), ``sdpa`` (SDPA's own choice) or ``flex_attention`` (a block mask, no
@@ -75,6 +75,7 @@ class TPOModule(L.LightningModule):
         if loss_type == "ipo" and beta == 0:
             raise ConfigError("model.beta must be above 0 with loss_type ipo (its target margin is 1 / (2 beta))")
         self.adapter = get_adapter(family, time_instruction)
+        self.processor = self.adapter.load_processor(model_path)  # the one processor: batches, export, evaluation
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.policy = None
@@ -159,15 +160,15 @@ class TPOModule(L.LightningModule):
         return self
 
     # ---- precomputed reference log-probs -----------------------------------------------------
-    def reference_fingerprint(self, precision: str, processor) -> str:
+    def reference_fingerprint(self, precision: str) -> str:
         """What precomputed log-probs must have been made with: model, dtype, precision, processor, prompts."""
         h = self.hparams
-        return reference.model_fingerprint(h.model_path, self.adapter, h.dtype, precision, processor)
+        return reference.model_fingerprint(h.model_path, self.adapter, h.dtype, precision, self.processor)
 
     def _read_precomputed(self) -> None:
         if self.hparams.reference_logps is not None and self.reference is None:
             datamodule = self.trainer.datamodule
-            fingerprint = self.reference_fingerprint(self.trainer.precision, datamodule.collator.processor)
+            fingerprint = self.reference_fingerprint(self.trainer.precision)
             self.reference = reference.read(self.hparams.reference_logps, fingerprint, datamodule.all_records())
 
     def on_fit_start(self) -> None:

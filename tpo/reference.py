@@ -111,13 +111,12 @@ def precompute(trainer, module, datamodule) -> str:
             outputs = [batch for loader in outputs for batch in loader]
         values = _gather(outputs)
         if trainer.is_global_zero:
-            save(path, module.reference_fingerprint(trainer.precision, datamodule.collator.processor),
-                 datamodule.all_records(), values)
+            save(path, module.reference_fingerprint(trainer.precision), datamodule.all_records(), values)
         trainer.strategy.barrier("reference_logps")
         state = "written"
+    datamodule.connect(module)
     datamodule.setup("predict")
-    fingerprint = module.reference_fingerprint(trainer.precision, datamodule.collator.processor)
-    module.reference = read(path, fingerprint, datamodule.all_records())
+    module.reference = read(path, module.reference_fingerprint(trainer.precision), datamodule.all_records())
     return state
 
 

@@ -20,7 +20,6 @@ from tpo.data.collate import SharedPrefixCollator
 from tpo.data.frames import read_clip
 from tpo.data.records import BadRecordsError, PreferenceRecord, read_records, summarize
 from tpo.errors import ConfigError, TPOError
-from tpo.models import get_adapter
 from tpo.settings import Fraction, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
@@ -55,7 +54,7 @@ def warn_if_prompted_otherwise(path: Path, time_instruction: bool) -> None:
     generated_with = bool(answer.get("time_instruction", False))
     if answer.get("backend") == "local" and generated_with != time_instruction:
         log.warning("%s: the answers were generated with answer.time_instruction=%s but training uses "
-                    "time_instruction=%s; the policy is trained on prompts it did not answer", manifest,
+                    "model.time_instruction=%s; the policy is trained on prompts it did not answer", manifest,
                     generated_with, time_instruction)
 
 
@@ -117,28 +116,36 @@ class PreferenceDataModule(L.LightningDataModule):
         val_fraction: share of videos held out for validation.
         on_bad_record: ``error`` stops before training with every problem listed; ``skip`` drops the
             bad records, logs the count per reason and writes them to ``skipped_records.jsonl``.
-        time_instruction: put LLaVA-Video's sentence on the frames' times before each question (the
-            prompt LLaVA-Video was trained with); use the same setting in ``data_gen`` and evaluation.
+
+    Batches are encoded with the adapter and processor of the :class:`tpo.module.TPOModule` they feed
+    (``trainer.lightning_module`` in :meth:`setup`; :meth:`connect` for a datamodule used on its own).
     """
 
     def __init__(
-        self, path: str, video_root: str | None = None, model_path: str = "", family: str = "",
-        batch_size: PositiveInt = 1, num_workers: NonNegativeInt = 0, irrelevant_fraction: Fraction | None = None,
+        self, path: str, video_root: str | None = None, batch_size: PositiveInt = 1, num_workers: NonNegativeInt = 0, irrelevant_fraction: Fraction | None = None,
         max_pairs: PositiveInt | None = None, val_fraction: Fraction = 0.0, seed: int = 0,
-        on_bad_record: Literal["error", "skip"] = "error", time_instruction: bool = False,
+        on_bad_record: Literal["error", "skip"] = "error",
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.collator: SharedPrefixCollator | None = None
         self.train_set: PreferenceDataset | None = None
         self.val_set: PreferenceDataset | None = None
         self.skipped: list = []
 
+    def connect(self, module) -> None:
+        """Encode batches with ``module``'s adapter and processor (under a Trainer, :meth:`setup` does this)."""
+        self.collator = SharedPrefixCollator(module.adapter, module.processor)
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        h = self.hparams
-        adapter = get_adapter(h.family, h.time_instruction)
-        self.collator = SharedPrefixCollator(adapter, adapter.load_processor(h.model_path))
+        if self.collator is None:
+            if self.trainer is None:
+                raise TPOError("PreferenceDataModule encodes batches for a model: give it to a Trainer with the "
+                               "TPOModule, or call connect(module) first")
+            self.connect(self.trainer.lightning_module)
+        h, time_instruction = self.hparams, self.collator.adapter.time_instruction
         on_rank_zero = self.trainer is None or self.trainer.is_global_zero
         path = Path(resolve(h.path))
         records, bad = read_records(path, h.video_root, progress=on_rank_zero)
@@ -149,7 +156,7 @@ class PreferenceDataModule(L.LightningDataModule):
         if not records:
             raise TPOError(f"{h.path}: no usable preference records")
         if on_rank_zero:
-            warn_if_prompted_otherwise(path, h.time_instruction)
+            warn_if_prompted_otherwise(path, time_instruction)
         train, val = split_by_video(records, h.val_fraction, h.seed)
         self.train_set = PreferenceDataset(select_pairs(train, h.irrelevant_fraction, h.max_pairs, h.seed))
         self.val_set = PreferenceDataset(val) if val else None

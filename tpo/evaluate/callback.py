@@ -33,7 +33,6 @@ class MCQEval(L.Callback):
         self.batch_size, self.max_new_tokens, self.at_start = batch_size, max_new_tokens, at_start
         self.scoring = scoring
         self.items = None
-        self.processor = None
         self.history: list[tuple[int, float]] = []  # (step, accuracy)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -43,9 +42,7 @@ class MCQEval(L.Callback):
         self.items = loaded.items
 
     def _run(self, trainer, pl_module) -> None:
-        if self.processor is None:
-            self.processor = pl_module.adapter.load_processor(pl_module.hparams.model_path)
-        answerer = make_answerer(self.scoring, pl_module.adapter, pl_module.policy, self.processor,
+        answerer = make_answerer(self.scoring, pl_module.adapter, pl_module.policy, pl_module.processor,
                                  self.max_new_tokens)
         was_training = pl_module.policy.training
         pl_module.policy.eval()
