@@ -182,6 +182,22 @@ def prompt_template(name: str) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def template_fields(template: str, text: str) -> dict[str, str] | None:
+    """The values ``string.Template(template).substitute`` was given to produce ``text``, or None if
+    ``text`` is not that template filled in: how the test servers read a request, whatever the
+    template's wording."""
+    parts = re.split(r"\$\{?(\w+)\}?", template.replace("$$", "\0"))
+    pattern, seen = "", set()
+    for i, part in enumerate(parts):
+        if i % 2 == 0:
+            pattern += re.escape(part.replace("\0", "$"))
+        else:
+            pattern += f"(?P={part})" if part in seen else f"(?P<{part}>.*?)"
+            seen.add(part)
+    match = re.fullmatch(pattern, text, re.DOTALL)
+    return match.groupdict() if match else None
+
+
 def _plain(value):
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else str(value)
 

@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from data_gen.config import QuestionConfig, prompt_template, template_fields
 from tpo.clean_exit import run_and_exit
 from tpo.synthetic.world import find_object, place
 
@@ -83,11 +84,25 @@ def caption(request: dict) -> str:
     return describe_image(one_image(request))
 
 
+def template_values(template: str, prompt: str) -> dict[str, str]:
+    """What data_gen filled ``template`` (a file of ``data_gen/prompts/``) with, read back from the
+    prompt it sent: the test servers follow an edited prompt's wording."""
+    fields = template_fields(prompt_template(template), prompt)
+    if fields is None:
+        raise ValueError(f"the prompt is not data_gen's {template} filled in")
+    return fields
+
+
+def caption_lines(captions: str) -> list[tuple[str, str]]:
+    """``(time, text)`` of each line ``data_gen.questions.format_captions`` wrote."""
+    return re.findall(r"^\[([^\]]+)\] (.+)$", captions, re.MULTILINE)
+
+
 def write_questions(request: dict) -> str:
-    prompt = prompt_text(request)
-    lines = re.findall(r"^\[([^\]]+)\] (.+)$", prompt, re.MULTILINE)
-    count = int(re.search(r"Write (\d+) different questions", prompt).group(1))
-    types = [t.strip() for t in re.search(r"question types[^:]*: (.+?)\.\n", prompt).group(1).split(",")]
+    fields = template_values(QuestionConfig.prompt, prompt_text(request))
+    lines = caption_lines(fields["captions"])
+    count = int(fields["num_questions"])
+    types = [t.strip() for t in fields["question_types"].split(",")]
     colours = [re.search(r"A (\w+) shape", text).group(1) for _, text in lines if "shape" in text]
     first, last = (colours[0], colours[-1]) if colours else ("no", "no")
     candidates = [

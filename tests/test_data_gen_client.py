@@ -1,20 +1,21 @@
 """The API client against a real local HTTP server: every fault kind recovered or recorded."""
 
 import time
-
+from string import Template
 from types import SimpleNamespace
 
 import pytest
 
 from data_gen.client import CallStats, ChatClient, FatalApiError, TransientFailure, parse_text, retry_after_seconds
-from data_gen.config import ApiConfig
-from tpo.errors import ConfigError
+from data_gen.config import ApiConfig, QuestionConfig, prompt_template
 from data_gen.postfilter import parse_verdict
 from data_gen.questions import parse_questions
+from tpo.errors import ConfigError
 
 TYPES = ["temporal order", "counting"]
-MESSAGES = [{"role": "user", "content": "Write 2 different questions. question types: temporal order, counting.\n"
-                                        "[0.0s] A red shape at the middle centre of a dark background."}]
+MESSAGES = [{"role": "user", "content": Template(prompt_template(QuestionConfig.prompt)).substitute(
+    captions="[0.0s] A red shape at the middle centre of a dark background.", num_questions=2,
+    question_types=", ".join(TYPES))}]
 
 
 def _client(server, **api):

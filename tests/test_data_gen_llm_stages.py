@@ -2,18 +2,20 @@
 structured output and its prompt-only fallback, and replies with some bad questions."""
 
 import json
+from string import Template
 
 import pytest
 from omegaconf import OmegaConf
 
 from data_gen.cache import ResultCache
 from data_gen.client import CallStats
-from data_gen.config import ApiConfig, PostFilterConfig, QuestionConfig, load_config
-from tpo.errors import ConfigError
+from data_gen.config import (ApiConfig, PostFilterConfig, QuestionConfig, load_config, prompt_template,
+                             template_fields)
 from data_gen.postfilter import RULE1, filter_jobs, run_postfilter
 from data_gen.questions import run_questions
 from data_gen.runner import Job, StageRunner
 from data_gen.scripted_server import ScriptedServer, write_questions
+from tpo.errors import ConfigError
 
 from data_gen_support import CONFIG, REPO
 
@@ -31,9 +33,10 @@ def _runner(tmp_path, stage):
 
 def _question_jobs():
     """One questions job per colour: distinct prompts the scripted LLM can answer."""
-    return [Job(colour, colour, (f"Write 2 different questions. Use these question types: {', '.join(TYPES)}.\n"
-                                 f"[0.0s] A {colour} shape at the middle centre of a dark background.",))
-            for colour in COLOURS]
+    template = Template(prompt_template(QuestionConfig.prompt))
+    return [Job(colour, colour, (template.substitute(
+        captions=f"[0.0s] A {colour} shape at the middle centre of a dark background.", num_questions=2,
+        question_types=", ".join(TYPES)),)) for colour in COLOURS]
 
 
 def _ask_questions(server, tmp_path, concurrency=8):
@@ -149,3 +152,18 @@ def test_the_honouring_server_holds_replies_to_the_schema(scripted_server, tmp_p
     stats, runner = _ask_questions(scripted_server, tmp_path, concurrency=1)
     assert len(runner.transient) == 8 and stats["questions/retries_5xx"] == 16
     assert {r["status"] for r in scripted_server.requests} == {500}
+
+
+def test_the_test_servers_follow_a_reworded_prompt(tmp_path, monkeypatch):
+    """The scripted LLM reads what data_gen filled into the template, not the template's phrases."""
+    import data_gen.config
+
+    reworded = "Captions, in order:\n$captions\nPlease ask $num_questions questions of types [$question_types]."
+    (tmp_path / "questions.txt").write_text(reworded)
+    monkeypatch.setattr(data_gen.config, "PROMPT_DIR", tmp_path)
+    prompt = Template(reworded).substitute(captions="[0.5s] A red shape at the top left of a dark background.",
+                                           num_questions=2, question_types="temporal order, action")
+    questions = json.loads(write_questions({"messages": [{"role": "user", "content": prompt}]}))["questions"]
+    assert [q["type"] for q in questions] == ["temporal order", "action"] and "red" in questions[1]["question"]
+    assert template_fields("Is $a then $b, then $a?", "Is x then y, then x?") == {"a": "x", "b": "y"}
+    assert template_fields("Is $a then $b?", "Was x then y?") is None

@@ -5,9 +5,9 @@ import random
 import pytest
 
 from data_gen.config import ManipulationConfig, load_config, to_dict
-from tpo.errors import ConfigError
 from data_gen.index import shard
 from data_gen.manipulate import irrelevant_windows, make_segments
+from tpo.errors import ConfigError
 
 FRAMES = list(range(3, 3 + 5 * 32, 5))  # 32 sampled frame numbers of some video
 

@@ -25,7 +25,9 @@ import re
 
 import numpy as np
 
-from data_gen.scripted_server import ScriptedServer, main, one_image, prompt_text
+from data_gen.config import PostFilterConfig, QuestionConfig
+from data_gen.postfilter import RULE1
+from data_gen.scripted_server import ScriptedServer, caption_lines, main, one_image, prompt_text, template_values
 from tpo.clean_exit import run_and_exit
 from toy.world import after_question, before_question, motion_question, name
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
@@ -89,8 +91,8 @@ def answer_from_captions(question: str, objects: list[tuple[str, list]]) -> str 
     return None
 
 
-def _caption_lines(prompt: str) -> list[str]:
-    return [text for _, text in re.findall(r"^\[([^\]]+)\] (.+)$", prompt, re.MULTILINE)]
+def _caption_lines(captions: str) -> list[str]:
+    return [text for _, text in caption_lines(captions)]
 
 
 # ---- the question writer --------------------------------------------------------------------------
@@ -117,9 +119,9 @@ def _seeded(prompt: str) -> random.Random:
 
 
 def write_questions(prompt: str) -> str:
-    count = int(re.search(r"Write (\d+) different questions", prompt).group(1))
-    types = {t.strip() for t in re.search(r"question types[^:]*: (.+?)\.\n", prompt).group(1).split(",")}
-    picked = [c for c in candidate_questions(objects_in_order(_caption_lines(prompt)), _seeded(prompt))
+    fields = template_values(QuestionConfig.prompt, prompt)
+    count, types = int(fields["num_questions"]), {t.strip() for t in fields["question_types"].split(",")}
+    picked = [c for c in candidate_questions(objects_in_order(_caption_lines(fields["captions"])), _seeded(prompt))
               if c[0] in types][:count]
     return json.dumps({"questions": [{"type": t, "question": mcq_prompt(q, o)} for t, q, o in picked]})
 
@@ -127,11 +129,9 @@ def write_questions(prompt: str) -> str:
 # ---- the judge ------------------------------------------------------------------------------------
 
 def judge(prompt: str) -> str:
-    captions = prompt.split("Captions:\n", 1)[1].split("\n\nQuestion: ", 1)[0]
-    question = prompt.split("\n\nQuestion: ", 1)[1].split("\n\nAnswer A: ", 1)[0]
-    chosen = prompt.split("\n\nAnswer A: ", 1)[1].split("\n\nAnswer B: ", 1)[0]
-    rejected, rules = prompt.split("\n\nAnswer B: ", 1)[1].split("\n\nDrop the example", 1)
-    ties_dropped = "as good as" in re.search(r"^1\. (.+)$", rules, re.MULTILINE).group(1)
+    fields = template_values(PostFilterConfig.prompt, prompt)
+    captions, question, chosen, rejected = (fields[k] for k in ("captions", "question", "chosen", "rejected"))
+    ties_dropped = fields["rule1"] == RULE1["ties_dropped_too"][0]
     stem, options = parse_mcq(question)
     truth = answer_from_captions(stem, objects_in_order(_caption_lines(captions)))
     if truth is None or truth not in options:
