@@ -17,7 +17,7 @@ from pathlib import Path
 
 from toy.world import FRAMES_PER_EVENT, motion_question, shown_frames, write_clip
 from tpo.data.frames import uniform_frame_indices
-from tpo.evaluate.niah import needle_position
+from tpo.evaluate.niah import needle_position, niah_cells
 from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event
 
 
@@ -42,18 +42,14 @@ def write_toy_niah(root: str | Path, lengths=(2, 4, 6, 8), depths=(0.0, 0.25, 0.
     root = Path(root)
     (root / "videos").mkdir(parents=True, exist_ok=True)
     rows = []
-    for length in lengths:
-        for depth in depths:
-            for k in range(per_cell):
-                events, position = haystack(rng, length, depth)
-                indices = uniform_frame_indices(FRAMES_PER_EVENT * length, shown_frames(events))
-                video = f"videos/niah_L{length}_d{round(100 * depth):03d}_{k}.mp4"
-                write_clip(root / video, events)
-                needle = events[position]
-                rows.append({"id": Path(video).stem, "video": video,
-                             **motion_question(needle.colour, needle.motion, rng),
-                             "frame_indices": indices, "duration": f"depth {depth:g}",
-                             "meta": {"length": len(indices), "depth": depth}})
+    for length, depth, _, video in niah_cells(lengths, depths, per_cell):
+        events, position = haystack(rng, length, depth)
+        indices = uniform_frame_indices(FRAMES_PER_EVENT * length, shown_frames(events))
+        write_clip(root / video, events)
+        needle = events[position]
+        rows.append({"id": Path(video).stem, "video": video, **motion_question(needle.colour, needle.motion, rng),
+                     "frame_indices": indices, "duration": f"depth {depth:g}",
+                     "meta": {"length": len(indices), "depth": depth}})
     path = root / "niah.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

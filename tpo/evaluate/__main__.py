@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from tpo.clean_exit import run_and_exit
 from tpo.data.frames import NUM_FRAMES
-from tpo.errors import TPOError
+from tpo.errors import TPOError, status_of
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -143,12 +142,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tpo.evaluate") ->
     niah.set_defaults(fn=_niah)
 
     args = parser.parse_args(argv)
-    try:
-        args.fn(args)
-    except TPOError as err:  # a mistake in the input; anything else is our bug and keeps its traceback
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return status_of(lambda: args.fn(args))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ def needle_position(length: int, depth: float) -> int:
     return round(depth * (length - 1))
 
 
+def niah_cells(lengths, depths, per_cell: int):
+    """``(length, depth, k, video name)`` of every haystack of a (length x depth) grid, ``per_cell`` each."""
+    for length in lengths:
+        for depth in depths:
+            for k in range(per_cell):
+                yield length, depth, k, f"videos/niah_L{length}_d{round(100 * depth):03d}_{k}.mp4"
+
+
 def make_niah(out: str | Path, lengths=(8, 16, 32), depths=(0.0, 0.25, 0.5, 0.75, 1.0), per_cell: int = 2,
               seed: int = 0, size: int = 96) -> Path:
     """Write ``out/videos/*.mp4`` and ``out/niah.jsonl``; return the JSONL path."""
@@ -53,22 +61,19 @@ def make_niah(out: str | Path, lengths=(8, 16, 32), depths=(0.0, 0.25, 0.5, 0.75
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     items = []
-    for length in lengths:
-        for depth in depths:
-            for k in range(per_cell):
-                kind = rng.choice(sorted(QUESTIONS))
-                question, pool = QUESTIONS[kind]
-                options = rng.sample(pool, 4)
-                answer = rng.randrange(4)
-                frames = render_frames(random_events(rng, 4), -(-length // 4), size)[:length]
-                position = needle_position(length, depth)
-                frames[position] = render_needle(kind, options[answer], size)
-                name = f"videos/niah_L{length}_d{int(depth * 100):03d}_{k}.mp4"
-                write_video(out / name, frames)
-                items.append({"id": Path(name).stem, "video": name, "question": question, "options": options,
-                              "answer": answer, "category": f"length {length}", "duration": f"depth {depth:g}",
-                              "frame_indices": list(range(length)),
-                              "meta": {"length": length, "depth": depth, "needle_frame": position, "kind": kind}})
+    for length, depth, _, name in niah_cells(lengths, depths, per_cell):
+        kind = rng.choice(sorted(QUESTIONS))
+        question, pool = QUESTIONS[kind]
+        options = rng.sample(pool, 4)
+        answer = rng.randrange(4)
+        frames = render_frames(random_events(rng, 4), -(-length // 4), size)[:length]
+        position = needle_position(length, depth)
+        frames[position] = render_needle(kind, options[answer], size)
+        write_video(out / name, frames)
+        items.append({"id": Path(name).stem, "video": name, "question": question, "options": options,
+                      "answer": answer, "category": f"length {length}", "duration": f"depth {depth:g}",
+                      "frame_indices": list(range(length)),
+                      "meta": {"length": length, "depth": depth, "needle_frame": position, "kind": kind}})
     path = out / "niah.jsonl"
     path.write_text("".join(json.dumps(i) + "\n" for i in items))
     return path
