@@ -103,7 +103,8 @@ OTHER_COMMANDS = {
 def usage() -> str:
     width = max(map(len, {**TRAINING_COMMANDS, **OTHER_COMMANDS}))
     rows = [f"  {name:<{width}}  {text}" for name, text in {**TRAINING_COMMANDS, **OTHER_COMMANDS}.items()]
-    return "usage: tpo <command> [options]\n\ncommands:\n" + "\n".join(rows) + "\n\ntpo <command> --help for its options"
+    return ("usage: tpo <command> [options]\n\ncommands:\n" + "\n".join(rows)
+            + "\n\ntpo <command> --help for its options")
 
 
 def plugin_commands() -> dict:

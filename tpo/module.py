@@ -66,8 +66,9 @@ class TPOModule(L.LightningModule):
         self, model_path: str, family: str, beta: NonNegative = 0.1, alpha: NonNegative = 1.0,
         loss_type: LossType = "sigmoid", lr: Positive = 1e-6, weight_decay: NonNegative = 0.0,
         warmup_ratio: Fraction = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32", reference_logps: str | None = None, lora: LoraSettings | None = None,
-        time_instruction: bool = False, attention: Attention = "sdpa_no_cudnn", max_consecutive_skips: PositiveInt = 5,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32", reference_logps: str | None = None,
+        lora: LoraSettings | None = None, time_instruction: bool = False, attention: Attention = "sdpa_no_cudnn",
+        max_consecutive_skips: PositiveInt = 5,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -149,14 +150,16 @@ class TPOModule(L.LightningModule):
     # the frozen copy is not a submodule, so it is carried along here. No public hook covers every such call.
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
-        if self._frozen_model() is not None:
-            self._frozen_model()._apply(fn, *args, **kwargs)
+        frozen = self._frozen_model()
+        if frozen is not None:
+            frozen._apply(fn, *args, **kwargs)  # internal: as above
         return self
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self._frozen_model() is not None:
-            self._frozen_model().eval()  # the reference never leaves eval mode (no dropout)
+        frozen = self._frozen_model()
+        if frozen is not None:
+            frozen.eval()  # the reference never leaves eval mode (no dropout)
         return self
 
     # ---- precomputed reference log-probs -----------------------------------------------------

@@ -103,7 +103,7 @@ def precompute(trainer, module, datamodule) -> str:
     ``trainer.predict`` runs the untrained policy (which *is* the reference) over the training
     loaders with the trainer's processes, strategy and precision, each rank scoring its own share
     in the training order, so the first step's rewards are 0. Returns ``"written"`` or ``"checked"``."""
-    path = Path(module.hparams.reference_logps)
+    path, fingerprint = Path(module.hparams.reference_logps), module.reference_fingerprint(trainer.precision)
     state = "checked"
     if not path.exists():
         outputs = trainer.predict(module, datamodule=datamodule)
@@ -111,12 +111,12 @@ def precompute(trainer, module, datamodule) -> str:
             outputs = [batch for loader in outputs for batch in loader]
         values = _gather(outputs)
         if trainer.is_global_zero:
-            save(path, module.reference_fingerprint(trainer.precision), datamodule.all_records(), values)
+            save(path, fingerprint, datamodule.all_records(), values)
         trainer.strategy.barrier("reference_logps")
         state = "written"
     datamodule.connect(module)
     datamodule.setup("predict")
-    module.reference = read(path, module.reference_fingerprint(trainer.precision), datamodule.all_records())
+    module.reference = read(path, fingerprint, datamodule.all_records())
     return state
 
 

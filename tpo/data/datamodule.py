@@ -58,7 +58,8 @@ def warn_if_prompted_otherwise(path: Path, time_instruction: bool) -> None:
                     generated_with, time_instruction)
 
 
-def split_by_video(records: list[PreferenceRecord], val_fraction: float, seed: int) -> tuple[list[PreferenceRecord], list[PreferenceRecord]]:
+def split_by_video(records: list[PreferenceRecord], val_fraction: float,
+                   seed: int) -> tuple[list[PreferenceRecord], list[PreferenceRecord]]:
     """Hold out ``val_fraction`` of the *videos* (all their pairs), so no video is on both sides."""
     videos = sorted({str(r.video_path) for r in records})
     random.Random(seed).shuffle(videos)
@@ -122,8 +123,9 @@ class PreferenceDataModule(L.LightningDataModule):
     """
 
     def __init__(
-        self, path: str, video_root: str | None = None, batch_size: PositiveInt = 1, num_workers: NonNegativeInt = 0, irrelevant_fraction: Fraction | None = None,
-        max_pairs: PositiveInt | None = None, val_fraction: Fraction = 0.0, seed: int = 0,
+        self, path: str, video_root: str | None = None, batch_size: PositiveInt = 1, num_workers: NonNegativeInt = 0,
+        irrelevant_fraction: Fraction | None = None, max_pairs: PositiveInt | None = None,
+        val_fraction: Fraction = 0.0, seed: int = 0,
         on_bad_record: Literal["error", "skip"] = "error",
     ):
         super().__init__()
