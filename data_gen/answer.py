@@ -2,18 +2,20 @@
 
 Backends: ``local`` loads the model through the project's model adapters (the same chat
 template and frame processing training uses) and generates in batches; ``openai`` sends the
-frames as images to an OpenAI-compatible server (e.g. vLLM serving the same model).
+frames as one video, with their timing, to an OpenAI-compatible server (e.g. vLLM serving the same
+model; see :mod:`tpo.models.served`).
 """
 
 from __future__ import annotations
 
 from data_gen.cache import Outcome
-from data_gen.client import CallStats, ChatClient, jpeg_data_url, parse_text, user_message
+from data_gen.client import CallStats, ChatClient, parse_text
 from data_gen.config import AnswerConfig, ApiConfig, fingerprint
 from data_gen.decode import FRAMES
 from data_gen.index import Video
 from data_gen.runner import Job, StageRunner
 from tpo.data.frames import Clip, VideoInfo, VideoReadError, clip_of
+from tpo.models.served import timing, video_messages
 
 SIDES = {"chosen": "chosen_frames", "rejected": "rejected_frames"}
 
@@ -22,6 +24,8 @@ def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConf
     """Two jobs per question (``<question id>::chosen`` / ``::rejected``)."""
     settings = {k: cfg[k] for k in ("backend", "model", "family", "max_new_tokens", "temperature", "time_instruction")}
     settings["format"] = 2  # answers are {text, truncated}
+    if cfg.backend == "openai":
+        settings["sent_as"] = "video"  # answers cached when frames went as separate images are not reused
     jobs = []
     for q in questions:
         video = videos[q["segment"].video]
@@ -80,12 +84,12 @@ class ApiAnswerer:
 
     def __call__(self, video: Video, sampled: tuple[int, ...], frames: tuple[int, ...], question: str) -> Outcome:
         try:
-            images = FRAMES.get(video.path, sampled, frames)
+            clip = video_clip(video, sampled, frames)
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
-        urls = [jpeg_data_url(im, 512, 90) for im in images]
-        return self.client.ask(user_message(question, urls), parse_text, mark_truncated=True,
-                               max_tokens=self.cfg.max_new_tokens, temperature=self.cfg.temperature)
+        return self.client.ask(video_messages(question, clip, self.cfg.time_instruction), parse_text,
+                               mark_truncated=True, max_tokens=self.cfg.max_new_tokens,
+                               temperature=self.cfg.temperature, extra_body=timing(clip))
 
 
 def run_answers(jobs: list[Job], cfg: AnswerConfig, api: ApiConfig, stats: CallStats, runner: StageRunner) -> None:

@@ -8,13 +8,14 @@ several segments of a video is captioned once.
 from __future__ import annotations
 
 from data_gen.cache import Outcome
-from data_gen.client import CallStats, ChatClient, jpeg_data_url, parse_text, user_message
+from data_gen.client import CallStats, ChatClient, parse_text, user_message
 from data_gen.config import ApiConfig, CaptionConfig, fingerprint, prompt_template
 from data_gen.decode import FRAMES
 from data_gen.index import Video
 from data_gen.manipulate import Segment
 from data_gen.runner import Job, StageRunner
 from tpo.data.frames import VideoReadError
+from tpo.models.served import image_data_url
 
 
 def frame_id(video: str, frame: int) -> str:
@@ -51,7 +52,7 @@ class ApiCaptioner:
             image = _frame(video, sampled, frame)
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
-        url = jpeg_data_url(image, self.cfg.image_size, self.cfg.jpeg_quality)
+        url = image_data_url(image, self.cfg.image_size, self.cfg.jpeg_quality)
         return self.client.ask(user_message(self.prompt, [url]), parse_text,
                                max_tokens=self.cfg.max_tokens, temperature=self.cfg.temperature)
 

@@ -10,8 +10,6 @@ for JSON and the stage's parser finds and validates it, as it does for every rep
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import random
@@ -22,7 +20,6 @@ from collections import Counter
 from email.utils import parsedate_to_datetime
 from typing import Callable
 
-import numpy as np
 import openai
 
 from data_gen.cache import Outcome
@@ -210,17 +207,6 @@ class ChatClient:
 
 
 # ---- message building and output parsing -------------------------------------------------------
-
-def jpeg_data_url(frame: np.ndarray, max_side: int, quality: int) -> str:
-    """An RGB frame as a ``data:image/jpeg;base64,...`` URL, downscaled to ``max_side``."""
-    from PIL import Image
-
-    image = Image.fromarray(frame)
-    image.thumbnail((max_side, max_side))
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
 
 def user_message(text: str, image_urls: list[str] = ()) -> list[dict]:
     content = [{"type": "image_url", "image_url": {"url": url}} for url in image_urls]

@@ -82,7 +82,7 @@ class AnswerConfig:
     base_url: str | None = "${api.base_url}"
     max_new_tokens: int = 256
     truncated: str = "drop"  # an answer cut at max_new_tokens: drop its pair (counted) | keep (no end token)
-    time_instruction: bool = False  # local backend: LLaVA-Video's time instruction in the prompt
+    time_instruction: bool = False  # LLaVA-Video's time instruction in the prompt (both backends)
     temperature: float = 0.0  # 0: greedy
     batch_size: int = 8
     dtype: str = "bfloat16"

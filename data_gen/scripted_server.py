@@ -6,7 +6,9 @@ the requested ``model``, with scripts that read the synthetic world of ``tpo.syn
 - ``scripted-captioner``: looks at the JPEG it is sent and names the shape's colour and place;
 - ``scripted-llm``: writes questions from the captions in the prompt (JSON, as asked);
 - ``scripted-judge``: a deterministic post-filter verdict;
-- ``scripted-vlm``: answers a question about the frames it is sent;
+- ``scripted-vlm``: answers a question about the one video it is sent (``video_url``,
+  ``data:video/jpeg;base64,<frame>,...`` as vLLM reads it), naming what it sees frame by frame, in
+  order; images, or a video of another content type, are refused with a 400;
 
 ``scripts`` adds more models (the toy reproduction serves its toy LLM this way: ``toy.llm.toy_server``).
 
@@ -36,6 +38,7 @@ import numpy as np
 
 from data_gen.config import QuestionConfig, prompt_template, template_fields
 from tpo.clean_exit import run_and_exit
+from tpo.models.served import video_frames
 from tpo.synthetic.world import find_object, place
 
 FAULTS = ("429", "500", "timeout", "garbage", "badbody")
@@ -62,6 +65,19 @@ def _images(request: dict) -> list[np.ndarray]:
     urls = [c["image_url"]["url"] for m in request["messages"] if isinstance(m["content"], list)
             for c in m["content"] if c["type"] == "image_url"]
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))).convert("RGB")) for u in urls]
+
+
+def _videos(request: dict) -> list[list[np.ndarray]]:
+    return [video_frames(c["video_url"]["url"]) for m in request["messages"] if isinstance(m["content"], list)
+            for c in m["content"] if c["type"] == "video_url"]
+
+
+def _frame_counts(request: dict) -> list[int] | None:
+    """How many frames each video of a request holds (logged for the tests; ``None``: unreadable)."""
+    try:
+        return [len(frames) for frames in _videos(request)]
+    except ValueError:
+        return None
 
 
 def describe_image(image: np.ndarray) -> str:
@@ -134,8 +150,12 @@ def _limited(content: str, max_tokens: int | None) -> tuple[str, str]:
 
 
 def answer(request: dict) -> str:
+    videos = _videos(request)
+    if _images(request) or len(videos) != 1:
+        raise ValueError(f"scripted-vlm answers about one video_url; got {len(videos)} video(s) and "
+                         f"{len(_images(request))} image(s)")
     colours = []
-    for image in _images(request):
+    for image in videos[0]:
         name = describe_image(image).split()[1]
         if not colours or colours[-1] != name:
             colours.append(name)
@@ -246,7 +266,9 @@ class ScriptedServer:
         status, headers, body = self._respond(request)
         with self._lock:
             self.requests.append({"model": request.get("model"), "prompt": prompt_text(request),
-                                  "response_format": request.get("response_format"), "status": status})
+                                  "response_format": request.get("response_format"), "status": status,
+                                  "mm_processor_kwargs": request.get("mm_processor_kwargs"),
+                                  "video_frames": _frame_counts(request)})
         return status, headers, body
 
     def _handler(self):

@@ -205,7 +205,9 @@ def test_generated_preferences_train(reference_run, tmp_path):
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_vl"])
 def test_local_captioner_and_api_answerer(raw_videos, scripted_server, tmp_path, family):
-    """The other two backends: a local `transformers` image captioner and an OpenAI-compatible policy."""
+    """The other two backends: a local `transformers` image captioner and an OpenAI-compatible policy,
+    sent each side's frames as one video with their rate (tpo.models.served)."""
+    logged = len(scripted_server.requests)
     _, manifest = run(raw_videos, tmp_path, scripted_server, "caption.backend=transformers",
                       f"caption.model=builtin:tiny-{family}", "caption.dtype=float32", "caption.max_tokens=8",
                       "caption.device=cpu", "answer.backend=openai", "answer.model=scripted-vlm",
@@ -219,6 +221,12 @@ def test_local_captioner_and_api_answerer(raw_videos, scripted_server, tmp_path,
     assert all(r["chosen"].startswith("I see ") and r["filter"]["reason"] == "post-filter disabled" for r in records)
     irrelevant = [r for r in records if r["manipulation"] == "irrelevant"]
     assert irrelevant and all(len(r["captions"]) == 4 and r["captions"][0]["text"] for r in irrelevant)
+    sent = [r for r in scripted_server.requests[logged:] if r["model"] == "scripted-vlm"]
+    sides = {len(r[side]) for r in records + dropped for side in ("chosen_frames", "rejected_frames")}
+    assert len(sent) == 32 and all(r["status"] == 200 and len(r["video_frames"]) == 1 for r in sent)
+    assert {r["video_frames"][0] for r in sent} == sides
+    assert all(r["mm_processor_kwargs"]["do_sample_frames"] is False and r["mm_processor_kwargs"]["fps"] > 0
+               for r in sent)
 
 
 def test_truncated_answers_are_dropped_and_counted_or_kept_without_an_end(reference_run, raw_videos,

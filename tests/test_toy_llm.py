@@ -9,7 +9,7 @@ from string import Template
 import numpy as np
 from PIL import Image
 
-from data_gen.client import jpeg_data_url
+from tpo.models.served import image_data_url
 from data_gen.config import prompt_template
 from data_gen.postfilter import judge_prompt
 from data_gen.questions import format_captions, parse_questions
@@ -19,7 +19,7 @@ from tpo.evaluate.answers import extract_choice
 
 
 def _through_jpeg(frame: np.ndarray) -> np.ndarray:
-    url = jpeg_data_url(frame, 64, 90)
+    url = image_data_url(frame, 64, 90)
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
 
 

@@ -14,7 +14,15 @@ DTYPES = ("bfloat16", "float16", "float32")
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model dir / hub id, a TPO HF export, or a tpo .ckpt")
+    parser.add_argument("--model", required=True,
+                        help="model dir / hub id, a TPO HF export, or a tpo .ckpt; with --backend openai: the "
+                             "served model's name")
+    parser.add_argument("--backend", choices=["local", "openai"], default="local",
+                        help="local: load the model here (default); openai: ask the model served at --base-url "
+                             "(e.g. vLLM), sent each question's frames as one video")
+    parser.add_argument("--base-url", help="--backend openai: the server's URL, e.g. http://localhost:8000/v1 "
+                                           "(API key from $OPENAI_API_KEY, if it needs one)")
+    parser.add_argument("--concurrency", type=int, default=8, help="--backend openai: requests in flight")
     parser.add_argument("--family", help="adapter family (default: from the checkpoint)")
     parser.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
     parser.add_argument("--num-frames", type=int, default=NUM_FRAMES)
@@ -37,6 +45,11 @@ def _setting(benchmark: str, subtitles: str | None) -> str:
 
 
 def _answerer(args):
+    if args.backend == "openai":
+        from tpo.evaluate.served import ServedAnswerer
+
+        return ServedAnswerer(args.base_url, args.model, args.max_new_tokens, args.time_instruction,
+                              args.concurrency)
     import torch
 
     from tpo.evaluate.model import load_for_eval, make_answerer
@@ -59,12 +72,20 @@ def _same_settings(out: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def _check_backend(args) -> None:
+    if args.backend == "openai" and not args.base_url:
+        raise TPOError("--backend openai needs --base-url (the server, e.g. http://localhost:8000/v1)")
+    if args.backend == "openai" and args.scoring == "likelihood":
+        raise TPOError("--scoring likelihood needs the model's weights: use --backend local")
+
+
 def _evaluate(args, benchmark: str, data: str, videos: str | None,
               subtitles: str | None = None) -> tuple[dict, Path]:
     from tpo.evaluate.benchmarks import load_benchmark
     from tpo.evaluate.mcq import evaluate, format_table, read_predictions
     from tpo.evaluate.model import trained_time_instruction
 
+    _check_backend(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_benchmark(benchmark, data, videos, subtitles)
@@ -72,8 +93,9 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     if loaded.bad:
         print(f"{len(loaded.bad)} malformed item(s) left out (see {out / 'bad_items.jsonl'}); first: {loaded.bad[0]}")
     if args.time_instruction is None:  # resolved here, so the recorded settings say what was used
-        args.time_instruction = trained_time_instruction(args.model)
-    settings = {"benchmark": benchmark, "data": str(data), "model": args.model, "num_frames": args.num_frames,
+        args.time_instruction = args.backend == "local" and trained_time_instruction(args.model)
+    settings = {"benchmark": benchmark, "data": str(data), "model": args.model, "backend": args.backend,
+                **({"base_url": args.base_url} if args.backend == "openai" else {}), "num_frames": args.num_frames,
                 "scoring": args.scoring, "time_instruction": args.time_instruction, "dtype": args.dtype,
                 "max_new_tokens": args.max_new_tokens if args.scoring == "generate" else None,
                 **({"subtitles": subtitles is not None} if benchmark == "videomme" else {})}
