@@ -44,7 +44,7 @@ def _setting(benchmark: str, subtitles: str | None) -> str:
     return (" (w/ subs)" if subtitles else " (w/o subs)") if benchmark == "videomme" else ""
 
 
-def _answerer(args):
+def _answerer(args, device: str):
     if args.backend == "openai":
         from tpo.evaluate.served import ServedAnswerer
 
@@ -54,22 +54,24 @@ def _answerer(args):
 
     from tpo.evaluate.model import load_for_eval, make_answerer
 
-    adapter, model, processor = load_for_eval(args.model, args.family, getattr(torch, args.dtype), args.device,
+    adapter, model, processor = load_for_eval(args.model, args.family, getattr(torch, args.dtype), device,
                                               args.time_instruction)
     return make_answerer(args.scoring, adapter, model, processor, args.max_new_tokens)
 
 
-def _same_settings(out: Path, settings: dict) -> None:
+def _same_settings(out: Path, settings: dict, write: bool) -> None:
     """Refuse to resume into predictions made with other settings (they would be mixed silently)."""
     path = out / "settings.json"
     if path.exists():
         before = json.loads(path.read_text())
         changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        if changed and (out / "predictions.jsonl").exists():
+        written = [p.name for p in (out / "predictions.jsonl", *out.glob("predictions.rank*.jsonl")) if p.exists()]
+        if changed and written:
             diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
             raise TPOError(f"{out} holds predictions made with other settings ({diff}); "
-                             f"use another --out, or delete {out / 'predictions.jsonl'} to start over")
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+                           f"use another --out, or delete {', '.join(written)} to start over")
+    if write:
+        path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _check_backend(args) -> None:
@@ -80,17 +82,22 @@ def _check_backend(args) -> None:
 
 
 def _evaluate(args, benchmark: str, data: str, videos: str | None,
-              subtitles: str | None = None) -> tuple[dict, Path]:
+              subtitles: str | None = None) -> tuple[dict, Path] | None:
+    """Answer the benchmark (this process's share of it, under torchrun or srun); on rank 0, merge
+    every rank's predictions and return ``(summary, predictions file)`` (other ranks: ``None``)."""
+    from tpo.evaluate import ranks as launch
     from tpo.evaluate.benchmarks import load_benchmark
-    from tpo.evaluate.mcq import evaluate, format_table, read_predictions
+    from tpo.evaluate.mcq import evaluate, format_table, read_predictions, summarize
     from tpo.evaluate.model import trained_time_instruction
 
     _check_backend(args)
+    ranks = launch.from_launcher()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_benchmark(benchmark, data, videos, subtitles)
-    (out / "bad_items.jsonl").write_text("".join(json.dumps(vars(b)) + "\n" for b in loaded.bad))
-    if loaded.bad:
+    if ranks.is_main:
+        (out / "bad_items.jsonl").write_text("".join(json.dumps(vars(b)) + "\n" for b in loaded.bad))
+    if loaded.bad and ranks.is_main:
         print(f"{len(loaded.bad)} malformed item(s) left out (see {out / 'bad_items.jsonl'}); first: {loaded.bad[0]}")
     if args.time_instruction is None:  # resolved here, so the recorded settings say what was used
         args.time_instruction = args.backend == "local" and trained_time_instruction(args.model)
@@ -99,14 +106,24 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
                 "scoring": args.scoring, "time_instruction": args.time_instruction, "dtype": args.dtype,
                 "max_new_tokens": args.max_new_tokens if args.scoring == "generate" else None,
                 **({"subtitles": subtitles is not None} if benchmark == "videomme" else {})}
-    _same_settings(out, settings)
-    predictions = out / "predictions.jsonl"
+    _same_settings(out, settings, write=ranks.is_main)
     items = loaded.items[: args.limit] if args.limit else loaded.items
-    done = read_predictions(predictions)
-    # everything answered already: no model needed to summarise
-    answerer = None if all(i.id in done for i in items) else _answerer(args)
-    summary = evaluate(items, answerer, args.num_frames, args.batch_size, predictions)
-    summary.update({**settings, "malformed_items": len(loaded.bad)})
+    done = launch.all_done(out)
+    mine = [i for i in ranks.share(items) if i.id not in done]
+    device = launch.start(ranks, args.device)
+    try:
+        # nothing left to answer (on this rank): no model needed
+        evaluate(mine, _answerer(args, device) if mine else None, args.num_frames, args.batch_size,
+                 launch.rank_file(out, ranks), progress=ranks.is_main)
+        launch.wait_for_all(ranks)
+    finally:
+        launch.finish(ranks)
+    if not ranks.is_main:
+        return None
+    predictions = launch.merge(out, [i.id for i in items])
+    merged = read_predictions(predictions)
+    summary = summarize([merged[i.id] for i in items if i.id in merged])
+    summary.update({**settings, "malformed_items": len(loaded.bad), "processes": ranks.world})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(format_table(summary, f"{benchmark}{_setting(benchmark, subtitles)} — {args.model} ({args.scoring})"))
     print(f"predictions: {predictions}\nsummary:     {out / 'summary.json'}")
@@ -129,7 +146,10 @@ def _niah(args) -> None:
     from tpo.evaluate.niah import niah_grid, plot_heatmap
 
     data = Path(args.data)
-    _, predictions = _evaluate(args, "jsonl", str(data / "niah.jsonl" if data.is_dir() else data), None)
+    result = _evaluate(args, "jsonl", str(data / "niah.jsonl" if data.is_dir() else data), None)
+    if result is None:  # not rank 0
+        return
+    _, predictions = result
     grid = niah_grid(list(read_predictions(predictions).values()))
     (Path(args.out) / "niah_grid.json").write_text(json.dumps(grid, indent=2) + "\n")
     print(f"heatmap:     {plot_heatmap(grid, Path(args.out) / 'niah_heatmap.png', f'NIAH — {args.model}')}")
