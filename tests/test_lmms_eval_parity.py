@@ -1,0 +1,157 @@
+"""``--protocol lmms-eval`` against lmms-eval 0.7.3's own code (tests/lmms_eval_code.py), item by item:
+prompts, subtitle lines, extracted letters and frame indices."""
+
+import importlib.metadata
+import random
+
+import numpy as np
+import pytest
+from lmms_eval_code import model_method, task_kwargs, task_module
+
+from tpo.data.frames import read_clip, read_frames, uniform_frame_indices, video_info
+from tpo.evaluate import lmms_eval as ours
+from tpo.models.adapter import time_instruction
+from tpo.synthetic.world import random_events, render_frames, write_video
+
+QUESTIONS = [("What is the man holding when he enters the room?",
+              ["A red umbrella.", "A blue bicycle.", "Basketball.", "Nothing."]),
+             ("Which event happens first?", ["The dog barks", "The car stops", "It rains", "A: the crowd cheers"]),
+             ("How many people appear?", ["1", "2", "3", "4", "5"])]
+REPLIES = [
+    "A", "B.", "(C)", "D) the man", "C. Basketball.", "The answer is B.", "The best answer is: C", "Answer: C",
+    "A is correct", "A is the correct answer.", "A because he runs.", "Not B, the answer is A.", "Basketball",
+    "Basketball.", "A blue bicycle.", "I think it's D", "Option B", "b", "None of the above.", "", "  ",
+    "The correct option is (D).", "Based on the video, B", "B\n\nThe man is running.", "答案是C", "**B**",
+    "A. red umbrella, B. blue bicycle", "The best option is D", "E", "I choose C because of the ball.",
+    "It could be A or B, but I pick B.", "(A) and (D) are wrong; (C).", "C:", "Best option: (B",
+    "The man holds a blue bicycle while entering, which looks heavy and large for the small room here",
+]
+
+
+def test_the_version_matched_is_the_one_installed():
+    assert importlib.metadata.version("lmms-eval") == ours.LMMS_EVAL_VERSION
+
+
+@pytest.mark.parametrize("variant", ours.VARIANTS)
+def test_videomme_prompts(variant):
+    videomme = task_module("videomme")
+    for question, options in QUESTIONS[:2]:
+        doc = {"question": question, "options": [f"{'ABCD'[i]}. {o}" for i, o in enumerate(options)]}
+        expected = videomme.videomme_doc_to_text(doc, task_kwargs("videomme/videomme.yaml", variant))
+        assert ours.videomme_prompt(question, options, variant) == expected
+
+
+def _srt(cues) -> str:
+    stamp = lambda s: f"{int(s // 3600):02d}:{int(s % 3600 // 60):02d}:{int(s % 60):02d},{int(s * 1000 % 1000):03d}"
+    return "\n\n".join(f"{i + 1}\n{stamp(a)} --> {stamp(b)}\n{text}" for i, (a, b, text) in enumerate(cues)) + "\n"
+
+
+@pytest.fixture(scope="module")
+def videomme_home(tmp_path_factory):
+    """A Hugging Face cache as lmms-eval's videomme task reads it: ``videomme/data/<id>.mp4``,
+    ``videomme/subtitle/<id>.srt``: a 48 s video at 8 fps and cues of every kind."""
+    home = tmp_path_factory.mktemp("hf_home")
+    (home / "videomme" / "data").mkdir(parents=True)
+    (home / "videomme" / "subtitle").mkdir()
+    frames = render_frames(random_events(random.Random(0), 4), 96, size=32)
+    write_video(home / "videomme" / "data" / "v1.mp4", frames, fps=8)
+    write_video(home / "videomme" / "data" / "v2.mp4", frames[:100], fps=8)
+    font = '<font color="white" size=".72c">{}</font>'
+    cues = [(0.5 + 1.7 * i, 1.9 + 1.7 * i, font.format(f"line {i}") if i % 5 else f"untagged {i}") for i in range(26)]
+    cues += [(3.0, 4.0, font.format("same time, first")), (3.0, 4.0, font.format("same time, second")),
+             (40.0, 47.9, font.format("two") + "\n" + font.format("lines"))]
+    (home / "videomme" / "subtitle" / "v1.srt").write_text(_srt(cues), encoding="utf-8")
+    return home
+
+
+@pytest.mark.parametrize("variant", ours.VARIANTS)
+def test_videomme_subtitle_lines_and_prompts(videomme_home, monkeypatch, variant):
+    monkeypatch.setenv("HF_HOME", str(videomme_home))
+    videomme = task_module("videomme")  # reads HF_HOME when it loads
+    question, options = QUESTIONS[0]
+    for video_id in ("v1", "v2"):  # v2 has no subtitle file
+        doc = {"videoID": video_id, "question": question, "options": [f"{'ABCD'[i]}. {o}" for i, o in enumerate(options)]}
+        expected = videomme.videomme_doc_to_text_subtitle(doc, task_kwargs("videomme/videomme_w_subtitle.yaml", variant))
+        info = video_info(videomme_home / "videomme" / "data" / f"{video_id}.mp4")
+        lines = ours.subtitle_lines(videomme_home / "videomme" / "subtitle" / f"{video_id}.srt", info.fps,
+                                    info.num_frames, variant)
+        assert ours.videomme_subtitle_prompt(question, options, lines, variant) == expected
+        assert (lines == "No subtitles available") == (video_id == "v2")
+
+
+def test_longvideobench_prompts_and_letters(monkeypatch):
+    lvb = task_module("longvideobench")
+    monkeypatch.setattr(lvb.random, "choice", lambda choices: "guessed")
+    for question, options in QUESTIONS:
+        doc = {"question": question, "id": "x", "duration_group": 600, "question_category": "T",
+               "correct_choice": 0, **{f"option{i}": (options + ["N/A"] * 5)[i] for i in range(5)}}
+        assert ours.longvideobench_prompt(question, options) == lvb.longvideobench_doc_to_text(
+            doc, task_kwargs("longvideobench/longvideobench_val_v.yaml", "default"))
+        for reply in REPLIES:
+            expected = lvb.longvideobench_process_results(doc, [reply.strip()])["lvb_acc"]["parsed_pred"]
+            assert (ours.longvideobench_letter(reply.strip()) or "guessed") == expected, reply
+
+
+def test_videomme_and_mlvu_letters():
+    videomme, mlvu = task_module("videomme"), task_module("mlvu")
+    doc = {"question_id": "q", "duration": "short", "domain": "Knowledge", "sub_category": "Astronomy",
+           "task_type": "Counting Problem", "answer": "A", "videoID": "v", "question": "?"}
+    for reply in REPLIES:
+        read = ours.mcq_letter(reply.strip())
+        assert videomme.videomme_process_results(doc, [reply.strip()])["videomme_perception_score"][
+            "pred_answer"] == read, reply
+        assert mlvu.mlvu_process_results({**doc, "task_type": "count"}, [reply.strip()])["mlvu_percetion_score"][
+            "pred_answer"] == read, reply
+
+
+def test_mlvu_prompt():
+    mlvu = task_module("mlvu")
+    question, options = QUESTIONS[0]
+    doc = {"question": question + "\n" + "\n".join(f"({'ABCD'[i]}) {o}" for i, o in enumerate(options))}
+    assert ours.mlvu_prompt(question, options) == mlvu.mlvu_doc_to_text(doc, task_kwargs("mlvu/mlvu_dev.yaml", "default"))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Videos of 37, 300 and 1,201 frames (8 fps): shorter than, and many times, the frame counts."""
+    root = tmp_path_factory.mktemp("frames")
+    frames = render_frames(random_events(random.Random(1), 4), 320, size=32)
+    paths = []
+    for n in (37, 300, 1201):
+        paths.append(root / f"v{n}.mp4")
+        write_video(paths[-1], frames[:n], fps=8)
+    return paths
+
+
+@pytest.mark.parametrize("count", [8, 32, 64])
+def test_llava_frames_and_time_instruction(videos, count):
+    from decord import VideoReader, cpu
+
+    load = model_method("llava_vid.py", "LlavaVid", "load_video", np=np, VideoReader=VideoReader, cpu=cpu)
+    longva = model_method("longva.py", "LongVA", "load_video", np=np, VideoReader=VideoReader, cpu=cpu)
+    for path in videos:
+        total = video_info(path).num_frames
+        indices = ours.llava_frames(total, count)
+        frames, frame_time, video_time = load(None, str(path), count, 1, force_sample=True)
+        assert np.array_equal(frames, read_frames(path, indices)) and np.array_equal(longva(None, str(path), count), frames)
+        assert indices[0] == 0 and indices[-1] == total - 1
+        assert indices != uniform_frame_indices(total, count)  # not the segment centres of --protocol tpo
+        theirs = (f"The video lasts for {video_time:.2f} seconds, and {len(frames)} frames are uniformly sampled "
+                  f"from it. These frames are located at {frame_time}.Please answer the following questions "
+                  f"related to this video.")
+        assert time_instruction(read_clip(path, indices)) == theirs
+
+
+@pytest.mark.parametrize("count", [8, 32, 64])
+def test_qwen_frames(videos, monkeypatch, count):
+    from qwen_vl_utils.vision_process import fetch_video
+
+    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "decord")
+    for path in videos:
+        info = video_info(path)
+        nframes = max(2, min(count, info.num_frames) // 2 * 2)  # lmms-eval's qwen2_5_vl chat class
+        _, metadata = fetch_video({"type": "video", "video": str(path), "nframes": nframes}, return_video_metadata=True)
+        assert list(metadata["frames_indices"]) == ours.qwen_frames(info.num_frames, count)
+        _, at_2fps = fetch_video({"type": "video", "video": str(path)}, return_video_metadata=True)  # qwen2_vl's call
+        keep = np.unique(np.linspace(0, len(at_2fps["frames_indices"]) - 1, count, dtype=int))
+        assert [int(at_2fps["frames_indices"][i]) for i in keep] == ours.qwen2_vl_frames(info.num_frames, info.fps, count)

@@ -1,0 +1,214 @@
+"""lmms-eval's protocol for the video benchmarks the paper reports, as released in lmms-eval 0.7.3.
+
+Per task (``videomme``, ``videomme_w_subtitle``, ``longvideobench_val_v``, ``mlvu_dev``): the prompt
+its ``doc_to_text`` writes for a prompt variant (the task yaml's ``lmms_eval_specific_kwargs`` entry
+for the ``--model`` name: ``default``, ``llava_vid``, ``qwen3_vl``), its ``max_new_tokens``, how its
+``process_results`` reads a reply, and the frames its model classes show. Written from the released
+package's code and checked against it item by item (tests/test_lmms_eval_parity.py).
+
+Frames are the model class's, not the task's:
+
+- ``llava_vid`` (with ``force_sample=True``), ``llava_onevision``, ``longva`` (decord) and
+  ``llava_hf``: ``np.linspace(0, T - 1, k, dtype=int)``, first and last frame included;
+- ``qwen2_5_vl`` and ``qwen3_vl``: qwen_vl_utils' ``nframes`` path, an even count ``min(k, T)``
+  at ``round(linspace(0, T - 1, n))``;
+- ``qwen2_vl``: qwen_vl_utils' 2 fps path, then ``k`` of those by ``np.unique(linspace)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+
+LMMS_EVAL_VERSION = "0.7.3"
+VARIANTS = ("default", "llava_vid", "qwen3_vl")
+MAX_NEW_TOKENS = {"videomme": 16, "longvideobench": 32, "mlvu": 16}
+
+_VIDEOMME_INTRO = ("Select the best answer to the following multiple-choice question based on the video and the "
+                   "subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
+_VIDEOMME_POST = {"default": "\nAnswer with the option's letter from the given choices directly.",
+                  "llava_vid": "The best answer is:", "qwen3_vl": "Answer with the option letter only."}
+_SUBTITLES_INTRO = "This video's subtitles are listed below: \n"
+_SUBTITLE_FRAMES = {"default": 32, "llava_vid": 768, "qwen3_vl": 768}  # the subtitle task's frame_num
+_FONT = re.compile(r'<font color="white" size=".72c">(.*?)</font>')
+_LVB_POST = "Answer with the option's letter from the given choices directly.\n"
+_MLVU_POST = "\nOnly give the best option.\nBest option: ("
+_LETTERS = "ABCDEFGH"
+
+
+# ---- prompts -------------------------------------------------------------------------------------
+
+def _labelled(options: list[str], style: str = "{}. {}") -> str:
+    return "\n".join(style.format(_LETTERS[i], option) for i, option in enumerate(options))
+
+
+def videomme_prompt(question: str, options: list[str], variant: str = "default") -> str:
+    """``videomme``'s prompt (its options as the dataset writes them, ``A. ...``)."""
+    if variant == "qwen3_vl":
+        return f"Question: {question}\nOptions:\n{_labelled(options)}\n{_VIDEOMME_POST['qwen3_vl']}"
+    return f"{_VIDEOMME_INTRO}\n{question}\n{_labelled(options)}\n{_VIDEOMME_POST[variant]}"
+
+
+def videomme_subtitle_prompt(question: str, options: list[str], subtitles: str, variant: str = "default") -> str:
+    """``videomme_w_subtitle``'s prompt: it always ends "The best answer is:" (its post prompt is unused)."""
+    if variant == "qwen3_vl":
+        return _SUBTITLES_INTRO + subtitles + "\n" + videomme_prompt(question, options, "qwen3_vl")
+    return (f"{_SUBTITLES_INTRO}{subtitles}\n{_VIDEOMME_INTRO}\n{question}\n{_labelled(options)}\n"
+            f"The best answer is:")
+
+
+def longvideobench_prompt(question: str, options: list[str]) -> str:
+    return f"{question}\n{_labelled(options)}\n{_LVB_POST}"
+
+
+def mlvu_prompt(question: str, options: list[str]) -> str:
+    """``mlvu_dev``'s prompt. Its Hugging Face copy's ``question`` holds the options as ``(A) ...``
+    lines under the question; the MLVU json files keep them apart, and this rebuilds that text."""
+    return f"{question}\n{_labelled(options, '({}) {}')}{_MLVU_POST}"
+
+
+# ---- Video-MME subtitles -------------------------------------------------------------------------
+
+def _srt_seconds(stamp: str) -> float:
+    hours, minutes, rest = stamp.split(":")
+    seconds, millis = rest.split(",")
+    return int(hours) * 3600 + int(minutes) * 60 + int(seconds) + int(millis) / 1000
+
+
+def _srt_cues(text: str) -> dict[tuple[float, float], str]:
+    """The task's reading of an ``.srt``: blocks split at blank lines, the second line the times, the
+    rest the text joined by spaces; a block of fewer than 3 lines is skipped; equal times keep the
+    last text at the first one's place."""
+    cues = {}
+    for block in text.split("\n\n"):
+        lines = block.split("\n")
+        if block.strip() and len(lines) >= 3:
+            start, end = lines[1].split(" --> ")
+            cues[(_srt_seconds(start), _srt_seconds(end))] = " ".join(lines[2:])
+    return cues
+
+
+def subtitle_lines(srt: Path, fps: float, total_frames: int, variant: str = "default") -> str:
+    """The subtitle text ``videomme_w_subtitle`` puts in the prompt.
+
+    The cues shown at ``frame_num`` evenly spaced frames of the whole video (32, or 768 for the
+    ``llava_vid`` and ``qwen3_vl`` variants; not the frames the model is shown), in the order a
+    Python set of their indices gives; of each, the first white ``<font>`` span (cues without one are
+    left out). Frames are compared as ``int(seconds * fps)``. No ``.srt``: "No subtitles available".
+    A malformed time raises ``ValueError``.
+    """
+    if not srt.is_file():
+        return "No subtitles available"
+    cues = [(int(start * fps), int(end * fps), text)
+            for (start, end), text in _srt_cues(srt.read_text(encoding="utf-8")).items()]
+    sampled = np.linspace(0, total_frames - 1, _SUBTITLE_FRAMES[variant], dtype=int).tolist()
+    shown = list({i for frame in sampled for i, (start, end, _) in enumerate(cues) if start <= frame < end})
+    spans = [_FONT.findall(cues[i][2]) for i in shown]
+    return "\n".join(found[0] for found in spans if found)
+
+
+# ---- reading replies -----------------------------------------------------------------------------
+
+_ANSWER_PHRASES = (
+    "the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
+    "best answer is", "the correct option is", "correct option is", "the best option is", "best option is",
+    "the choice is", "choice is", "the correct choice is", "correct choice is", "i choose", "i select", "i pick",
+    "my answer is", "my choice is", "옵션", "정답은", "답은", "답:", "答案是", "答案为", "选", "答えは",
+)
+_RANK = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3,
+         "space": 2, "fallback": 0}
+_MARKS = (("({})", "parentheses"), ("{}.", "period"), ("{}:", "colon"), ("{})", "right_paren"), ("{} ", "space"))
+
+
+def mcq_letter(reply: str, choices: str = "ABCD") -> str:
+    """The letter Video-MME's and MLVU's ``process_results`` read from a reply (``""``: none).
+
+    Every way a letter can appear is a candidate ranked by how sure a form is ("B" alone at the
+    start, then at the end, after an answer phrase, in parentheses, before "." ":" ")" or a space;
+    any occurrence only when nothing else matched); the best-ranked form wins, and within it the
+    occurrence nearest the end.
+    """
+    if not reply or not reply.strip():
+        return ""
+    text = reply.strip()
+    for mark in ",.!?;:'\"":
+        text = text.strip(mark)
+    text = f" {text} "
+    found = [(ch, text.rfind(pattern.format(ch)), kind) for pattern, kind in _MARKS for ch in choices
+             if pattern.format(ch) in text]
+    lower = text.lower()
+    for phrase in _ANSWER_PHRASES:
+        at = lower.find(phrase)
+        if at != -1:
+            after = [(ch, text.find(ch, at + len(phrase))) for ch in choices]
+            found += [(ch, position, "phrase") for ch, position in after if position != -1]
+    bare = text.strip()
+    found += [(ch, 0, "start") for ch in choices if bare.startswith(ch) and (len(bare) == 1 or not bare[1].isalpha())]
+    found += [(ch, len(text) - 1, "end") for ch in choices
+              if bare.endswith(ch) and (len(bare) == 1 or not bare[-2].isalpha())]
+    if not found:
+        found = [(ch, text.rfind(ch), "fallback") for ch in choices if ch in text]
+    return max(found, key=lambda c: (_RANK[c[2]], c[1]))[0] if found else ""
+
+
+_LVB_PREFIXES = ("The best answer is", "The correct answer is", "The answer is", "The answer", "The best option is",
+                 "The correct option is", "Best answer:", "Best option:")
+
+
+def longvideobench_letter(reply: str) -> str | None:
+    """The letter LongVideoBench's ``process_results`` reads: the first capital A–E left after its
+    answer phrases are removed; ``None`` where it guesses instead (no such capital)."""
+    text = reply.strip()
+    for prefix in _LVB_PREFIXES:
+        text = text.replace(prefix, "")
+    match = re.search(r"[ABCDE]", text)
+    return match[0] if match else None
+
+
+def guess(item_id: str, num_options: int, seed: int) -> int:
+    """LongVideoBench's random option for a reply it cannot read. lmms-eval draws from the process's
+    shared ``random`` (so a run's guesses depend on thread timing); here each item's draw is seeded
+    by ``seed`` and its id, so a rerun guesses the same."""
+    return random.Random(f"{seed}/{item_id}").randrange(num_options)
+
+
+# ---- frames --------------------------------------------------------------------------------------
+
+def llava_frames(total: int, count: int) -> list[int]:
+    """``llava_vid``/``llava_onevision``/``longva``/``llava_hf``: first to last frame, truncated."""
+    return np.linspace(0, total - 1, count, dtype=int).tolist()
+
+
+def _qwen_linspace(total: int, count: int) -> list[int]:
+    import torch
+
+    return torch.linspace(0, total - 1, count).round().long().tolist()
+
+
+def qwen_frames(total: int, count: int) -> list[int]:
+    """``qwen2_5_vl``/``qwen3_vl`` (qwen_vl_utils' ``nframes``): an even count, rounded positions."""
+    return _qwen_linspace(total, max(2, min(count, total) // 2 * 2))
+
+
+def qwen2_vl_frames(total: int, fps: float, count: int) -> list[int]:
+    """``qwen2_vl``: qwen_vl_utils samples 2 frames a second (at least 4, at most 768, even), and the
+    model class keeps ``count`` of those (fewer when some coincide)."""
+    wanted = min(max(total / fps * 2.0, 4), math.floor(min(768, total) / 2) * 2, total)
+    sampled = _qwen_linspace(total, math.floor(wanted / 2) * 2)
+    keep = np.unique(np.linspace(0, len(sampled) - 1, count, dtype=int))
+    return [sampled[i] for i in keep]
+
+
+FRAME_RULES = {"llava_onevision": "llava", "llava_next_video": "llava", "qwen2_5_vl": "qwen",
+               "qwen3_vl": "qwen", "qwen2_vl": "qwen2_vl"}
+
+
+def frame_indices(rule: str, total: int, fps: float, count: int) -> list[int]:
+    """The frames lmms-eval's model class for a family shows (``FRAME_RULES``)."""
+    if rule == "qwen2_vl":
+        return qwen2_vl_frames(total, fps, count)
+    return qwen_frames(total, count) if rule == "qwen" else llava_frames(total, count)
