@@ -95,6 +95,9 @@ def test_generic_jsonl_reports_bad_lines(tmp_path):
     ("A blue circle.", 1),  # the article "A" is not a letter; the option text decides
     ("I think it is C", 2), ("It's a blue circle", 1), ("red", 2),
     ("E", None), ("", None), ("I cannot tell from the video.", None), ("a red square or a blue circle", None),
+    # the forms lmms-eval reads right and our reading once did not
+    ("A is correct", 0), ("A is the correct answer.", 0), ("A because it is red.", 0),
+    ("Not B, the answer is A.", 0), ("nothing happens.", 3), ("Nothing happens", 3),
 ])
 def test_choice_extraction(reply, expected):
     assert extract_choice(reply, OPTIONS) == expected
@@ -163,3 +166,8 @@ def test_niah_grid_and_heatmap(tmp_path):
     assert grid == {"lengths": [8, 16], "depths": [0.0, 1.0], "accuracy": [[1.0, 0.5], [1.0, 0.5]]}
     png = plot_heatmap(grid, tmp_path / "heat.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+def test_option_text_matches_without_its_final_period():
+    assert extract_choice("Basketball", ["Football.", "Basketball."]) == 1
+    assert extract_choice("basketball.", ["Football.", "Basketball."]) == 1

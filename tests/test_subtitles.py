@@ -117,7 +117,7 @@ def test_cli_names_the_subtitle_setting_and_scoring(videomme, capsys):
     out = videomme / "out"
     argv = ["mcq", "--benchmark", "videomme", "--data", str(videomme / "videomme.json"), "--videos",
             str(videomme / "data"), "--model", "builtin:tiny-qwen2_vl", "--out", str(out), "--num-frames", "4",
-            "--dtype", "float32", "--device", "cpu", "--limit", "3", "--scoring", "likelihood"]
+            "--dtype", "float32", "--device", "cpu", "--protocol", "tpo", "--limit", "3", "--scoring", "likelihood"]
     assert main(argv + ["--subtitles", str(videomme / "subtitle")]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["subtitles"] is True and summary["scoring"] == "likelihood" and summary["scored"] == 3
@@ -137,7 +137,7 @@ def test_resuming_with_other_settings_is_refused(videomme, capsys):
     out = videomme / "resume"
     argv = ["mcq", "--benchmark", "videomme", "--data", str(videomme / "videomme.json"), "--videos",
             str(videomme / "data"), "--model", "builtin:tiny-qwen2_vl", "--out", str(out), "--num-frames", "4",
-            "--dtype", "float32", "--device", "cpu", "--limit", "2", "--scoring", "likelihood"]
+            "--dtype", "float32", "--device", "cpu", "--protocol", "tpo", "--limit", "2", "--scoring", "likelihood"]
     assert main(argv) == 0
     assert main(argv + ["--subtitles", str(videomme / "subtitle")]) == 2
     assert "subtitles: False -> True" in capsys.readouterr().err

@@ -9,6 +9,8 @@ from pathlib import Path
 from tpo.clean_exit import run_and_exit
 from tpo.data.frames import NUM_FRAMES
 from tpo.errors import TPOError, status_of
+from tpo.evaluate.lmms_eval import LMMS_EVAL_VERSION, VARIANTS
+from tpo.evaluate.protocol import PROTOCOLS, Protocol
 
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -23,17 +25,32 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="--backend openai: the server's URL, e.g. http://localhost:8000/v1 "
                                            "(API key from $OPENAI_API_KEY, if it needs one)")
     parser.add_argument("--concurrency", type=int, default=8, help="--backend openai: requests in flight")
-    parser.add_argument("--family", help="adapter family (default: from the checkpoint)")
+    parser.add_argument("--family", help="adapter family (default: from the checkpoint); with --backend openai, "
+                                         "whose lmms-eval frame positions to use (default: LLaVA's)")
     parser.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
     parser.add_argument("--num-frames", type=int, default=NUM_FRAMES)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int,
+                        help="default: the protocol's (lmms-eval: 16 for Video-MME and MLVU, 32 for LongVideoBench; "
+                             "tpo: 16)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N items")
     parser.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--time-instruction", action=argparse.BooleanOptionalAction, default=None,
                         help="LLaVA-Video's sentence on the frames' times before each question "
                              "(default: as the checkpoint was trained, else off)")
+    parser.add_argument("--protocol", choices=PROTOCOLS,
+                        help="lmms-eval (default for videomme, longvideobench, mlvu): lmms-eval %s's prompts, frame "
+                             "positions, subtitle lines and reading of replies; tpo (ours; the only one for jsonl and "
+                             "NIAH): see the README" % LMMS_EVAL_VERSION)
+    parser.add_argument("--prompt-variant", choices=VARIANTS,
+                        help="lmms-eval: the task's prompt for that lmms-eval model name (default: qwen3_vl for "
+                             "Qwen3-VL, else default; llava_vid is what LLaVA-Video's published numbers used)")
+    parser.add_argument("--reading", choices=PROTOCOLS,
+                        help="read replies the lmms-eval or the tpo way (default: the protocol's); both readings are "
+                             "recorded and the summary counts where they differ")
+    parser.add_argument("--guess-seed", type=int, default=0,
+                        help="lmms-eval LongVideoBench: seed of the random option given to a reply it cannot read")
     parser.add_argument("--scoring", choices=["generate", "likelihood"], default="generate",
                         help="generate a reply and read its letter (default), or pick the option whose "
                              "'<letter>. <text>' has the highest summed log-likelihood (one forward per question)")
@@ -74,6 +91,25 @@ def _same_settings(out: Path, settings: dict, write: bool) -> None:
         path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def _family(args) -> str | None:
+    """The model's family, known before it is loaded (the protocol's frames and prompt variant depend on it)."""
+    if args.family or args.backend == "openai":
+        return args.family
+    from tpo.evaluate.model import checkpoint_family
+
+    return checkpoint_family(args.model)
+
+
+def _protocol(args, benchmark: str) -> Protocol:
+    name = args.protocol or ("tpo" if benchmark == "jsonl" else "lmms-eval")
+    family = _family(args) if name == "lmms-eval" else args.family
+    variant = args.prompt_variant or ("qwen3_vl" if family == "qwen3_vl" else "default")
+    protocol = Protocol(name, benchmark, family, variant, args.reading, args.guess_seed)
+    if args.max_new_tokens is None:
+        args.max_new_tokens = protocol.max_new_tokens
+    return protocol
+
+
 def _check_backend(args) -> None:
     if args.backend == "openai" and not args.base_url:
         raise TPOError("--backend openai needs --base-url (the server, e.g. http://localhost:8000/v1)")
@@ -101,11 +137,12 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
         print(f"{len(loaded.bad)} malformed item(s) left out (see {out / 'bad_items.jsonl'}); first: {loaded.bad[0]}")
     if args.time_instruction is None:  # resolved here, so the recorded settings say what was used
         args.time_instruction = args.backend == "local" and trained_time_instruction(args.model)
+    protocol = _protocol(args, benchmark)
     settings = {"benchmark": benchmark, "data": str(data), "model": args.model, "backend": args.backend,
                 **({"base_url": args.base_url} if args.backend == "openai" else {}), "num_frames": args.num_frames,
                 "scoring": args.scoring, "time_instruction": args.time_instruction, "dtype": args.dtype,
                 "max_new_tokens": args.max_new_tokens if args.scoring == "generate" else None,
-                **({"subtitles": subtitles is not None} if benchmark == "videomme" else {})}
+                **({"subtitles": subtitles is not None} if benchmark == "videomme" else {}), **protocol.settings()}
     _same_settings(out, settings, write=ranks.is_main)
     items = loaded.items[: args.limit] if args.limit else loaded.items
     done = launch.all_done(out)
@@ -114,7 +151,7 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     try:
         # nothing left to answer (on this rank): no model needed
         evaluate(mine, _answerer(args, device) if mine else None, args.num_frames, args.batch_size,
-                 launch.rank_file(out, ranks), progress=ranks.is_main)
+                 launch.rank_file(out, ranks), progress=ranks.is_main, protocol=protocol)
         launch.wait_for_all(ranks)
     finally:
         launch.finish(ranks)
@@ -125,7 +162,8 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     summary = summarize([merged[i.id] for i in items if i.id in merged])
     summary.update({**settings, "malformed_items": len(loaded.bad), "processes": ranks.world})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(format_table(summary, f"{benchmark}{_setting(benchmark, subtitles)} — {args.model} ({args.scoring})"))
+    title = f"{benchmark}{_setting(benchmark, subtitles)} — {args.model} ({args.scoring}, protocol {protocol.name})"
+    print(format_table(summary, title))
     print(f"predictions: {predictions}\nsummary:     {out / 'summary.json'}")
     return summary, predictions
 

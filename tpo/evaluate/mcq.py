@@ -9,10 +9,10 @@ from typing import Callable, Protocol
 
 from tqdm.auto import tqdm
 
-from tpo.data.frames import NUM_FRAMES, Clip, VideoReadError, count_frames, read_clip, uniform_frame_indices
-from tpo.evaluate.answers import extract_choice, mcq_prompt
+from tpo.data.frames import NUM_FRAMES, Clip, VideoReadError, read_clip, video_info
 from tpo.evaluate.benchmarks import LETTERS, MCQItem
-from tpo.evaluate.subtitles import SubtitleError, with_subtitles
+from tpo.evaluate.protocol import Protocol
+from tpo.evaluate.subtitles import SubtitleError
 
 Answerer = Callable[[list[Clip], list[str]], list[str]]  # (clips, prompts) -> replies
 
@@ -25,37 +25,44 @@ class OptionScorer(Protocol):
         ...
 
 
-def item_clip(item: MCQItem, num_frames: int) -> Clip:
-    indices = item.frame_indices or uniform_frame_indices(count_frames(item.video), num_frames)
-    return read_clip(item.video, indices)
+def item_clip(item: MCQItem, num_frames: int, protocol: Protocol) -> Clip:
+    """The item's frames: its own ``frame_indices``, else ``num_frames`` where the protocol puts them."""
+    if item.frame_indices:
+        return read_clip(item.video, item.frame_indices)
+    info = video_info(item.video)
+    return read_clip(item.video, protocol.frame_indices(info.num_frames, info.fps, num_frames))
 
 
-def item_prompt(item: MCQItem, clip: Clip) -> str:
-    """The question and options, after the subtitles at the clip's frame times when the item has them."""
-    prompt = mcq_prompt(item.question, item.options)
-    return prompt if item.subtitles is None else with_subtitles(prompt, item.subtitles, clip.times)
+def _letter(choice: int | None) -> str | None:
+    return None if choice is None else LETTERS[choice]
 
 
-def _prediction(item: MCQItem, reply: str | None = None, error: str | None = None,
+def _prediction(item: MCQItem, protocol: Protocol, reply: str | None = None, error: str | None = None,
                 option_logps: list[float] | None = None) -> dict:
-    """One predictions row. Likelihood scoring has no reply (``None``) and adds ``option_logps``."""
+    """One predictions row. Likelihood scoring has no reply (``None``) and adds ``option_logps``; a
+    generated reply is read the protocol's way (``prediction``) and the other way (``other_reading``)."""
+    row = {"id": item.id, "category": item.category, "duration": item.duration, "answer": item.answer_letter}
     if option_logps is not None:
         choice = max(range(len(option_logps)), key=option_logps.__getitem__)
+        row.update(prediction=LETTERS[choice], correct=choice == item.answer, reply=None, error=None,
+                   option_logps=option_logps)
+    elif reply is not None:
+        read, other = protocol.read(reply, item), protocol.read(reply, item, protocol.other_reading())
+        row.update(prediction=_letter(read.choice), correct=read.choice == item.answer, reply=reply, error=None,
+                   other_reading=_letter(other.choice), **({"guessed": True} if read.guessed else {}))
     else:
-        choice = None if reply is None else extract_choice(reply, item.options)
-    return {"id": item.id, "category": item.category, "duration": item.duration, "answer": item.answer_letter,
-            "prediction": None if choice is None else LETTERS[choice], "correct": choice == item.answer,
-            "reply": reply, "error": error, **({"meta": item.meta} if item.meta else {}),
-            **({"option_logps": option_logps} if option_logps is not None else {})}
+        row.update(prediction=None, correct=False, reply=None, error=error)
+    return {**row, **({"meta": item.meta} if item.meta else {})}
 
 
-def _answer_group(answerer: Answerer | OptionScorer, group: list[tuple[MCQItem, Clip, str]]) -> list[dict]:
+def _answer_group(answerer: Answerer | OptionScorer, group: list[tuple[MCQItem, Clip, str]],
+                  protocol: Protocol) -> list[dict]:
     """Prediction rows for items whose clips have equally many frames (they batch together)."""
     items, clips, prompts = (list(column) for column in zip(*group))
     if hasattr(answerer, "score_options"):
         scores = answerer.score_options(clips, prompts, [item.options for item in items])
-        return [_prediction(item, option_logps=s) for item, s in zip(items, scores)]
-    return [_prediction(item, reply) for item, reply in zip(items, answerer(clips, prompts))]
+        return [_prediction(item, protocol, option_logps=s) for item, s in zip(items, scores)]
+    return [_prediction(item, protocol, reply) for item, reply in zip(items, answerer(clips, prompts))]
 
 
 def read_predictions(path: Path) -> dict[str, dict]:
@@ -74,14 +81,16 @@ def read_predictions(path: Path) -> dict[str, dict]:
 
 def evaluate(items: list[MCQItem], answerer: Answerer | OptionScorer, num_frames: int = NUM_FRAMES, batch_size: int = 4,
              predictions_path: str | Path | None = None, limit: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, protocol: Protocol | None = None) -> dict:
     """Answer ``items[:limit]`` (skipping those already in ``predictions_path``); return the summary.
 
-    ``answerer`` generates replies (parsed for a letter) or, an :class:`OptionScorer`, scores the
-    options. Prompts are built after the clip is read: subtitles depend on its frame times. A
-    missing or unreadable video or subtitle file is recorded as that item's ``error`` and
+    ``answerer`` generates replies (read for an option) or, an :class:`OptionScorer`, scores the
+    options. ``protocol`` (default: ours, ``Protocol()``) places the frames, writes the prompts and
+    reads the replies; prompts are built after the clip is read (subtitles depend on its timing).
+    A missing or unreadable video or subtitle file is recorded as that item's ``error`` and
     counted, not fatal.
     """
+    protocol = protocol or Protocol()
     items = items[:limit] if limit is not None else items
     path = Path(predictions_path) if predictions_path else None
     done = read_predictions(path) if path else {}
@@ -95,15 +104,15 @@ def evaluate(items: list[MCQItem], answerer: Answerer | OptionScorer, num_frames
                 ready, rows = [], []
                 for item in batch:
                     try:
-                        clip = item_clip(item, num_frames)
-                        ready.append((item, clip, item_prompt(item, clip)))
+                        clip = item_clip(item, num_frames, protocol)
+                        ready.append((item, clip, protocol.prompt(item, clip)))
                     except (VideoReadError, SubtitleError) as err:
-                        rows.append(_prediction(item, error=str(err)))
+                        rows.append(_prediction(item, protocol, error=str(err)))
                 groups: dict[int, list] = defaultdict(list)  # equal frame counts batch together
                 for entry in ready:
                     groups[len(entry[1])].append(entry)
                 for group in groups.values():
-                    rows += _answer_group(answerer, group)
+                    rows += _answer_group(answerer, group, protocol)
                 for row in rows:
                     results[row["id"]] = row
                     if out:
@@ -127,11 +136,17 @@ def summarize(predictions: list[dict]) -> dict:
     """Accuracy overall, per category and per duration; errors and unparsed replies counted.
 
     ``accuracy`` is over items that were answered (no ``error``); ``macro_accuracy`` is the mean of
-    the per-category accuracies (MLVU's M-avg).
+    the per-category accuracies (MLVU's M-avg). ``guessed``: replies LongVideoBench's reading could
+    not read and gave a random option; ``read_differently``: replies the other reading reads as
+    another option (or as none).
     """
+    replies = [r for r in predictions if r.get("reply") is not None]
     summary = {**_accuracy(predictions), "items": len(predictions),
                "errors": sum(r["error"] is not None for r in predictions),
-               "unparsed": sum(r["error"] is None and r["prediction"] is None for r in predictions)}
+               "unparsed": sum(r["error"] is None and (r["prediction"] is None or r.get("guessed", False))
+                               for r in predictions),
+               "guessed": sum(r.get("guessed", False) for r in replies),
+               "read_differently": sum(r.get("other_reading") != r["prediction"] for r in replies)}
     for field in ("category", "duration"):
         groups = defaultdict(list)
         for row in predictions:
@@ -153,5 +168,6 @@ def format_table(summary: dict, title: str = "") -> str:
     if summary["macro_accuracy"] is not None and len(summary["by_category"]) > 1:
         lines.append(f"{'mean over categories':34}{100 * summary['macro_accuracy']:>8.1f}%")
     lines.append(f"errors (missing/unreadable video or subtitles): {summary['errors']}; "
-                 f"unparsed replies: {summary['unparsed']}")
+                 f"unparsed replies: {summary['unparsed']} (of which given a random option: {summary['guessed']}); "
+                 f"read differently by the other reading: {summary['read_differently']}")
     return "\n".join(lines)

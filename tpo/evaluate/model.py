@@ -50,6 +50,11 @@ def trained_time_instruction(path: str) -> bool:
     return bool(trained_prompt(resolve(path)).get("time_instruction", False))
 
 
+def checkpoint_family(path: str) -> str:
+    """The family of the model at ``path``: a ``tpo fit`` checkpoint's, else its config's."""
+    return _load_checkpoint(path)["hyper_parameters"]["family"] if _is_checkpoint(path) else infer_family(path)
+
+
 def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = torch.bfloat16, device: str = "auto",
                   time_instruction: bool | None = None):
     """``(adapter, model, processor)`` in eval mode.
