@@ -29,3 +29,11 @@ def test_gpu_check_dry_run_names_every_part():
     assert repro["length"] % 128 == 64 and repro["sdpa_no_cudnn"]["finite"] and repro["sdpa"]["finite"]
     assert json.loads(parts["mfu"])["step_s"] > 0
     assert "demo_fsdp.yaml" in parts["sharded_demo"] and "ours_flex" in parts["dpo_step"]
+
+
+def test_eval_prefetch_benchmark_quick():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/eval_prefetch.py"), "--quick"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"items_per_s_before=\d+\.\d+ items_per_s_after=\d+\.\d+ speedup=\d+\.\d+", last)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -81,33 +82,26 @@ def read_predictions(path: Path) -> dict[str, dict]:
 
 def evaluate(items: list[MCQItem], answerer: Answerer | OptionScorer, num_frames: int = NUM_FRAMES, batch_size: int = 4,
              predictions_path: str | Path | None = None, limit: int | None = None,
-             progress: bool = True, protocol: Protocol | None = None) -> dict:
+             progress: bool = True, protocol: Protocol | None = None, prefetch: int = 1) -> dict:
     """Answer ``items[:limit]`` (skipping those already in ``predictions_path``); return the summary.
 
     ``answerer`` generates replies (read for an option) or, an :class:`OptionScorer`, scores the
     options. ``protocol`` (default: ours, ``Protocol()``) places the frames, writes the prompts and
     reads the replies; prompts are built after the clip is read (subtitles depend on its timing).
     A missing or unreadable video or subtitle file is recorded as that item's ``error`` and
-    counted, not fatal.
+    counted, not fatal. The next ``prefetch`` batches decode while the model answers one.
     """
     protocol = protocol or Protocol()
     items = items[:limit] if limit is not None else items
     path = Path(predictions_path) if predictions_path else None
     done = read_predictions(path) if path else {}
     todo = sorted((i for i in items if i.id not in done), key=lambda i: len(i.frame_indices or ()) or num_frames)
-    out = path.open("a", encoding="utf-8") if path else None
+    batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
     results = dict(done)
+    out = path.open("a", encoding="utf-8") if path else None
     try:
         with tqdm(total=len(todo), desc="evaluating", unit="item", disable=not progress or not todo) as bar:
-            for start in range(0, len(todo), batch_size):
-                batch = todo[start:start + batch_size]
-                ready, rows = [], []
-                for item in batch:
-                    try:
-                        clip = item_clip(item, num_frames, protocol)
-                        ready.append((item, clip, protocol.prompt(item, clip)))
-                    except (VideoReadError, SubtitleError) as err:
-                        rows.append(_prediction(item, protocol, error=str(err)))
+            for batch, (ready, rows) in zip(batches, _prepared(batches, num_frames, protocol, prefetch)):
                 groups: dict[int, list] = defaultdict(list)  # equal frame counts batch together
                 for entry in ready:
                     groups[len(entry[1])].append(entry)
@@ -124,6 +118,32 @@ def evaluate(items: list[MCQItem], answerer: Answerer | OptionScorer, num_frames
         if out:
             out.close()
     return summarize([results[i.id] for i in items if i.id in results])
+
+
+def _prepare(batch: list[MCQItem], num_frames: int, protocol: Protocol) -> tuple[list, list[dict]]:
+    """A batch's decoded clips and prompts, and the error rows of items that could not be read."""
+    ready, errors = [], []
+    for item in batch:
+        try:
+            clip = item_clip(item, num_frames, protocol)
+            ready.append((item, clip, protocol.prompt(item, clip)))
+        except (VideoReadError, SubtitleError) as err:
+            errors.append(_prediction(item, protocol, error=str(err)))
+    return ready, errors
+
+
+def _prepared(batches: list[list[MCQItem]], num_frames: int, protocol: Protocol, ahead: int):
+    """:func:`_prepare` of each batch in turn, the next ``ahead`` batches decoding in a background
+    thread while the model answers the current one (decord and PIL release the GIL while they decode)."""
+    if ahead == 0:
+        yield from (_prepare(batch, num_frames, protocol) for batch in batches)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(_prepare, batch, num_frames, protocol) for batch in batches[:ahead]]
+        for i in range(len(batches)):
+            if i + ahead < len(batches):
+                pending.append(pool.submit(_prepare, batches[i + ahead], num_frames, protocol))
+            yield pending.pop(0).result()
 
 
 def _accuracy(rows: list[dict]) -> dict:
