@@ -23,6 +23,7 @@ from data_gen.runner import StageRunner
 from data_gen.sample import sample_frames
 from data_gen.write import (build_record, category, count_by, package_versions, write_json,
                             write_jsonl)
+from tpo.data.decoders import backend_name
 from tpo.data.records import SCHEMA_VERSION
 
 
@@ -232,6 +233,7 @@ class Pipeline:
             "config": to_dict(cfg),  # holds the *name* of the key's environment variable, never the key
             "shard": {"index": self.shard_index, "num_shards": self.num_shards},
             "versions": package_versions(),
+            "video_backend": backend_name(),  # tpo.data.decoders: decord and PyAV give the same frames
             "counts": stats,
             "token_usage": usage,
             "run": {"seconds": round(seconds, 2), "stage_seconds": self.seconds, "calls": self.stats.as_dict(),

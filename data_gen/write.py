@@ -63,7 +63,7 @@ def category(reason: str) -> str:
 
 def package_versions() -> dict:
     versions = {"python": platform.python_version()}
-    for name in ("tpo", "torch", "transformers", "openai", "decord", "omegaconf"):
+    for name in ("tpo", "torch", "transformers", "openai", "decord", "av", "omegaconf"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -76,3 +76,15 @@ def pytest_unconfigure(config):
         from tpo.clean_exit import flush_and_exit
 
         flush_and_exit(int(session.exitstatus))
+
+
+@pytest.fixture(params=["decord", "pyav"])
+def video_backend(request, monkeypatch):
+    """Run the test once with each video decoder (tpo.data.decoders)."""
+    from tpo.data.decoders import ENV
+    from tpo.data.frames import video_info
+
+    monkeypatch.setenv(ENV, request.param)
+    video_info.cache_clear()
+    yield request.param
+    video_info.cache_clear()

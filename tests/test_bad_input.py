@@ -44,7 +44,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_record_is_reported_with_file_and_line(case, pref_file, tmp_path):
+def test_bad_record_is_reported_with_file_and_line(case, pref_file, tmp_path, video_backend):
     edit, message = CASES[case]
     path = _corrupt(pref_file, tmp_path, edit)
     good, bad = read_records(path, video_root=pref_file.parent)
@@ -62,7 +62,7 @@ def _datamodule(path, pref_file, on_bad_record):
     return dm
 
 
-def test_skip_mode_drops_bad_records_and_writes_them_next_to_the_logs(pref_file, tmp_path):
+def test_skip_mode_drops_bad_records_and_writes_them_next_to_the_logs(pref_file, tmp_path, video_backend):
     def edit(records, _):
         records[1]["frame_indices"] = [10_000]
         records[4].pop("question")

@@ -135,7 +135,7 @@ def test_no_structured_output_and_bad_questions_change_no_record(reference_run, 
         {k: v for k, v in outputs(reference_run[0]).items() if k != "stats.json"}
 
 
-def test_bad_videos_are_skipped_with_reasons(raw_videos, scripted_server, tmp_path):
+def test_bad_videos_are_skipped_with_reasons(raw_videos, scripted_server, tmp_path, video_backend):
     videos = tmp_path / "videos"
     shutil.copytree(raw_videos, videos)
     (videos / "nested").mkdir()

@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from tpo import reference
 from tpo.clean_exit import run_and_exit
 from tpo.data.datamodule import PreferenceDataModule
+from tpo.data.decoders import backend_name
 from tpo.errors import ConfigError, TPOError
 from tpo.export import HFExport
 from tpo.module import TPOModule
@@ -52,6 +53,7 @@ class TPOCLI(LightningCLI):
         print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s on {trainer.world_size} process(es)\n"
               f"  last epoch (train mean): {train}\n  validation: {val}\n"
               f"  skipped optimizer steps (non-finite gradient norm): {self.model.skipped_steps}\n"
+              f"  video backend: {backend_name()}\n"
               f"  logs:       {log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
               f"  export:     {export or '(none)'}")
 

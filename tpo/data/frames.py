@@ -9,7 +9,6 @@ rotary positions, Qwen3-VL's ``<t seconds>`` stamps) see the video's real timing
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from transformers.video_utils import VideoMetadata
 
+from tpo.data.decoders import DecodeFailure, Opened, backend_name, decode, open_video
 from tpo.errors import TPOError
 
 
@@ -80,29 +80,18 @@ def frame_metadata(info: VideoInfo, indices: list[int], height: int | None = Non
     """The timing of frames ``indices`` of a video, as the processors take it (``video_metadata``)."""
     fps = info.fps if info.fps > 0 else None
     return ShownFrames(total_num_frames=info.num_frames, fps=fps, height=height, width=width,
-                       duration=info.num_frames / fps if fps else None, video_backend="decord",
+                       duration=info.num_frames / fps if fps else None, video_backend=backend_name(),
                        frames_indices=[int(i) for i in indices])
 
 
-def _decord_message(err: Exception) -> str:
-    """decord's first error line without its ``[time] file.cc:line:`` prefix."""
-    return re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", str(err).splitlines()[0])[:200]
-
-
-def _open(path: Path):
-    import decord  # imported lazily: decord pulls in native libraries
-
-    return decord.VideoReader(str(path), num_threads=1)
-
-
-def _reader(path: str | Path):
+def _reader(path: str | Path) -> Opened:
     path = Path(path)
     if not path.is_file():
         raise VideoReadError(f"video not found: {path}")
     try:
-        return _open(path)
-    except Exception as err:  # decord raises its own DECORDError with a C++ trace
-        raise VideoReadError(f"cannot decode video {path}: {_decord_message(err)}") from None
+        return open_video(path)
+    except DecodeFailure as err:
+        raise VideoReadError(f"cannot decode video {path}: {err}") from None
 
 
 def check_video(path: str | Path) -> VideoInfo:
@@ -113,30 +102,27 @@ def check_video(path: str | Path) -> VideoInfo:
     if path.stat().st_size == 0:
         raise VideoReadError("empty file")
     try:
-        reader = _open(path)
-    except Exception as err:
-        message = _decord_message(err)
-        if "av_read_frame" in message:  # the header parsed but the stream ends early
-            raise VideoReadError(f"truncated: the stream ends before its last frame ({message})") from None
-        raise VideoReadError(f"cannot open: {message}") from None
-    count = len(reader)
-    if count == 0:
+        opened = open_video(path)
+    except DecodeFailure as err:
+        if err.truncated:  # the header parsed but the stream ends early
+            raise VideoReadError(f"truncated: the stream ends before its last frame ({err})") from None
+        raise VideoReadError(f"cannot open: {err}") from None
+    if opened.num_frames == 0:
         raise VideoReadError("no video frames")
     try:
-        reader[count - 1].asnumpy()
-    except Exception as err:
-        message = _decord_message(err)
-        raise VideoReadError(f"truncated: the last of {count} frames does not decode ({message})") from None
-    return VideoInfo(count, float(reader.get_avg_fps() or 0.0))
+        decode(opened, [opened.num_frames - 1])
+    except DecodeFailure as err:
+        raise VideoReadError(f"truncated: the last of {opened.num_frames} frames does not decode ({err})") from None
+    return VideoInfo(opened.num_frames, opened.fps)
 
 
 @lru_cache(maxsize=65536)
 def video_info(path: str | Path) -> VideoInfo:
     """Frame count and native fps of a video; raises :class:`VideoReadError` when unreadable."""
-    reader = _reader(path)
-    if len(reader) == 0:
+    opened = _reader(path)
+    if opened.num_frames == 0:
         raise VideoReadError(f"video has no frames: {path}")
-    return VideoInfo(len(reader), float(reader.get_avg_fps() or 0.0))
+    return VideoInfo(opened.num_frames, opened.fps)
 
 
 def count_frames(path: str | Path) -> int:
@@ -146,13 +132,13 @@ def count_frames(path: str | Path) -> int:
 
 def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
     """Decode exactly ``indices`` from a video as ``(len(indices), H, W, 3)`` uint8 RGB."""
-    reader = _reader(path)
-    if max(indices) >= len(reader):
-        raise VideoReadError(f"frame index {max(indices)} is beyond the {len(reader)} frames of {path}")
+    opened = _reader(path)
+    if max(indices) >= opened.num_frames:
+        raise VideoReadError(f"frame index {max(indices)} is beyond the {opened.num_frames} frames of {path}")
     try:
-        return reader.get_batch(list(indices)).asnumpy()
-    except Exception as err:
-        raise VideoReadError(f"cannot decode frames {indices} of {path}: {_decord_message(err)}") from None
+        return decode(opened, list(indices))
+    except DecodeFailure as err:
+        raise VideoReadError(f"cannot decode frames {indices} of {path}: {err}") from None
 
 
 def clip_of(frames: np.ndarray, info: VideoInfo, indices: list[int]) -> Clip:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tpo.clean_exit import run_and_exit
 from tpo.data.frames import NUM_FRAMES
+from tpo.data.decoders import backend_name
 from tpo.errors import TPOError, status_of
 from tpo.evaluate.lmms_eval import LMMS_EVAL_VERSION, VARIANTS
 from tpo.evaluate.protocol import PROTOCOLS, Protocol
@@ -160,7 +161,8 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     predictions = launch.merge(out, [i.id for i in items])
     merged = read_predictions(predictions)
     summary = summarize([merged[i.id] for i in items if i.id in merged])
-    summary.update({**settings, "malformed_items": len(loaded.bad), "processes": ranks.world})
+    summary.update({**settings, "malformed_items": len(loaded.bad), "processes": ranks.world,
+                    "video_backend": backend_name()})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     title = f"{benchmark}{_setting(benchmark, subtitles)} — {args.model} ({args.scoring}, protocol {protocol.name})"
     print(format_table(summary, title))
