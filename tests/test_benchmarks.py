@@ -37,3 +37,10 @@ def test_eval_prefetch_benchmark_quick():
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"items_per_s_before=\d+\.\d+ items_per_s_after=\d+\.\d+ speedup=\d+\.\d+", last)
+
+
+def test_decode_benchmark_quick():
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks/decode.py"), "--quick"], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.fullmatch(r"pyav_vs_decord=\d+\.\d+,\d+\.\d+,\d+\.\d+", done.stdout.strip().splitlines()[-1])

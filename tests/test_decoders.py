@@ -97,3 +97,31 @@ def test_the_backend_is_chosen_and_recorded(videos, monkeypatch):
     monkeypatch.setenv(decoders.ENV, "ffmpeg")
     with pytest.raises(ConfigError, match="choose from"):
         decoders.backend_name()
+
+
+def _first_batch(pref_file):
+    import torch
+
+    from tpo.data.datamodule import PreferenceDataModule
+    from tpo.module import TPOModule
+
+    torch.manual_seed(0)
+    dm = PreferenceDataModule(path=str(pref_file), batch_size=2, num_workers=0)
+    dm.connect(TPOModule("builtin:tiny-llava_onevision", "llava_onevision"))
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+def test_a_record_trains_on_the_same_inputs_with_either_backend(pref_file, monkeypatch):
+    import torch
+
+    batches = {}
+    for backend in decoders.BACKENDS:
+        monkeypatch.setenv(decoders.ENV, backend)
+        video_info.cache_clear()
+        batches[backend] = _first_batch(pref_file)
+    flat = {b: {k: v for k, v in torch.utils._pytree.tree_flatten_with_path(batch)[0]} for b, batch in batches.items()}
+    assert flat["decord"].keys() == flat["pyav"].keys()
+    for key, value in flat["decord"].items():
+        other = flat["pyav"][key]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
