@@ -31,7 +31,10 @@ def test_fit_writes_logs_config_checkpoint_and_export_under_root_dir(tmp_path, p
     # evaluation prompts the trained model as training did, from the export or the checkpoint
     from tpo.evaluate.model import load_for_eval, trained_time_instruction
 
-    assert json.loads((run / "export" / "tpo_prompt.json").read_text())["time_instruction"] is True
+    trained = json.loads((run / "export" / "tpo_prompt.json").read_text())
+    assert trained["time_instruction"] is True and trained["video_backend"] in ("decord", "pyav")
+    assert sum(trained["num_frames"].values()) > 0 and all(int(k) > 0 for k in trained["num_frames"])
+    assert "video backend:" in done.stdout
     assert trained_time_instruction(str(run / "export"))
     assert trained_time_instruction(str(next((run / "checkpoints").glob("*.ckpt"))))
     assert load_for_eval(str(run / "export"), device="cpu")[0].time_instruction

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import torch
 
+from tpo.data.decoders import backend_name
 from tpo.lora import is_lora
 
 
@@ -61,9 +63,18 @@ def record_dtype(config, dtype: torch.dtype) -> None:
             value.dtype = config.dtype
 
 
+def training_frame_counts(trainer: L.Trainer) -> dict[str, int]:
+    """How many training examples showed how many frames (``{"32": 9980, "4": 20}``); empty without
+    the preference data module."""
+    train_set = getattr(getattr(trainer, "datamodule", None), "train_set", None)
+    counts = Counter(len(record.frame_indices) for record in (train_set.records if train_set else ()))
+    return {str(frames): n for frames, n in sorted(counts.items())}
+
+
 class HFExport(L.Callback):
     """At the end of fit, ``save_pretrained`` the policy and processor into ``<run dir>/export``, with
-    ``tpo_prompt.json`` saying how it was prompted (evaluation reads it).
+    ``tpo_prompt.json`` saying how it was prompted (evaluation reads it), on how many frames per
+    example and with which video decoder.
 
     The weights are written in the dtype the starting checkpoint came in (bf16 for the released 7B
     models: about 16 GB, not the 32 GB of the fp32 master weights), and ``config.json`` records it.
@@ -89,6 +100,7 @@ class HFExport(L.Callback):
                 record_dtype(policy.config, dtype)
                 policy.config.save_pretrained(self.path)
             pl_module.processor.save_pretrained(self.path)
-            prompt = {"family": pl_module.adapter.family, "time_instruction": pl_module.adapter.time_instruction}
+            prompt = {"family": pl_module.adapter.family, "time_instruction": pl_module.adapter.time_instruction,
+                      "num_frames": training_frame_counts(trainer), "video_backend": backend_name()}
             (self.path / PROMPT_FILE).write_text(json.dumps(prompt, indent=2) + "\n")
         trainer.strategy.barrier("hf_export")
