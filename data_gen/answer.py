@@ -8,37 +8,51 @@ model; see :mod:`tpo.models.served`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from data_gen.cache import Outcome
 from data_gen.client import CallStats, ChatClient, parse_text
 from data_gen.config import AnswerConfig, ApiConfig, fingerprint
 from data_gen.decode import FRAMES
 from data_gen.index import Video
+from data_gen.items import SIDES, Question, answer_id
 from data_gen.runner import Job, StageRunner
 from tpo.data.frames import Clip, VideoInfo, VideoReadError, clip_of
 from tpo.models.served import timing, video_messages
 
-SIDES = {"chosen": "chosen_frames", "rejected": "rejected_frames"}
+# In the cache key: 2 since answers are {text, truncated}.
+ANSWER_FORMAT = 2
 
 
-def answer_jobs(questions: list[dict], videos: dict[str, Video], cfg: AnswerConfig) -> list[Job]:
-    """Two jobs per question (``<question id>::chosen`` / ``::rejected``)."""
+@dataclass(frozen=True)
+class AnswerRequest:
+    """The policy asked ``question`` about frames ``frames`` (``S_a`` or ``S_b``) of ``video``."""
+
+    video: Video
+    sampled: tuple[int, ...]  # the video's sampled frames (decoded together, once)
+    frames: tuple[int, ...]
+    question: str
+
+    def clip(self) -> Clip:
+        """The frames with their real timing, as training will show them."""
+        video = self.video
+        frames = FRAMES.get(video.path, self.sampled, self.frames)
+        return clip_of(frames, VideoInfo(video.num_frames, video.fps), list(self.frames))
+
+
+def answer_jobs(questions: list[Question], videos: dict[str, Video], cfg: AnswerConfig) -> list[Job]:
+    """Two jobs per question (:func:`~data_gen.items.answer_id`: its ``::chosen`` and ``::rejected``)."""
     settings = {k: cfg[k] for k in ("backend", "model", "family", "max_new_tokens", "temperature", "time_instruction")}
-    settings["format"] = 2  # answers are {text, truncated}
+    settings["format"] = ANSWER_FORMAT
     if cfg.backend == "openai":
         settings["sent_as"] = "video"  # answers cached when frames went as separate images are not reused
     jobs = []
     for q in questions:
-        video = videos[q["segment"].video]
-        for side, field in SIDES.items():
-            frames = getattr(q["segment"], field)
-            key = fingerprint("answer", settings, video.identity, frames, q["question"])
-            jobs.append(Job(f"{q['id']}::{side}", key, (video, q["segment"].frame_indices, frames, q["question"])))
+        video = videos[q.segment.video]
+        for side, frames in zip(SIDES, (q.segment.chosen_frames, q.segment.rejected_frames)):
+            key = fingerprint("answer", settings, video.identity, frames, q.text)
+            jobs.append(Job(answer_id(q.id, side), key, AnswerRequest(video, q.segment.frame_indices, frames, q.text)))
     return jobs
-
-
-def video_clip(video: Video, sampled: tuple[int, ...], frames: tuple[int, ...]) -> Clip:
-    """The frames ``frames`` of ``video`` with their real timing, as training will show them."""
-    return clip_of(FRAMES.get(video.path, sampled, frames), VideoInfo(video.num_frames, video.fps), list(frames))
 
 
 def answer_outcome(text: str, truncated: bool) -> Outcome:
@@ -62,9 +76,8 @@ class LocalAnswerer:
 
         outcomes, ready = [None] * len(jobs), []
         for i, job in enumerate(jobs):
-            video, sampled, frames, question = job.payload
             try:
-                ready.append((i, video_clip(video, sampled, frames), question))
+                ready.append((i, job.payload.clip(), job.payload.question))
             except VideoReadError as err:
                 outcomes[i] = Outcome(False, reason=str(err))
         if ready:
@@ -82,12 +95,12 @@ class ApiAnswerer:
         self.cfg = cfg
         self.client = ChatClient(api, cfg.base_url, cfg.model, stats, "answer")
 
-    def __call__(self, video: Video, sampled: tuple[int, ...], frames: tuple[int, ...], question: str) -> Outcome:
+    def __call__(self, request: AnswerRequest) -> Outcome:
         try:
-            clip = video_clip(video, sampled, frames)
+            clip = request.clip()
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
-        return self.client.ask(video_messages(question, clip, self.cfg.time_instruction), parse_text,
+        return self.client.ask(video_messages(request.question, clip, self.cfg.time_instruction), parse_text,
                                mark_truncated=True, max_tokens=self.cfg.max_new_tokens,
                                temperature=self.cfg.temperature, extra_body=timing(clip))
 
@@ -95,6 +108,6 @@ class ApiAnswerer:
 def run_answers(jobs: list[Job], cfg: AnswerConfig, api: ApiConfig, stats: CallStats, runner: StageRunner) -> None:
     if cfg.backend == "local":
         runner.run_batched(jobs, cfg.batch_size, lambda: LocalAnswerer(cfg).run_batch,
-                           group=lambda job: len(job.payload[2]))
+                           group=lambda job: len(job.payload.frames))
     else:
         runner.run_calls(jobs, lambda: ApiAnswerer(cfg, api, stats), api.max_concurrency)

@@ -7,19 +7,29 @@ several segments of a video is captioned once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from data_gen.cache import Outcome
 from data_gen.client import CallStats, ChatClient, parse_text, user_message
 from data_gen.config import ApiConfig, CaptionConfig, fingerprint, prompt_template
 from data_gen.decode import FRAMES
 from data_gen.index import Video
-from data_gen.manipulate import Segment
+from data_gen.items import Segment, frame_id
 from data_gen.runner import Job, StageRunner
 from tpo.data.frames import VideoReadError
 from tpo.models.served import image_data_url
 
 
-def frame_id(video: str, frame: int) -> str:
-    return f"{video}@{frame}"
+@dataclass(frozen=True)
+class FrameRequest:
+    """One frame to caption: frame ``frame`` of ``video``, which was sampled at ``sampled``."""
+
+    video: Video
+    sampled: tuple[int, ...]
+    frame: int
+
+    def image(self):
+        return FRAMES.get(self.video.path, self.sampled, (self.frame,))[0]
 
 
 def _settings(cfg: CaptionConfig) -> dict:
@@ -34,11 +44,7 @@ def caption_jobs(segments: list[Segment], videos: dict[str, Video], cfg: Caption
     sampled = {seg.video: seg.frame_indices for seg in segments}
     frames = sorted({(seg.video, f) for seg in segments for f in seg.chosen_frames})
     return [Job(frame_id(v, f), fingerprint("caption", settings, videos[v].identity, f),
-                (videos[v], sampled[v], f)) for v, f in frames]
-
-
-def _frame(video: Video, sampled: tuple[int, ...], frame: int):
-    return FRAMES.get(video.path, sampled, (frame,))[0]
+                FrameRequest(videos[v], sampled[v], f)) for v, f in frames]
 
 
 class ApiCaptioner:
@@ -47,9 +53,9 @@ class ApiCaptioner:
         self.prompt = prompt_template(cfg.prompt)
         self.client = ChatClient(api, cfg.base_url, cfg.model, stats, "caption")
 
-    def __call__(self, video: Video, sampled: tuple[int, ...], frame: int) -> Outcome:
+    def __call__(self, request: FrameRequest) -> Outcome:
         try:
-            image = _frame(video, sampled, frame)
+            image = request.image()
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
         url = image_data_url(image, self.cfg.image_size, self.cfg.jpeg_quality)
@@ -83,7 +89,7 @@ class LocalCaptioner:
         images, outcomes = [], [None] * len(jobs)
         for i, job in enumerate(jobs):
             try:
-                images.append((i, Image.fromarray(_frame(*job.payload))))
+                images.append((i, Image.fromarray(job.payload.image())))
             except VideoReadError as err:
                 outcomes[i] = Outcome(False, reason=str(err))
         if images:

@@ -67,8 +67,8 @@ def index_videos(root: str | Path, rels: list[str], runner: StageRunner) -> tupl
     for rel in rels:
         stat = (root / rel).stat()
         identities[rel] = fingerprint(rel, stat.st_size, stat.st_mtime_ns)
-        jobs.append(Job(rel, fingerprint("index", identities[rel]), (root / rel,)))
-    runner.run_batched(jobs, 1, lambda: lambda batch: [_probe_outcome(*job.payload) for job in batch])
+        jobs.append(Job(rel, fingerprint("index", identities[rel]), root / rel))
+    runner.run_batched(jobs, 1, lambda: lambda batch: [_probe_outcome(job.payload) for job in batch])
     videos, skipped = [], []
     for rel in rels:
         outcome = runner.outcomes[rel]

@@ -12,19 +12,9 @@ a video gets the same segments whatever other videos or shards the run holds.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from data_gen.config import ManipulationConfig
-
-
-@dataclass(frozen=True)
-class Segment:
-    id: str  # "<video>::<kind>-<k>"
-    video: str  # relative path
-    kind: str  # irrelevant | incomplete
-    frame_indices: tuple[int, ...]  # all sampled frames
-    chosen_frames: tuple[int, ...]  # S_a
-    rejected_frames: tuple[int, ...]  # S_b
+from data_gen.items import Segment, segment_id
 
 
 def irrelevant_windows(num: int, window: int, count: int, rng: random.Random) -> list[list[int]]:
@@ -48,8 +38,8 @@ def make_segments(video: str, frame_indices: list[int], cfg: ManipulationConfig,
     for k, window in enumerate(irrelevant_windows(n, cfg.irrelevant_window, cfg.irrelevant_per_video, rng)):
         s_a = tuple(frames[p] for p in window)
         s_b = tuple(frames[p] for p in range(n) if p not in window)
-        segments.append(Segment(f"{video}::irrelevant-{k:02d}", video, "irrelevant", frames, s_a, s_b))
+        segments.append(Segment(segment_id(video, "irrelevant", k), video, "irrelevant", frames, s_a, s_b))
     for k in range(cfg.incomplete_per_video):
         s_b = tuple(frames[p] for p in incomplete_positions(n, cfg.incomplete_keep, rng))
-        segments.append(Segment(f"{video}::incomplete-{k:02d}", video, "incomplete", frames, frames, s_b))
+        segments.append(Segment(segment_id(video, "incomplete", k), video, "incomplete", frames, frames, s_b))
     return segments

@@ -8,14 +8,17 @@ the counts and writes the dataset directory. Every model call goes through the r
 from __future__ import annotations
 
 import time
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_gen.answer import answer_jobs, run_answers
 from data_gen.cache import ResultCache
-from data_gen.caption import caption_jobs, frame_id, run_captions
+from data_gen.caption import caption_jobs, run_captions
 from data_gen.client import CallStats
 from data_gen.config import to_dict
 from data_gen.index import index_videos, list_videos, shard
+from data_gen.items import SIDES, Pair, Question, Segment, answer_id, frame_id, question_id
 from data_gen.manipulate import make_segments
 from data_gen.postfilter import filter_jobs, rule_labels, run_postfilter
 from data_gen.questions import format_captions, question_jobs, run_questions
@@ -27,11 +30,23 @@ from tpo.data.decoders import backend_name
 from tpo.data.records import SCHEMA_VERSION
 
 
-def precheck(pair: dict, truncated: str) -> tuple[str, str] | None:
+@dataclass(frozen=True)
+class Results:
+    """What the stages made, for the records and the counts."""
+
+    usable: dict  # relative path -> Video
+    segments: list[Segment]
+    questions: list[Question]
+    answers: dict  # answer id -> {text, truncated}
+    pairs: list[Pair]  # every question with both answers
+    verdicts: dict  # pair id -> the post-filter's verdict
+
+
+def precheck(pair: Pair, truncated: str) -> tuple[str, str] | None:
     """``(rule, reason)`` when a pair is dropped before the post-filter, else ``None``."""
-    if pair["chosen"] == pair["rejected"]:
+    if pair.chosen == pair.rejected:
         return "identical", "chosen and rejected answers are identical"
-    cut = [side for side, was_cut in pair["truncated"].items() if was_cut]
+    cut = [side for side, was_cut in zip(SIDES, (pair.chosen_truncated, pair.rejected_truncated)) if was_cut]
     if cut and truncated == "drop":
         return "truncated", f"the {' and '.join(cut)} answer stopped at answer.max_new_tokens"
     return None
@@ -121,112 +136,129 @@ class Pipeline:
         self.cache = ResultCache(self.out / "cache.sqlite")
         try:
             usable, segments = self.segments()
-
-            jobs = caption_jobs(segments, usable, cfg.caption)
-            self._timed("caption", run_captions, jobs, cfg.caption, cfg.api, self.stats, self._runner("caption"))
-            frame_captions = self._collect("caption", jobs)
-            captions = {}
-            for seg in segments:
-                missing = [f for f in seg.chosen_frames if frame_id(seg.video, f) not in frame_captions]
-                if missing:
-                    self._fail("questions", seg.id, f"no caption for frame {missing[0]} (see the caption failure)")
-                else:
-                    captions[seg.id] = [{"frame": f, "text": frame_captions[frame_id(seg.video, f)]}
-                                        for f in seg.chosen_frames]
-
-            fps = {rel: v.fps for rel, v in usable.items()}
-            jobs = question_jobs(segments, captions, fps, cfg.questions)
-            self._timed("questions", run_questions, jobs, cfg.questions, cfg.api, self.stats, self._runner("questions"))
-            asked = self._collect("questions", jobs)
-            self.questions_dropped = [d for reply in asked.values() for d in reply["dropped"]]
-            questions = [{"id": f"{seg.id}::q{j:02d}", "segment": seg, **q}
-                         for seg in segments if seg.id in asked for j, q in enumerate(asked[seg.id]["questions"])]
-
-            jobs = answer_jobs(questions, usable, cfg.answer)
-            self._timed("answer", run_answers, jobs, cfg.answer, cfg.api, self.stats, self._runner("answer"))
-            answers = self._collect("answer", jobs)
-
-            candidates, rejected_early = [], []
-            for q in questions:
-                chosen, rejected = answers.get(q["id"] + "::chosen"), answers.get(q["id"] + "::rejected")
-                if chosen is None or rejected is None:
-                    continue
-                pair = {**q, "chosen": chosen["text"], "rejected": rejected["text"],
-                        "truncated": {"chosen": chosen["truncated"], "rejected": rejected["truncated"]},
-                        "captions_text": format_captions(captions[q["segment"].id], fps[q["segment"].video])}
-                problem = precheck(pair, cfg.answer.truncated)
-                if problem:
-                    rejected_early.append((pair, problem))
-                else:
-                    candidates.append(pair)
-
+            captions = self._captions(segments, usable)
+            questions = self._questions(segments, captions, usable)
+            answers = self._answers(questions, usable)
+            pairs = self._pairs(questions, answers, captions, usable)
+            candidates = [p for p in pairs if precheck(p, cfg.answer.truncated) is None]
             jobs = filter_jobs(candidates, cfg.postfilter)
             self._timed("postfilter", run_postfilter, jobs, cfg.postfilter, cfg.api, self.stats,
                         self._runner("postfilter"))
             verdicts = self._collect("postfilter", jobs)
-            return self._write(usable, segments, questions, answers, candidates, rejected_early, captions, verdicts,
-                               time.perf_counter() - start)
+            results = Results(usable, segments, questions, answers, pairs, verdicts)
+            return self._write(results, time.perf_counter() - start)
         finally:
             self.cache.close()
 
-    # ---- output ---------------------------------------------------------------------------------
-    def _write(self, usable, segments, questions, answers, candidates, rejected_early, captions, verdicts,
-               seconds: float) -> dict:
-        cfg = self.cfg
-        provenance = {
-            "generator": "data_gen", "policy": cfg.answer.model,
-            "family": cfg.answer.family, "llm": cfg.questions.model, "captioner": cfg.caption.model,
-            "judge": cfg.postfilter.model if cfg.postfilter.enabled else None, "seed": cfg.seed,
-        }
-        judge = provenance["judge"] or "none"
-        answered = candidates + [pair for pair, _ in rejected_early]
-        kept, dropped = [], []
-        for pair, (rule, reason) in rejected_early:
-            verdict = {"kept": False, "rule": rule, "reason": reason, "judge": "data_gen"}
-            dropped.append(build_record(pair, pair["chosen"], pair["rejected"], captions[pair["segment"].id],
-                                        verdict, provenance))
-        for pair in candidates:
-            if pair["id"] not in verdicts:
-                continue
-            record = build_record(pair, pair["chosen"], pair["rejected"], captions[pair["segment"].id],
-                                  {**verdicts[pair["id"]], "judge": judge}, provenance)
-            (kept if record["filter"]["kept"] else dropped).append(record)
+    def _captions(self, segments: list[Segment], usable: dict) -> dict[str, list[dict]]:
+        """The ``S_a`` captions of each segment whose frames were all captioned, by segment id."""
+        jobs = caption_jobs(segments, usable, self.cfg.caption)
+        self._timed("caption", run_captions, jobs, self.cfg.caption, self.cfg.api, self.stats, self._runner("caption"))
+        frame_captions = self._collect("caption", jobs)
+        captions = {}
+        for seg in segments:
+            missing = [f for f in seg.chosen_frames if frame_id(seg.video, f) not in frame_captions]
+            if missing:
+                self._fail("questions", seg.id, f"no caption for frame {missing[0]} (see the caption failure)")
+            else:
+                captions[seg.id] = [{"frame": f, "text": frame_captions[frame_id(seg.video, f)]}
+                                    for f in seg.chosen_frames]
+        return captions
 
+    def _questions(self, segments: list[Segment], captions: dict, usable: dict) -> list[Question]:
+        cfg = self.cfg
+        fps = {rel: v.fps for rel, v in usable.items()}
+        jobs = question_jobs(segments, captions, fps, cfg.questions)
+        self._timed("questions", run_questions, jobs, cfg.questions, cfg.api, self.stats, self._runner("questions"))
+        asked = self._collect("questions", jobs)
+        self.questions_dropped = [d for reply in asked.values() for d in reply["dropped"]]
+        return [Question(question_id(seg.id, j), seg, q["type"], q["question"])
+                for seg in segments if seg.id in asked for j, q in enumerate(asked[seg.id]["questions"])]
+
+    def _answers(self, questions: list[Question], usable: dict) -> dict[str, dict]:
+        cfg = self.cfg
+        jobs = answer_jobs(questions, usable, cfg.answer)
+        self._timed("answer", run_answers, jobs, cfg.answer, cfg.api, self.stats, self._runner("answer"))
+        return self._collect("answer", jobs)
+
+    @staticmethod
+    def _pairs(questions: list[Question], answers: dict, captions: dict, usable: dict) -> list[Pair]:
+        """Every question both of whose answers were made."""
+        pairs = []
+        for q in questions:
+            chosen, rejected = answers.get(answer_id(q.id, "chosen")), answers.get(answer_id(q.id, "rejected"))
+            if chosen is not None and rejected is not None:
+                seg_captions = captions[q.segment.id]
+                pairs.append(Pair(q, chosen["text"], rejected["text"], chosen["truncated"], rejected["truncated"],
+                                  tuple(seg_captions), format_captions(seg_captions, usable[q.segment.video].fps)))
+        return pairs
+
+    # ---- output ---------------------------------------------------------------------------------
+    def _provenance(self) -> dict:
+        cfg = self.cfg
+        return {"generator": "data_gen", "policy": cfg.answer.model, "family": cfg.answer.family,
+                "llm": cfg.questions.model, "captioner": cfg.caption.model,
+                "judge": cfg.postfilter.model if cfg.postfilter.enabled else None, "seed": cfg.seed}
+
+    def _records(self, results: Results) -> tuple[list[dict], list[dict]]:
+        """``(kept, dropped)`` records: pairs dropped before the post-filter, then its verdicts."""
+        provenance = self._provenance()
+        judge = provenance["judge"] or "none"
+        kept, dropped = [], []
+        for pair in results.pairs:
+            early = precheck(pair, self.cfg.answer.truncated)
+            if early is not None:
+                rule, reason = early
+                verdict = {"kept": False, "rule": rule, "reason": reason, "judge": "data_gen"}
+                dropped.append(build_record(pair, verdict, provenance))
+            elif pair.id in results.verdicts:
+                record = build_record(pair, {**results.verdicts[pair.id], "judge": judge}, provenance)
+                (kept if record["filter"]["kept"] else dropped).append(record)
+        return kept, dropped
+
+    def _stats(self, results: Results, kept: list[dict], dropped: list[dict]) -> dict:
+        rules = rule_labels(self.cfg.postfilter.rule1)
+        early = [rule for rule, _ in filter(None, (precheck(p, self.cfg.answer.truncated) for p in results.pairs))]
+        by_rule = count_by([r for r in dropped if r["filter"]["rule"] in rules],
+                           lambda r: f"{r['filter']['rule']}: {rules[r['filter']['rule']]}")
+        failed = Counter(f["stage"] for f in self.failures)
+        return {
+            "videos": {"found": self.found, "usable": len(results.usable), "skipped": len(self.skipped),
+                       "skipped_by_reason": count_by(self.skipped, lambda s: category(s["reason"]))},
+            "segments": count_by(results.segments, lambda s: s.kind),
+            "captions": {"frames": len(self.runners["caption"].outcomes) + len(self.runners["caption"].transient),
+                         "failed": failed["caption"]},
+            "questions": {"segments_asked": len(self.runners["questions"].outcomes),
+                          "segments_failed": failed["questions"], "written": len(results.questions),
+                          "by_type": count_by(results.questions, lambda q: q.type),
+                          "dropped_by_reason": count_by(self.questions_dropped, lambda d: d["reason"])},
+            "answers": {"ok": len(results.answers), "failed": failed["answer"]},
+            "pairs": {"candidates": len(results.pairs), "identical_answers": early.count("identical"),
+                      "with_truncated_answer": sum(p.any_truncated for p in results.pairs),
+                      "dropped_truncated": early.count("truncated"), "judged": len(results.verdicts),
+                      "kept": len(kept), "dropped_by_rule": by_rule},
+            "records": {"written": len(kept), "by_manipulation": count_by(kept, lambda r: r["manipulation"]),
+                        "by_question_type": count_by(kept, lambda r: r["question_type"])},
+        }
+
+    def _token_usage(self) -> dict:
+        usage = {}
+        for stage, runner in self.runners.items():
+            tokens = Counter()
+            for outcome in runner.outcomes.values():
+                tokens.update(outcome.usage)
+            if tokens:
+                usage[stage] = dict(tokens)
+        return usage
+
+    def _write(self, results: Results, seconds: float) -> dict:
+        cfg = self.cfg
+        kept, dropped = self._records(results)
         write_jsonl(self.out / "preferences.jsonl", kept, "id")
         write_jsonl(self.out / "filtered_out.jsonl", dropped, "id")
         write_jsonl(self.out / "skipped.jsonl", self.skipped, "video")
         write_jsonl(self.out / "failures.jsonl", self.failures, "id")
-
-        rules = rule_labels(cfg.postfilter.rule1)
-        by_rule = count_by([r for r in dropped if r["filter"]["rule"] in rules],
-                           lambda r: f"{r['filter']['rule']}: {rules[r['filter']['rule']]}")
-        stats = {
-            "videos": {"found": self.found, "usable": len(usable), "skipped": len(self.skipped),
-                       "skipped_by_reason": count_by(self.skipped, lambda s: category(s["reason"]))},
-            "segments": count_by(segments, lambda s: s.kind),
-            "captions": {"frames": len(self.runners["caption"].outcomes) + len(self.runners["caption"].transient),
-                         "failed": sum(f["stage"] == "caption" for f in self.failures)},
-            "questions": {"segments_asked": len(self.runners["questions"].outcomes),
-                          "segments_failed": sum(f["stage"] == "questions" for f in self.failures),
-                          "written": len(questions), "by_type": count_by(questions, lambda q: q["type"]),
-                          "dropped_by_reason": count_by(self.questions_dropped, lambda d: d["reason"])},
-            "answers": {"ok": len(answers), "failed": sum(f["stage"] == "answer" for f in self.failures)},
-            "pairs": {"candidates": len(candidates) + len(rejected_early),
-                      "identical_answers": sum(rule == "identical" for _, (rule, _) in rejected_early),
-                      "with_truncated_answer": sum(any(p["truncated"].values()) for p in answered),
-                      "dropped_truncated": sum(rule == "truncated" for _, (rule, _) in rejected_early),
-                      "judged": len(verdicts), "kept": len(kept), "dropped_by_rule": by_rule},
-            "records": {"written": len(kept), "by_manipulation": count_by(kept, lambda r: r["manipulation"]),
-                        "by_question_type": count_by(kept, lambda r: r["question_type"])},
-        }
-        usage = {}
-        for stage, runner in self.runners.items():
-            tokens = {}
-            for outcome in runner.outcomes.values():
-                for name, n in outcome.usage.items():
-                    tokens[name] = tokens.get(name, 0) + n
-            if tokens:
-                usage[stage] = tokens
+        stats = self._stats(results, kept, dropped)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "video_root": str(Path(cfg.videos).resolve()),
@@ -235,7 +267,7 @@ class Pipeline:
             "versions": package_versions(),
             "video_backend": backend_name(),  # tpo.data.decoders: decord and PyAV give the same frames
             "counts": stats,
-            "token_usage": usage,
+            "token_usage": self._token_usage(),
             "run": {"seconds": round(seconds, 2), "stage_seconds": self.seconds, "calls": self.stats.as_dict(),
                     "items": {stage: r.summary() for stage, r in self.runners.items()}},
         }

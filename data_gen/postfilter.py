@@ -7,6 +7,7 @@ from string import Template
 from data_gen.cache import Outcome
 from data_gen.client import CallStats, ChatClient, json_schema, parse_json_object, user_message
 from data_gen.config import ApiConfig, PostFilterConfig, fingerprint, prompt_template
+from data_gen.items import Pair
 from data_gen.runner import Job, StageRunner
 
 # postfilter.rule1 -> (rule 1 as the prompt's $rule1 words it, its label in stats.json).
@@ -49,21 +50,21 @@ def parse_verdict(text: str) -> dict:
     return {"kept": keep, "rule": None if keep else rule, "reason": reason}
 
 
-def judge_prompt(template: str, rule1: str, pair: dict) -> str:
-    """The judge's prompt for one pair (``pair`` holds captions text, question, chosen, rejected)."""
-    return Template(template).substitute(rule1=RULE1[rule1][0], captions=pair["captions_text"],
-                                         question=pair["question"], chosen=pair["chosen"],
-                                         rejected=pair["rejected"])
+def judge_prompt(template: str, rule1: str, *, captions: str, question: str, chosen: str, rejected: str) -> str:
+    """The judge's prompt for one pair: the ``S_a`` captions, the question and the two answers."""
+    return Template(template).substitute(rule1=RULE1[rule1][0], captions=captions, question=question,
+                                         chosen=chosen, rejected=rejected)
 
 
-def filter_jobs(pairs: list[dict], cfg: PostFilterConfig) -> list[Job]:
+def filter_jobs(pairs: list[Pair], cfg: PostFilterConfig) -> list[Job]:
     """One job per candidate pair; its key hashes the full prompt, so rule 1's wording is in it."""
     template = prompt_template(cfg.prompt)
     settings = {k: cfg[k] for k in ("model", "max_tokens", "temperature")}
     jobs = []
     for pair in pairs:
-        prompt = judge_prompt(template, cfg.rule1, pair)
-        jobs.append(Job(pair["id"], fingerprint("postfilter", settings, prompt), (prompt,)))
+        prompt = judge_prompt(template, cfg.rule1, captions=pair.captions_text, question=pair.question.text,
+                              chosen=pair.chosen, rejected=pair.rejected)
+        jobs.append(Job(pair.id, fingerprint("postfilter", settings, prompt), prompt))
     return jobs
 
 

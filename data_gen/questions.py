@@ -7,7 +7,7 @@ from string import Template
 
 from data_gen.client import CallStats, ChatClient, json_schema, parse_json_object, strict_object, user_message
 from data_gen.config import ApiConfig, QuestionConfig, fingerprint, prompt_template
-from data_gen.manipulate import Segment
+from data_gen.items import Segment
 from data_gen.runner import Job, StageRunner
 
 
@@ -67,12 +67,16 @@ def parse_questions(text: str, types: list[str], limit: int) -> dict:
     return {"questions": questions, "dropped": dropped}
 
 
+# In the cache key: 2 since a bad question drops alone (replies cached as failures by 1 are asked again).
+PARSER_VERSION = 2
+
+
 def question_jobs(segments: list[Segment], captions: dict[str, list[dict]], fps: dict[str, float],
                   cfg: QuestionConfig) -> list[Job]:
     """One job per segment whose ``S_a`` is fully captioned (``captions[segment.id]``)."""
     template = prompt_template(cfg.prompt)
     settings = {k: cfg[k] for k in ("model", "per_segment", "types", "max_tokens", "temperature")}
-    settings["parser"] = 2  # 2: a bad question drops alone (replies cached as failures by 1 are asked again)
+    settings["parser"] = PARSER_VERSION
     jobs = []
     for seg in segments:
         if seg.id not in captions:
@@ -80,7 +84,7 @@ def question_jobs(segments: list[Segment], captions: dict[str, list[dict]], fps:
         prompt = Template(template).substitute(
             captions=format_captions(captions[seg.id], fps[seg.video]), num_questions=cfg.per_segment,
             question_types=", ".join(cfg.types))
-        jobs.append(Job(seg.id, fingerprint("questions", settings, prompt), (prompt,)))
+        jobs.append(Job(seg.id, fingerprint("questions", settings, prompt), prompt))
     return jobs
 
 

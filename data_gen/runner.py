@@ -18,11 +18,13 @@ from data_gen.client import TransientFailure
 
 @dataclass
 class Job:
-    """One item of a stage: ``key`` is its cache key, ``payload`` the arguments its call needs."""
+    """One item of a stage: ``key`` is its cache key, ``payload`` what its call is given (the stage's
+    request: a path, a prompt, a :class:`~data_gen.caption.FrameRequest` or an
+    :class:`~data_gen.answer.AnswerRequest`)."""
 
-    id: str  # human-readable item id (for failures.jsonl)
+    id: str  # human-readable item id (data_gen.items; failures.jsonl)
     key: str
-    payload: tuple = ()
+    payload: object = None
 
 
 class StageRunner:
@@ -58,7 +60,7 @@ class StageRunner:
 
     def run_calls(self, jobs: Iterable[Job], make_call: Callable[[], Callable[..., Outcome]],
                   max_concurrency: int) -> None:
-        """Run ``call(*job.payload)`` concurrently for the jobs not cached; ``make_call()`` (which
+        """Run ``call(job.payload)`` concurrently for the jobs not cached; ``make_call()`` (which
         may build an API client) runs only if there is any."""
         todo = self.pending(jobs)
         if not todo:
@@ -71,7 +73,7 @@ class StageRunner:
             try:
                 while True:
                     while len(running) < 2 * max_concurrency and (job := next(queue, None)) is not None:
-                        running[pool.submit(call, *job.payload)] = job
+                        running[pool.submit(call, job.payload)] = job
                     if not running:
                         break
                     done, _ = wait(running, return_when=FIRST_COMPLETED)

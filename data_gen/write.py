@@ -19,7 +19,9 @@ from collections import Counter
 from importlib import metadata
 from pathlib import Path
 
+from data_gen.items import Pair
 from tpo.data.records import PreferenceRecord
+
 OUTPUT_FILES = ("preferences.jsonl", "filtered_out.jsonl", "skipped.jsonl", "failures.jsonl")
 
 
@@ -44,15 +46,14 @@ def write_json(path: Path, value: dict) -> None:
     atomic_write(path, json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
 
 
-def build_record(question: dict, chosen: str, rejected: str, captions: list[dict], verdict: dict,
-                 provenance: dict) -> dict:
-    seg = question["segment"]
+def build_record(pair: Pair, verdict: dict, provenance: dict) -> dict:
+    seg, question = pair.question.segment, pair.question
     return PreferenceRecord(
-        id=question["id"], video=seg.video, frame_indices=list(seg.frame_indices), question=question["question"],
-        chosen=chosen, rejected=rejected, chosen_truncated=question["truncated"]["chosen"],
-        rejected_truncated=question["truncated"]["rejected"], manipulation=seg.kind,
+        id=pair.id, video=seg.video, frame_indices=list(seg.frame_indices), question=question.text,
+        chosen=pair.chosen, rejected=pair.rejected, chosen_truncated=pair.chosen_truncated,
+        rejected_truncated=pair.rejected_truncated, manipulation=seg.kind,
         chosen_frames=list(seg.chosen_frames), rejected_frames=list(seg.rejected_frames),
-        question_type=question["type"], captions=captions, filter=verdict, provenance=provenance,
+        question_type=question.type, captions=list(pair.captions), filter=verdict, provenance=provenance,
     ).to_json()
 
 

@@ -11,6 +11,7 @@ from data_gen.cache import ResultCache
 from data_gen.client import CallStats
 from data_gen.config import (ApiConfig, PostFilterConfig, QuestionConfig, load_config, prompt_template,
                              template_fields)
+from data_gen.items import Pair, Question, Segment
 from data_gen.postfilter import RULE1, filter_jobs, run_postfilter
 from data_gen.questions import run_questions
 from data_gen.runner import Job, StageRunner
@@ -34,9 +35,9 @@ def _runner(tmp_path, stage):
 def _question_jobs():
     """One questions job per colour: distinct prompts the scripted LLM can answer."""
     template = Template(prompt_template(QuestionConfig.prompt))
-    return [Job(colour, colour, (template.substitute(
+    return [Job(colour, colour, template.substitute(
         captions=f"[0.0s] A {colour} shape at the middle centre of a dark background.", num_questions=2,
-        question_types=", ".join(TYPES)),)) for colour in COLOURS]
+        question_types=", ".join(TYPES))) for colour in COLOURS]
 
 
 def _ask_questions(server, tmp_path, concurrency=8):
@@ -54,8 +55,10 @@ def _structured(server, model):
 # ---- post-filter rule 1 ---------------------------------------------------------------------------
 
 def _pairs():
-    return [{"id": f"p{i}", "captions_text": "[0.0s] A red shape at the top left of a dark background.",
-             "question": f"What colour is shape {i}?", "chosen": "Red.", "rejected": "Blue."} for i in range(3)]
+    segment = Segment("v.mp4::irrelevant-00", "v.mp4", "irrelevant", (0, 1), (0,), (1,))
+    return [Pair(Question(f"p{i}", segment, "attribute", f"What colour is shape {i}?"), "Red.", "Blue.", False,
+                 False, ({"frame": 0, "text": "A red shape."},),
+                 "[0.0s] A red shape at the top left of a dark background.") for i in range(3)]
 
 
 def _judge(**settings):

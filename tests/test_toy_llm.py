@@ -45,9 +45,8 @@ def _question_prompt(captions, count=4, types="temporal order, attribute"):
 
 
 def _judge_prompt(captions, question, chosen, rejected, rule1="paper"):
-    pair = {"captions_text": format_captions(captions, fps=8.0), "question": question, "chosen": chosen,
-            "rejected": rejected}
-    return judge_prompt(prompt_template("postfilter.txt"), rule1, pair)
+    return judge_prompt(prompt_template("postfilter.txt"), rule1, captions=format_captions(captions, fps=8.0),
+                        question=question, chosen=chosen, rejected=rejected)
 
 
 def test_questions_are_multiple_choice_with_the_true_answer_among_the_options():
