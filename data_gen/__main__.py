@@ -4,11 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from data_gen.config import load_config
 from tpo.clean_exit import run_and_exit
 from tpo.data.frames import NUM_FRAMES
-from tpo.errors import status_of
+from tpo.errors import TPOError, status_of
+
+
+_RUN_FLAGS = ("--config", "--num-shards", "--shard-index", "--dry-run", "--no-progress", "--help")
+
+
+def settings_as_dotlist(argv: list[str]) -> list[str]:
+    """``run``'s ``--answer.model x`` and ``--answer.model=x`` (the grammar of ``tpo fit``) as OmegaConf's
+    ``answer.model=x``; ``run``'s own flags and ``key=value`` settings pass through."""
+    out, rest = [], list(argv)
+    while rest:
+        arg = rest.pop(0)
+        key, sep, value = arg[2:].partition("=")
+        if not arg.startswith("--") or arg.split("=")[0] in _RUN_FLAGS or not key:
+            out.append(arg)
+        elif sep:
+            out.append(f"{key}={value}")
+        elif rest and not rest[0].startswith("--"):
+            out.append(f"{key}={rest.pop(0)}")
+        else:
+            raise TPOError(f"--{key} needs a value (settings are --key value or key=value)")
+    return out
 
 
 def _run(args) -> None:
@@ -57,7 +79,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m data_gen") -> int
 
     run = commands.add_parser("run", help="videos folder -> preference dataset directory")
     run.add_argument("--config", help="YAML config (see data_gen/configs/)")
-    run.add_argument("overrides", nargs="*", help="key=value settings, e.g. answer.batch_size=4")
+    run.add_argument("overrides", nargs="*", help="settings as key=value or --key value, e.g. answer.batch_size=4 "
+                                                   "or --answer.batch_size 4")
     run.add_argument("--num-shards", type=int, default=1)
     run.add_argument("--shard-index", type=int, default=0)
     run.add_argument("--dry-run", action="store_true", help="print how many model calls each stage will make")
@@ -76,8 +99,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m data_gen") -> int
     imp.add_argument("--num-frames", type=int, default=NUM_FRAMES)
     imp.set_defaults(fn=_import)
 
-    args = parser.parse_args(argv)
-    return status_of(lambda: args.fn(args))
+    def parse_and_run():
+        given = sys.argv[1:] if argv is None else list(argv)
+        args = parser.parse_args(settings_as_dotlist(given) if given[:1] == ["run"] else given)
+        args.fn(args)
+
+    return status_of(parse_and_run)
 
 
 if __name__ == "__main__":

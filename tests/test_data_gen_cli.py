@@ -65,6 +65,10 @@ def test_cli_dry_run_and_import(raw_videos, tmp_path, scripted_server):
     assert done.returncode == 0, done.stderr[-2000:]
     plan = json.loads(done.stdout)
     assert plan["caption"]["calls_to_make"] == 64 and sum(scripted_server.served.values()) == 0
+    flags = _dg("run", "--config", CONFIG, "--videos", raw_videos, f"--output_dir={tmp_path / 'out'}",
+                "--api.base_url", scripted_server.base_url, "--dry-run")  # tpo fit's grammar
+    assert flags.returncode == 0, flags.stderr[-2000:]
+    assert json.loads(flags.stdout) == plan
     source = tmp_path / "pairs.jsonl"
     source.write_text(_lines([{"prompt": "Q?", "chosen": "a", "rejected": "b", "videos": ["clip_0000.mp4"]}]))
     done = _dg("import", "--format", "trl", "--input", source, "--videos", raw_videos, "--output", tmp_path / "imp")
@@ -76,6 +80,7 @@ def test_cli_dry_run_and_import(raw_videos, tmp_path, scripted_server):
     (["run", "--config", CONFIG, "output_dir=o"], "required: videos"),
     (["run", "--config", CONFIG, "videos=/no/such/dir", "output_dir=o"], "videos folder not found"),
     (["merge", "."], "no shard-<i>-of-<n> directories"),
+    (["run", "--config", CONFIG, "--videos"], "--videos needs a value"),
 ])
 def test_cli_errors_are_one_clear_line(tmp_path, args, message):
     done = _dg(*args, cwd=tmp_path)

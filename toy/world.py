@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event, render_frames, write_video
+from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event, random_events, render_frames, write_video
 
 MOMENT = "moment"
 COLOURS = tuple(PALETTE)
@@ -61,8 +61,8 @@ def long_events(rng: random.Random) -> list[Event]:
 
 
 def short_events(rng: random.Random, count: int) -> list[Event]:
-    """``count`` objects of distinct colours."""
-    return [Event(c, SHAPE_OF[c], rng.choice(list(MOTIONS))) for c in rng.sample(COLOURS, count)]
+    """``count`` objects of distinct colours, each in its colour's shape."""
+    return random_events(rng, count, COLOURS, SHAPE_OF)
 
 
 def shown_frames(events: list[Event]) -> int:

@@ -91,10 +91,12 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, faststart: b
         container.mux(stream.encode())
 
 
-def random_events(rng: random.Random, count: int) -> list[Event]:
-    """``count`` (at most 4) events of distinct colours: a question about one event is unambiguous
-    and a tiny model can tell the events apart by colour alone."""
-    return [Event(c, rng.choice(SHAPES), rng.choice(list(MOTIONS))) for c in rng.sample(list(COLOURS), count)]
+def random_events(rng: random.Random, count: int, colours=tuple(COLOURS), shape_of: dict | None = None) -> list[Event]:
+    """``count`` events of distinct ``colours`` (the demo's 4 by default): a question about one event
+    is unambiguous and a tiny model can tell the events apart by colour alone. Each colour's shape is
+    ``shape_of[colour]`` when given, else drawn."""
+    return [Event(c, shape_of[c] if shape_of else rng.choice(SHAPES), rng.choice(list(MOTIONS)))
+            for c in rng.sample(list(colours), count)]
 
 
 def write_clips(root: str | Path, num_videos: int, events_per_video: int = 4, frames_per_event: int = 16,
