@@ -120,8 +120,20 @@ def test_a_record_trains_on_the_same_inputs_with_either_backend(pref_file, monke
         monkeypatch.setenv(decoders.ENV, backend)
         video_info.cache_clear()
         batches[backend] = _first_batch(pref_file)
-    flat = {b: {k: v for k, v in torch.utils._pytree.tree_flatten_with_path(batch)[0]} for b, batch in batches.items()}
-    assert flat["decord"].keys() == flat["pyav"].keys()
+    flat = {b: dict(_leaves(batch)) for b, batch in batches.items()}
+    assert flat["decord"].keys() == flat["pyav"].keys() and any("pixel" in k for k in flat["pyav"])
     for key, value in flat["decord"].items():
         other = flat["pyav"][key]
         assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, key
+
+
+def _leaves(value, path=""):
+    """``(path, leaf)`` of nested dicts and lists."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, f"{path}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _leaves(item, f"{path}/{i}")
+    else:
+        yield path, value
