@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from data_gen.answer import video_clip
+from data_gen.answer import AnswerRequest
 from data_gen.index import Video, probe
 from tpo.data.collate import SharedPrefixCollator
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.data.frames import Clip, VideoInfo, frame_metadata, read_clip, uniform_frame_indices
 from tpo.evaluate.benchmarks import MCQItem
 from tpo.evaluate.mcq import item_clip
+from tpo.evaluate.protocol import Protocol
 from tpo.models import get_adapter
 from tpo.module import TPOModule
 from tpo.shared_prefix import pair_position_ids
@@ -75,8 +76,8 @@ def test_every_stage_times_frames_from_the_decoded_video(pref_file):
     training = dm.train_set[0]["clip"]
     path, indices = record.video_path, record.frame_indices
     video = Video(record.video, path, identity="x", **probe(path))
-    generation = video_clip(video, tuple(indices), tuple(indices))
-    evaluation = item_clip(MCQItem("q", path, "?", ["a", "b"], 0, frame_indices=indices), 32)
+    generation = AnswerRequest(video, tuple(indices), tuple(indices), "?").clip()
+    evaluation = item_clip(MCQItem("q", path, "?", ["a", "b"], 0, frame_indices=indices), 32, Protocol())
     assert video.fps > 0 and training.metadata.fps == pytest.approx(video.fps)
     for clip in (generation, evaluation):
         assert clip.times == training.times and clip.metadata.sampled_fps == training.metadata.sampled_fps
