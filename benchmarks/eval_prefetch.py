@@ -2,8 +2,9 @@
 the default) against decoding in turn (``prefetch=0``), measured in the same run.
 
 A tiny random LLaVA-OneVision answers Video-MME-style questions (lmms-eval protocol, 32 frames,
-batches of 4, 16 new tokens) on real H.264 files: 256x256, 30 fps, 40 s each, so that decoding
-takes about as long as answering, as with 7B models on long videos and a GPU.
+batches of 4, 16 new tokens) on CPU, on real 256x256, 30 fps, 40 s files. On CPU the model uses
+every core, so decoding ahead only competes with it (``tpo evaluate`` decodes ahead only when the
+model runs on a GPU or a server).
 
     python benchmarks/eval_prefetch.py            # 16 videos, each setting twice
     python benchmarks/eval_prefetch.py --quick    # 4 videos, once (what the tests run)

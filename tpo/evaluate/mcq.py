@@ -134,7 +134,8 @@ def _prepare(batch: list[MCQItem], num_frames: int, protocol: Protocol) -> tuple
 
 def _prepared(batches: list[list[MCQItem]], num_frames: int, protocol: Protocol, ahead: int):
     """:func:`_prepare` of each batch in turn, the next ``ahead`` batches decoding in a background
-    thread while the model answers the current one (benchmarks/eval_prefetch.py measures the gain)."""
+    thread while the model answers the current one (benchmarks/eval_prefetch.py measures it; on a
+    CPU-only run the decoding thread competes with the model for the cores and ``tpo evaluate`` uses 0)."""
     if ahead == 0:
         yield from (_prepare(batch, num_frames, protocol) for batch in batches)
         return
