@@ -39,6 +39,7 @@ class Results:
     questions: list[Question]
     answers: dict  # answer id -> {text, truncated}
     pairs: list[Pair]  # every question with both answers
+    early: dict  # pair id -> (rule, reason) of the pairs dropped before the post-filter (precheck)
     verdicts: dict  # pair id -> the post-filter's verdict
 
 
@@ -140,12 +141,13 @@ class Pipeline:
             questions = self._questions(segments, captions, usable)
             answers = self._answers(questions, usable)
             pairs = self._pairs(questions, answers, captions, usable)
-            candidates = [p for p in pairs if precheck(p, cfg.answer.truncated) is None]
+            early = {p.id: drop for p in pairs if (drop := precheck(p, cfg.answer.truncated)) is not None}
+            candidates = [p for p in pairs if p.id not in early]
             jobs = filter_jobs(candidates, cfg.postfilter)
             self._timed("postfilter", run_postfilter, jobs, cfg.postfilter, cfg.api, self.stats,
                         self._runner("postfilter"))
             verdicts = self._collect("postfilter", jobs)
-            results = Results(usable, segments, questions, answers, pairs, verdicts)
+            results = Results(usable, segments, questions, answers, pairs, early, verdicts)
             return self._write(results, time.perf_counter() - start)
         finally:
             self.cache.close()
@@ -206,9 +208,8 @@ class Pipeline:
         judge = provenance["judge"] or "none"
         kept, dropped = [], []
         for pair in results.pairs:
-            early = precheck(pair, self.cfg.answer.truncated)
-            if early is not None:
-                rule, reason = early
+            if pair.id in results.early:
+                rule, reason = results.early[pair.id]
                 verdict = {"kept": False, "rule": rule, "reason": reason, "judge": "data_gen"}
                 dropped.append(build_record(pair, verdict, provenance))
             elif pair.id in results.verdicts:
@@ -218,7 +219,7 @@ class Pipeline:
 
     def _stats(self, results: Results, kept: list[dict], dropped: list[dict]) -> dict:
         rules = rule_labels(self.cfg.postfilter.rule1)
-        early = [rule for rule, _ in filter(None, (precheck(p, self.cfg.answer.truncated) for p in results.pairs))]
+        early = [rule for rule, _ in results.early.values()]
         by_rule = count_by([r for r in dropped if r["filter"]["rule"] in rules],
                            lambda r: f"{r['filter']['rule']}: {rules[r['filter']['rule']]}")
         failed = Counter(f["stage"] for f in self.failures)
