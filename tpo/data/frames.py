@@ -130,9 +130,7 @@ def count_frames(path: str | Path) -> int:
     return video_info(path).num_frames
 
 
-def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
-    """Decode exactly ``indices`` from a video as ``(len(indices), H, W, 3)`` uint8 RGB."""
-    opened = _reader(path)
+def _decoded(opened: Opened, path: str | Path, indices: list[int]) -> np.ndarray:
     if max(indices) >= opened.num_frames:
         raise VideoReadError(f"frame index {max(indices)} is beyond the {opened.num_frames} frames of {path}")
     try:
@@ -141,11 +139,17 @@ def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
         raise VideoReadError(f"cannot decode frames {indices} of {path}: {err}") from None
 
 
+def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
+    """Decode exactly ``indices`` from a video as ``(len(indices), H, W, 3)`` uint8 RGB."""
+    return _decoded(_reader(path), path, indices)
+
+
 def clip_of(frames: np.ndarray, info: VideoInfo, indices: list[int]) -> Clip:
     """Decoded frames ``indices`` of a video described by ``info``, with their timing."""
     return Clip(frames, frame_metadata(info, indices, *frames.shape[1:3]))
 
 
 def read_clip(path: str | Path, indices: list[int]) -> Clip:
-    """Frames ``indices`` of a video and their timing."""
-    return clip_of(read_frames(path, indices), video_info(path), indices)
+    """Frames ``indices`` of a video and their timing, from one opening of the file."""
+    opened = _reader(path)
+    return clip_of(_decoded(opened, path, indices), VideoInfo(opened.num_frames, opened.fps), indices)
