@@ -17,6 +17,8 @@ _QWEN_PARTS = {
 }
 # Qwen3-VL also projects intermediate vision features into the first decoder layers (deepstack).
 _QWEN3_PARTS = {**_QWEN_PARTS, "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")}
+# GLM-4V merges 2x2 patches with a convolution into the language model's width, then an MLP (merger).
+_GLM4V_PARTS = {**_QWEN_PARTS, "projector": ("model.visual.downsample", "model.visual.merger")}
 
 FAMILIES: dict[str, ModelAdapter] = {
     a.family: a
@@ -27,6 +29,7 @@ FAMILIES: dict[str, ModelAdapter] = {
         ModelAdapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN_PARTS, "Qwen2.5-VL"),
         ModelAdapter("qwen3_vl", ("qwen3_vl",), _QWEN3_PARTS, "Qwen3-VL (Qwen3VLForConditionalGeneration)"),
         ModelAdapter("llava_next_video", ("llava_next_video",), _LLAVA_PARTS, "LLaVA-NeXT-Video"),
+        ModelAdapter("glm4v", ("glm4v",), _GLM4V_PARTS, "GLM-4.1V (Glm4vForConditionalGeneration)"),
     ]
 }
 

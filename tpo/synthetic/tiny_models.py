@@ -109,11 +109,14 @@ def _qwen_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     return tok, {name: tok.convert_tokens_to_ids(t) for name, t in zip(_QWEN_VISION_IDS, _QWEN_VISION_TOKENS)}
 
 
-def _mrope_parameters(text: dict, ratio: tuple[int, int, int]) -> dict:
-    """Multimodal rotary parameters splitting each head's frequencies (t, h, w) in ``ratio``."""
-    half = text.get("head_dim", text["hidden_size"] // text["num_attention_heads"]) // 2
+def _mrope_parameters(text: dict, ratio: tuple[int, int, int], rotary_fraction: float = 1.0) -> dict:
+    """Multimodal rotary parameters splitting the frequencies of each head's rotated part (the first
+    ``rotary_fraction`` of it) into (t, h, w) in ``ratio``."""
+    rotated = int(text.get("head_dim", text["hidden_size"] // text["num_attention_heads"]) * rotary_fraction)
+    half = rotated // 2
     t, h, _ = (half * r // sum(ratio) for r in ratio)
-    return {"rope_type": "default", "mrope_section": [t, h, half - t - h], "rope_theta": 10000.0}
+    params = {"rope_type": "default", "mrope_section": [t, h, half - t - h], "rope_theta": 10000.0}
+    return params if rotary_fraction == 1.0 else {**params, "partial_rotary_factor": rotary_fraction}
 
 
 def _qwen_processor(processor_class, video_processor, tok):
@@ -174,6 +177,46 @@ def build_qwen3_vl():
     return Qwen3VLForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok)
 
 
+_GLM_SPECIALS = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
+_GLM_VISION_TOKENS = {"image_start_token_id": "<|begin_of_image|>", "image_end_token_id": "<|end_of_image|>",
+                      "video_start_token_id": "<|begin_of_video|>", "video_end_token_id": "<|end_of_video|>",
+                      "image_token_id": "<|image|>", "video_token_id": "<|video|>"}
+# GLM-4.1V's template (simplified): no system turn, no thinking metadata.
+_GLM_TEMPLATE = (
+    "[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n"
+    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<|begin_of_video|><|video|><|end_of_video|>"
+    "{% elif c['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def build_glm4v():
+    """GLM-4.1V: each temporal patch of 2 frames is an image of its own, followed by its time in whole
+    seconds as text (the processor writes it from ``video_metadata``); the video's frames share one
+    pixel budget, like the released video processor's."""
+    from transformers import (
+        Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessor, Glm4vProcessor, Glm4vVideoProcessor,
+    )
+
+    tok = build_tokenizer(_GLM_SPECIALS + list(_GLM_VISION_TOKENS.values()), "<|endoftext|>", "<|endoftext|>",
+                          {"image_token": "<|image|>", "video_token": "<|video|>"})
+    text = _text_config_kwargs(len(tok))
+    text["rope_parameters"] = _mrope_parameters(text, (2, 3, 3), rotary_fraction=0.5)
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, image_size=FRAME_SIZE, patch_size=PATCH,
+                  spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=text["hidden_size"])
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in _GLM_VISION_TOKENS.items()}
+    config = Glm4vConfig(text_config=text, vision_config=vision, **ids)
+    # 8 frames of FRAME_SIZE x FRAME_SIZE fill the budget; more frames are shrunk to fit it.
+    patches = dict(patch_size=PATCH, temporal_patch_size=2, merge_size=2)
+    budget = {"shortest_edge": FRAME_SIZE * FRAME_SIZE, "longest_edge": 8 * FRAME_SIZE * FRAME_SIZE}
+    processor = Glm4vProcessor(
+        image_processor=Glm4vImageProcessor(size=budget, **patches),
+        video_processor=Glm4vVideoProcessor(size=budget, **patches), tokenizer=tok, chat_template=_GLM_TEMPLATE,
+    )
+    return Glm4vForConditionalGeneration(config), processor
+
+
 def build_llava_next_video():
     from transformers import (
         CLIPVisionConfig, LlamaConfig, LlavaNextImageProcessor, LlavaNextVideoConfig,
@@ -206,6 +249,7 @@ BUILDERS = {
     "qwen2_5_vl": build_qwen2_5_vl,
     "qwen3_vl": build_qwen3_vl,
     "llava_next_video": build_llava_next_video,
+    "glm4v": build_glm4v,
 }
 
 
