@@ -1,5 +1,7 @@
 """Every model sees the real timing of its frames: fps, frame indices, duration from the decoded video."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -128,3 +130,31 @@ def test_qwen3_vl_writes_the_real_frame_times_into_the_prompt():
         p = batch["segments"][0, 0].item()
         assert torch.equal(positions[:, :, :p], base[:, :, :p])  # the prompt's positions are the model's own
     assert not torch.equal(encoded[10.0].tokens["input_ids"], encoded[200.0].tokens["input_ids"])
+
+
+def _glm_stamps(text: str) -> list[str]:
+    """The text GLM-4V's processor writes after each frame image of a video."""
+    return re.findall(r"<\|end_of_image\|>(.*?)(?=<\|begin_of_image\|>|<\|end_of_video\|>)", text)
+
+
+def test_glm4v_writes_the_real_second_of_each_temporal_patch_into_the_prompt():
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    adapter = get_adapter("glm4v")
+    model, processor = adapter.load("builtin:tiny-glm4v")
+    window = uniform_frame_indices(int(200 * FPS), 32)[8:16]  # 8 consecutive of 32 frames sampled from 200 s
+    clips = {"short": _clip(frames, 10.0), "long": _clip(frames, 200.0), "window": _clip(frames, 200.0, window)}
+    texts = {}
+    for name, clip in clips.items():
+        item = {"id": "0", "question": "What happens?", "chosen": "A.", "rejected": "B.", "clip": clip}
+        batch = SharedPrefixCollator(adapter, processor)([item])
+        inputs = batch["inputs"]
+        texts[name] = processor.tokenizer.decode(inputs["input_ids"][0])
+        # one image per temporal patch of 2 frames, stamped with its first frame's time in whole seconds
+        assert _glm_stamps(texts[name]) == [str(int(t)) for t in clip.times[::2]], texts[name]
+        positions = pair_position_ids(adapter, model, inputs, batch["segments"])
+        base, _ = adapter.rope_index(model)(input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                                            video_grid_thw=inputs["video_grid_thw"])
+        p = batch["segments"][0, 0].item()
+        assert torch.equal(positions[:, :, :p], base[:, :, :p])  # the prompt's positions are the model's own
+    assert _glm_stamps(texts["window"])[0] == str(int(clips["window"].times[0])) != "0"
+    assert len(set(texts.values())) == 3
