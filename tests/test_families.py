@@ -37,10 +37,20 @@ def test_forward_backward_through_tpo_module(family, pref_file):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sharding_finds_language_and_vision_blocks(family):
-    model, _ = get_adapter(family).load(f"builtin:tiny-{family}")
-    names = {c.__name__ for c in get_adapter(family).block_classes(model)}
-    assert any(n.endswith("DecoderLayer") for n in names), names
-    assert any(n.endswith(("EncoderLayer", "VisionBlock")) for n in names), names
+    adapter = get_adapter(family)
+    model, _ = adapter.load(f"builtin:tiny-{family}")
+    blocks = tuple(adapter.block_classes(model))
+    found = [(name, m) for name, m in model.named_modules() if isinstance(m, blocks)]
+    by_part = {}
+    for name, _ in found:
+        by_part.setdefault(adapter.part_of(name), []).append(name)
+    # every decoder layer, some vision layers, nothing of the projector
+    assert set(by_part) == {"language_model", "vision_tower"}, by_part
+    assert len(by_part["language_model"]) == model.config.get_text_config().num_hidden_layers
+    for name, block in found:
+        # a layer, not a whole tower or an embedding: it holds no embedding, patch convolution or other block
+        inner = list(block.modules())[1:]
+        assert not any(isinstance(m, (torch.nn.Embedding, torch.nn.Conv2d, torch.nn.Conv3d, *blocks)) for m in inner), name
 
 
 @pytest.mark.parametrize("family", FAMILIES)

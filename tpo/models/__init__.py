@@ -5,6 +5,7 @@ from dataclasses import replace
 from tpo.errors import ConfigError
 from tpo.models.adapter import IGNORE_INDEX, PARTS, ModelAdapter, PromptEncoding, pad_token_id
 
+# LLaVA's layout, which InternVL shares (vision_tower, multi_modal_projector, language_model, lm_head).
 _LLAVA_PARTS = {
     "vision_tower": ("model.vision_tower",),
     "projector": ("model.multi_modal_projector", "model.image_newline", "model.vision_resampler"),
@@ -30,6 +31,7 @@ FAMILIES: dict[str, ModelAdapter] = {
         ModelAdapter("qwen3_vl", ("qwen3_vl",), _QWEN3_PARTS, "Qwen3-VL (Qwen3VLForConditionalGeneration)"),
         ModelAdapter("llava_next_video", ("llava_next_video",), _LLAVA_PARTS, "LLaVA-NeXT-Video"),
         ModelAdapter("glm4v", ("glm4v",), _GLM4V_PARTS, "GLM-4.1V (Glm4vForConditionalGeneration)"),
+        ModelAdapter("internvl", ("internvl",), _LLAVA_PARTS, "InternVL3 / InternVL3.5 (InternVLForConditionalGeneration)"),
     ]
 }
 

@@ -22,7 +22,6 @@ IGNORE_INDEX = -100
 # Processor outputs with one entry per token; everything else is a vision tensor.
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 PARTS = ("vision_tower", "projector", "language_model")
-_BLOCK_SUFFIXES = ("DecoderLayer", "EncoderLayer", "VisionBlock")
 
 
 def _resolve(path: str) -> str:
@@ -153,6 +152,19 @@ class ModelAdapter:
 
     @staticmethod
     def block_classes(model: nn.Module) -> set[type[nn.Module]]:
-        """Transformer-block classes (language and vision) for FSDP wrapping and checkpointing."""
-        names = {n for n in getattr(model, "_no_split_modules", None) or [] if n.endswith(_BLOCK_SUFFIXES)}
-        return {type(m) for m in model.modules() if type(m).__name__ in names}
+        """Transformer-block classes (language and vision) for FSDP wrapping and checkpointing.
+
+        A block is a layer of a stack (an element of an ``nn.ModuleList``) that is, or holds, a module the
+        model declares unsplittable (``_no_split_modules``; some declare a vision layer's attention rather
+        than the layer), and holds no other such layer. The declaration alone also names embeddings and
+        pooling heads; a stack alone also holds projector lists (Qwen3-VL's deepstack mergers).
+        """
+        unsplittable = set(getattr(model, "_no_split_modules", None) or [])
+        layers = [layer for stack in model.modules() if isinstance(stack, nn.ModuleList) for layer in stack]
+        declared = [layer for layer in layers if any(type(m).__name__ in unsplittable for m in layer.modules())]
+        declared_ids = {id(layer) for layer in declared}
+
+        def holds_another(layer: nn.Module) -> bool:
+            return any(id(m) in declared_ids for m in layer.modules() if m is not layer)
+
+        return {type(layer) for layer in declared if not holds_another(layer)}

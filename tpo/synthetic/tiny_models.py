@@ -243,6 +243,36 @@ def build_llava_next_video():
     return LlavaNextVideoForConditionalGeneration(config), processor
 
 
+def build_internvl():
+    """InternVL3/3.5: an InternViT tower, pixel shuffle (downsample ratio 0.5: the 4x4 patch grid of a
+    32x32 frame becomes 4 tokens) and an MLP projector into a Qwen2 language model; the processor writes
+    each frame as its own image block, ``FrameN: <img>...</img>``."""
+    from transformers import (
+        GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor,
+        InternVLVideoProcessor, InternVLVisionConfig, Qwen2Config,
+    )
+
+    image_tokens = {"start_image_token": "<img>", "end_image_token": "</img>",
+                    "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"}
+    tok = build_tokenizer(_QWEN_SPECIALS + list(image_tokens.values()), "<|im_end|>", "<|endoftext|>", image_tokens)
+    vision = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=FRAME_SIZE, patch_size=PATCH)
+    downsample_ratio = 0.5
+    tokens_per_frame = int((FRAME_SIZE // PATCH * downsample_ratio) ** 2)
+    config = InternVLConfig(
+        vision_config=vision, text_config=Qwen2Config(**_text_config_kwargs(len(tok))),
+        image_token_id=tok.context_image_token_id, image_seq_length=tokens_per_frame,
+        downsample_ratio=downsample_ratio, tie_word_embeddings=False,
+    )
+    size = {"height": FRAME_SIZE, "width": FRAME_SIZE}
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
+        video_processor=InternVLVideoProcessor(size=size), tokenizer=tok, image_seq_length=tokens_per_frame,
+        chat_template=_CHATML_TEMPLATE.replace("{{ VIDEO }}", "<video>\n").replace("{{ IMAGE }}", "<IMG_CONTEXT>\n"),
+    )
+    return InternVLForConditionalGeneration(config), processor
+
+
 BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "qwen2_vl": build_qwen2_vl,
@@ -250,6 +280,7 @@ BUILDERS = {
     "qwen3_vl": build_qwen3_vl,
     "llava_next_video": build_llava_next_video,
     "glm4v": build_glm4v,
+    "internvl": build_internvl,
 }
 
 
