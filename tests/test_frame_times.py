@@ -158,3 +158,23 @@ def test_glm4v_writes_the_real_second_of_each_temporal_patch_into_the_prompt():
         assert torch.equal(positions[:, :, :p], base[:, :, :p])  # the prompt's positions are the model's own
     assert _glm_stamps(texts["window"])[0] == str(int(clips["window"].times[0])) != "0"
     assert len(set(texts.values())) == 3
+
+
+def test_internvl_numbers_its_frames_and_sees_times_only_through_the_time_instruction():
+    """InternVL's processor writes ``FrameN: <img>...</img>`` per frame, with no time: the clip's timing
+    reaches the model only when the prompt carries LLaVA-Video's time instruction."""
+    frames = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
+    processor = get_adapter("internvl").load_processor("builtin:tiny-internvl")
+    tokens = {}
+    for timed in (False, True):
+        adapter = get_adapter("internvl", time_instruction=timed)
+        for seconds in (10.0, 200.0):
+            clip = _clip(frames, seconds)
+            ids = adapter.encode_prompt(processor, clip, "What happens?").tokens["input_ids"]
+            text = processor.tokenizer.decode(ids)
+            blocks = [f"Frame{i + 1}: <img>{'<IMG_CONTEXT>' * processor.image_seq_length}</img>" for i in range(4)]
+            assert "\n".join(blocks) in text and "Frame5" not in text, text
+            assert (",".join(f"{t:.2f}s" for t in clip.times) in text) == timed
+            tokens[timed, seconds] = ids
+    assert torch.equal(tokens[False, 10.0], tokens[False, 200.0])
+    assert not torch.equal(tokens[True, 10.0], tokens[True, 200.0])
