@@ -53,6 +53,47 @@ def test_sharding_finds_language_and_vision_blocks(family):
         assert not any(isinstance(m, (torch.nn.Embedding, torch.nn.Conv2d, torch.nn.Conv3d, *blocks)) for m in inner), name
 
 
+class _Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+
+class _VisionLayer(torch.nn.Module):  # declares only its attention unsplittable (as Idefics3 / SmolVLM do)
+    def __init__(self):
+        super().__init__()
+        self.attention, self.mlp = _Attention(), torch.nn.Linear(4, 4)
+
+
+class _TextLayer(_VisionLayer):
+    pass
+
+
+class _Stage(torch.nn.Module):  # a stack of stacks: only the inner layers are blocks
+    def __init__(self):
+        super().__init__()
+        self.layers = torch.nn.ModuleList([_TextLayer(), _TextLayer()])
+
+
+class _Embedding(torch.nn.Embedding):
+    pass
+
+
+class _Model(torch.nn.Module):
+    _no_split_modules = ["_Attention", "_TextLayer", "_Embedding"]
+
+    def __init__(self):
+        super().__init__()
+        self.embed = _Embedding(8, 4)  # declared, but not a stack's layer
+        self.vision = torch.nn.ModuleList([_VisionLayer()])
+        self.mergers = torch.nn.ModuleList([torch.nn.Linear(4, 4)])  # a stack of undeclared modules
+        self.stages = torch.nn.ModuleList([_Stage()])
+
+
+def test_blocks_are_declared_layers_of_a_stack_and_hold_no_other_block():
+    assert get_adapter("internvl").block_classes(_Model()) == {_VisionLayer, _TextLayer}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_evaluation_loads_the_family_and_batched_generation_matches_one_at_a_time(family):
     """Left padding (and, for M-RoPE models, 3-D positions of a padded batch) must not change answers."""
