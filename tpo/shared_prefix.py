@@ -17,10 +17,15 @@ Why a packed row and not a KV-cache continuation: a row is one pure forward, so 
 checkpointing (which re-runs blocks in backward) and FSDP work unchanged, and a batch of pairs
 is one call. It needs an attention implementation that takes a custom mask (``sdpa``, ``eager``, or
 FlexAttention with a block mask: ``tpo/attention.py``).
+
+A model whose masks are not plain causal ones (sliding-window layers, vision tokens attending
+bidirectionally within their image: Gemma 3 and 4) gets its own masks, one per layer type as
+``generate`` builds them, re-indexed onto the packed row (:func:`model_pair_masks`).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 
@@ -67,11 +72,26 @@ def _answer_starts(segments: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(segments.cumsum(1), (1, 0))
 
 
+def _ordinary_index(segments: torch.Tensor, length: int) -> torch.Tensor:
+    """``(B, L)``: each token's index in its ordinary row ``[prompt][own answer]`` (later answers restart
+    where the prompt ends; padding keeps its index)."""
+    pos = torch.arange(length, device=segments.device).expand(len(segments), -1)
+    segment = _segment_of(segments, length)
+    own_start = _answer_starts(segments).gather(1, segment)  # where each token's segment starts
+    in_later_answer = (segment >= 2) & (segment < segments.shape[1])  # answers 2..N (not padding)
+    return torch.where(in_later_answer, pos - (own_start - segments[:, :1]), pos)
+
+
+def _same_row(query, key, padding: int):
+    """Whether a query in segment ``query`` and a key in segment ``key`` share an ordinary row: the key
+    lies in the prompt or the query's own answer, and neither is padding."""
+    return ((key == 0) | (key == query)) & (query != padding) & (key != padding)
+
+
 def _may_attend(q, kv, query, key, padding: int):
     """The pair mask's rule for query position ``q`` in segment ``query`` and key position ``kv`` in
     segment ``key``: causal, an answer sees the prompt and itself only, padding sees itself."""
-    allowed = (q >= kv) & ((key == 0) | (key == query)) & (query != padding) & (key != padding)
-    return allowed | (q == kv)
+    return ((q >= kv) & _same_row(query, key, padding)) | (q == kv)
 
 
 def pair_attention_mask(segments: torch.Tensor, length: int) -> torch.Tensor:
@@ -91,49 +111,123 @@ def _compiled_create_block_mask():
     return torch.compile(create_block_mask)
 
 
+def _block_mask(may_attend, batch: int, length: int, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    # Compiled, create_block_mask evaluates the rule block by block; eagerly it builds the dense mask
+    # first (fine on CPU, where flex is for tests; torch 2.14's CPU compile of it is not reliable).
+    build = _compiled_create_block_mask() if device.type == "cuda" else create_block_mask
+    return build(may_attend, batch, None, length, length, device=device)
+
+
 def pair_block_mask(segments: torch.Tensor, length: int):
     """:func:`pair_attention_mask` as a FlexAttention ``BlockMask`` (``(B, 1)`` heads broadcast): the
     same rule evaluated per block, with no ``L x L`` tensor kept."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     segment = _segment_of(segments, length)
     padding = segments.shape[1]
 
     def may_attend(b, h, q, kv):
         return _may_attend(q, kv, segment[b, q], segment[b, kv], padding)
 
-    # Compiled, create_block_mask evaluates the rule block by block; eagerly it builds the dense mask
-    # first (fine on CPU, where flex is for tests; torch 2.14's CPU compile of it is not reliable).
-    build = _compiled_create_block_mask() if segments.is_cuda else create_block_mask
-    return build(may_attend, len(segments), None, length, length, device=segments.device)
+    return _block_mask(may_attend, len(segments), length, segments.device)
 
 
-def _attention_mask(model, segments: torch.Tensor, length: int, dtype: torch.dtype):
-    impl = text_attention(model)
+def _ordinary_index(segments: torch.Tensor, length: int) -> torch.Tensor:
+    """``(B, L)``: each token's index in its ordinary row ``[prompt][own answer]``: later answers restart
+    where the prompt ends, the rest (padding too) keep theirs."""
+    pos = torch.arange(length, device=segments.device).expand(len(segments), -1)
+    segment = _segment_of(segments, length)
+    own_start = _answer_starts(segments).gather(1, segment)  # where each token's segment starts
+    in_later_answer = (segment >= 2) & (segment < segments.shape[1])  # answers 2..N (not padding)
+    return torch.where(in_later_answer, pos - (own_start - segments[:, :1]), pos)
+
+
+def mask_builder(model):
+    """The model's own mask builder (the one ``generate`` uses: ``create_masks_for_generate``), or None
+    for a model whose masks are plain causal ones: no builder of its own and only full-attention layers."""
+    builder = getattr(model, "create_masks_for_generate", None)
+    layer_types = set(getattr(model.config.get_text_config(), "layer_types", None) or ["full_attention"])
+    if builder is None and layer_types != {"full_attention"}:
+        from transformers.masking_utils import create_masks_for_generate as builder
+    return builder
+
+
+def _ordinary_masks(model, builder, inputs: dict, length: int) -> dict | torch.Tensor:
+    """The model's own masks for ordinary rows of ``length`` tokens carrying the packed rows' per-token
+    type ids (vision blocks lie in the prompt, which packing leaves in place): ``(B, 1, L, L)`` bool,
+    True = may attend, in a dict by layer type where the model keys them so."""
+    config = copy.deepcopy(model.config)
+    config._attn_implementation = "eager"  # a dense mask whatever kernel the model runs
+    ids = inputs["input_ids"]
+    types = {k: inputs[k] for k in ("token_type_ids", "mm_token_type_ids") if k in inputs}
+    shape = torch.empty((len(ids), length, 0), device=ids.device)  # only its size and device are read
+    masks = builder(config=config, inputs_embeds=shape, attention_mask=None, cache=None, position_ids=None,
+                    is_first_iteration=True, **types)
+
+    def as_bool(mask):
+        return (mask if mask.dtype == torch.bool else mask == 0).expand(len(ids), 1, length, length)
+
+    return {k: as_bool(m) for k, m in masks.items()} if isinstance(masks, dict) else as_bool(masks)
+
+
+def model_pair_masks(model, builder, inputs: dict, segments: torch.Tensor) -> dict | torch.Tensor:
+    """The model's ordinary masks moved onto the packed rows: a query may attend to a key in its own
+    ordinary row exactly as the model lets their ordinary indices attend (causal or not, within a
+    sliding window or not); padding sees itself. A dict by layer type where the model keys them so."""
+    length = inputs["input_ids"].shape[1]
+    index = _ordinary_index(segments, length)
+    segment = _segment_of(segments, length)
+    same_row = _same_row(segment[:, :, None], segment[:, None, :], segments.shape[1])
+    diagonal = torch.eye(length, dtype=torch.bool, device=segments.device)
+    rows, cols = index[:, :, None].expand(-1, -1, length), index[:, None, :].expand(-1, length, -1)
+
+    def packed(mask):
+        return ((mask[:, 0].gather(1, rows).gather(2, cols) & same_row) | diagonal).unsqueeze(1)
+
+    masks = _ordinary_masks(model, builder, inputs, length)
+    return {k: packed(m) for k, m in masks.items()} if isinstance(masks, dict) else packed(masks)
+
+
+def _kernel_mask(impl: str, mask: torch.Tensor, dtype: torch.dtype):
+    """A ``(B, 1, L, L)`` bool mask in the form the attention kernel ``impl`` takes."""
     if impl == "sdpa":
-        return pair_attention_mask(segments, length)
+        return mask
     if impl == "eager":
-        mask = pair_attention_mask(segments, length)
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    dense = mask[:, 0]
+    return _block_mask(lambda b, h, q, kv: dense[b, q, kv], len(dense), dense.shape[-1], dense.device)
+
+
+def _attention_mask(model, inputs: dict, segments: torch.Tensor, dtype: torch.dtype):
+    impl = text_attention(model)
+    if impl not in ("sdpa", "eager", FLEX):
+        raise ValueError(f"shared-prefix scoring needs a language-model attention that takes a custom mask "
+                         f"('sdpa', 'eager' or tpo's flex_attention, see tpo/attention.py); the model uses {impl!r}")
+    builder = mask_builder(model)
+    if builder is not None:
+        masks = model_pair_masks(model, builder, inputs, segments)
+        if isinstance(masks, dict):
+            return {k: _kernel_mask(impl, m, dtype) for k, m in masks.items()}
+        return _kernel_mask(impl, masks, dtype)
+    length = inputs["input_ids"].shape[1]
     if impl == FLEX:
         return pair_block_mask(segments, length)
-    raise ValueError(f"shared-prefix scoring needs a language-model attention that takes a custom mask ('sdpa', "
-                     f"'eager' or tpo's flex_attention, see tpo/attention.py); the model uses {impl!r}")
+    return _kernel_mask(impl, pair_attention_mask(segments, length), dtype)
 
 
 def pair_position_ids(adapter: ModelAdapter, model, inputs: dict, segments: torch.Tensor) -> torch.Tensor:
     """Positions as if each answer followed the prompt alone (``segments``: ``(B, 1 + N)`` lengths)."""
     length = inputs["input_ids"].shape[1]
-    pos = torch.arange(length, device=segments.device).expand(len(segments), -1).clone()
+    rope_index = adapter.rope_index(model)
+    if rope_index is None:
+        return _ordinary_index(segments, length)
+    # M-RoPE (Qwen-VL): 3-D positions from the model for [prompt][answer 1], then text positions for
+    # later answers continue from the prompt's last position exactly as the first answer's do.
+    pos = torch.arange(length, device=segments.device).expand(len(segments), -1)
     p = segments[:, 0, None]
     segment = _segment_of(segments, length)
     own_start = _answer_starts(segments).gather(1, segment)  # where each token's segment starts
     in_later_answer = (segment >= 2) & (segment < segments.shape[1])  # answers 2..N (not padding)
-    rope_index = adapter.rope_index(model)
-    if rope_index is None:
-        return torch.where(in_later_answer, pos - (own_start - p), pos)
-    # M-RoPE (Qwen-VL): 3-D positions from the model for [prompt][answer 1], then text positions for
-    # later answers continue from the prompt's last position exactly as the first answer's do.
     names = inspect.signature(rope_index).parameters
     kwargs = {k: v for k, v in inputs.items() if k in names and k != "attention_mask"}
     two_d = (segment <= 1).long()  # later answers and padding left out of the 3-D computation
@@ -152,7 +246,7 @@ def answer_logps(adapter: ModelAdapter, model, batch: dict) -> tuple[torch.Tenso
     n = segments.shape[1] - 1
     first = int(segments[:, 0].min()) - 1  # the earliest position that predicts a response token
     model_inputs = {k: v for k, v in inputs.items() if k != "attention_mask"}
-    mask = _attention_mask(model, segments, length, model.dtype)
+    mask = _attention_mask(model, inputs, segments, model.dtype)
     out = model(**model_inputs, attention_mask=mask, position_ids=pair_position_ids(adapter, model, inputs, segments),
                 logits_to_keep=torch.arange(first, length, device=ids.device), use_cache=False)
     logits = out.logits  # (B, length - first, V)

@@ -20,6 +20,12 @@ _QWEN_PARTS = {
 _QWEN3_PARTS = {**_QWEN_PARTS, "projector": ("model.visual.merger", "model.visual.deepstack_merger_list")}
 # GLM-4V merges 2x2 patches with a convolution into the language model's width, then an MLP (merger).
 _GLM4V_PARTS = {**_QWEN_PARTS, "projector": ("model.visual.downsample", "model.visual.merger")}
+# Gemma 4's audio tower and its embedder (E2B/E4B checkpoints) sit with the frozen encoders: video uses neither.
+_GEMMA4_PARTS = {
+    "vision_tower": ("model.vision_tower", "model.audio_tower", "model.embed_audio"),
+    "projector": ("model.embed_vision",),
+    "language_model": ("model.language_model", "lm_head"),
+}
 
 FAMILIES: dict[str, ModelAdapter] = {
     a.family: a
@@ -32,6 +38,7 @@ FAMILIES: dict[str, ModelAdapter] = {
         ModelAdapter("llava_next_video", ("llava_next_video",), _LLAVA_PARTS, "LLaVA-NeXT-Video"),
         ModelAdapter("glm4v", ("glm4v",), _GLM4V_PARTS, "GLM-4.1V (Glm4vForConditionalGeneration)"),
         ModelAdapter("internvl", ("internvl",), _LLAVA_PARTS, "InternVL3 / InternVL3.5 (InternVLForConditionalGeneration)"),
+        ModelAdapter("gemma4", ("gemma4",), _GEMMA4_PARTS, "Gemma 4 (Gemma4ForConditionalGeneration)"),
     ]
 }
 

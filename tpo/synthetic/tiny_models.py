@@ -273,6 +273,51 @@ def build_internvl():
     return InternVLForConditionalGeneration(config), processor
 
 
+_GEMMA4_TOKENS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+                  "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"}
+# The config's name for each token's id (the audio ones only name tokens: the tiny model has no audio tower).
+_GEMMA4_IDS = {"image_token": "image_token_id", "boi_token": "boi_token_id", "eoi_token": "eoi_token_id",
+               "audio_token": "audio_token_id", "boa_token": "boa_token_id", "eoa_token": "eoa_token_index"}
+_GEMMA4_TEMPLATE = (
+    "<bos>{% for m in messages %}<|turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<|video|>{% elif c['type'] == 'image' %}<|image|>{% endif %}{% endfor %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<turn|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}"
+)
+
+
+def build_gemma4():
+    """Gemma 4: sliding-window layers (a 16-token window, so packed rows run past it) alternating with
+    global ones, vision tokens attending bidirectionally within their frame on the sliding layers
+    (``use_bidirectional_attention="vision"``), per-layer input embeddings, and an ``mm:ss`` timestamp
+    before each frame, which the processor writes. No audio tower (video needs none)."""
+    from transformers import (
+        Gemma4AudioFeatureExtractor, Gemma4Config, Gemma4ForConditionalGeneration, Gemma4ImageProcessor,
+        Gemma4Processor, Gemma4VideoProcessor,
+    )
+
+    tok = build_tokenizer(["<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", *_GEMMA4_TOKENS.values(), "<|video|>"],
+                          "<turn|>", "<pad>", _GEMMA4_TOKENS)
+    ids = {name: tok.convert_tokens_to_ids(_GEMMA4_TOKENS[key]) for key, name in _GEMMA4_IDS.items()}
+    text = dict(**_text_config_kwargs(len(tok)), head_dim=32, global_head_dim=32, sliding_window=16,
+                layer_types=["sliding_attention", "full_attention"],
+                use_bidirectional_attention="vision", hidden_size_per_layer_input=16,
+                vocab_size_per_layer_input=len(tok), pad_token_id=tok.pad_token_id,
+                eos_token_id=tok.eos_token_id, bos_token_id=tok.convert_tokens_to_ids("<bos>"))
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, head_dim=16, patch_size=PATCH, pooling_kernel_size=2,
+                  position_embedding_size=64)
+    config = Gemma4Config(text_config=text, vision_config=vision,
+                          video_token_id=tok.convert_tokens_to_ids("<|video|>"), **ids)
+    # Gemma 4 resizes each frame to its soft-token budget (at least 70 tokens: 8x8 here), whatever its size.
+    patches = dict(patch_size=PATCH, pooling_kernel_size=2, max_soft_tokens=70)
+    processor = Gemma4Processor(
+        feature_extractor=Gemma4AudioFeatureExtractor(), image_processor=Gemma4ImageProcessor(**patches),
+        tokenizer=tok, video_processor=Gemma4VideoProcessor(**patches), chat_template=_GEMMA4_TEMPLATE,
+    )
+    return Gemma4ForConditionalGeneration(config), processor
+
+
 BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "qwen2_vl": build_qwen2_vl,
@@ -281,6 +326,7 @@ BUILDERS = {
     "llava_next_video": build_llava_next_video,
     "glm4v": build_glm4v,
     "internvl": build_internvl,
+    "gemma4": build_gemma4,
 }
 
 
