@@ -178,3 +178,18 @@ def test_internvl_numbers_its_frames_and_sees_times_only_through_the_time_instru
             tokens[timed, seconds] = ids
     assert torch.equal(tokens[False, 10.0], tokens[False, 200.0])
     assert not torch.equal(tokens[True, 10.0], tokens[True, 200.0])
+
+
+def test_gemma4_writes_each_frames_real_time_into_the_prompt():
+    """Gemma 4's processor puts an ``mm:ss`` stamp before every frame, from the clip's metadata."""
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    adapter = get_adapter("gemma4")
+    processor = adapter.load_processor("builtin:tiny-gemma4")
+    stamps = {}
+    for seconds in (10.0, 200.0):
+        clip = _clip(frames, seconds)
+        text = processor.tokenizer.decode(adapter.encode_prompt(processor, clip, "What happens?").tokens["input_ids"])
+        stamps[seconds] = re.findall(rf"(\d\d:\d\d) {re.escape(processor.boi_token)}{re.escape(processor.video_token)}",
+                                     text)
+        assert stamps[seconds] == [f"{int(t // 60):02d}:{int(t % 60):02d}" for t in clip.times], text
+    assert stamps[200.0] != stamps[10.0] and stamps[200.0][-1] >= "03:00"  # the last frame near the 200 s end

@@ -95,3 +95,32 @@ def test_three_answers_see_the_prompt_and_themselves_and_restart_positions():
     inputs = {"input_ids": torch.zeros(2, 7, dtype=torch.long)}
     positions = pair_position_ids(get_adapter("llava_onevision"), None, inputs, segments)
     assert positions.tolist() == [[0, 1, 2, 3, 2, 2, 3], [0, 1, 2, 2, 3, 5, 6]]
+
+
+def test_gemma4_packed_masks_keep_the_sliding_window_and_bidirectional_frames():
+    """Gemma 4's own masks on the packed row: its sliding layers see the last ``sliding_window`` tokens of
+    the ordinary row (the rejected answer counts from the prompt's end) and, within a frame, later vision
+    tokens too; its global layers are causal."""
+    from tpo.data.collate import SharedPrefixCollator
+    from tpo.shared_prefix import mask_builder, model_pair_masks
+
+    adapter = get_adapter("gemma4")
+    model, processor = adapter.load("builtin:tiny-gemma4")
+    batch = SharedPrefixCollator(adapter, processor)(_items()[:1])
+    masks = model_pair_masks(model, mask_builder(model), batch["inputs"], batch["segments"])
+    sliding, full = masks["sliding_attention"][0, 0], masks["full_attention"][0, 0]
+    window = model.config.text_config.sliding_window
+    p, c, r = batch["segments"][0].tolist()
+    assert p > 4 * window and r < window
+    last = p + c + r - 1  # the rejected answer's last token: index p + r - 1 in its ordinary row
+    expected = torch.zeros(p + c + r, dtype=torch.bool)
+    expected[p + r - window:p] = True
+    expected[p + c:] = True
+    assert torch.equal(sliding[last], expected)
+    assert torch.equal(full[last], torch.cat([torch.ones(p), torch.zeros(c), torch.ones(r)]).bool())
+    video = (batch["inputs"]["input_ids"][0] == processor.video_token_id).nonzero()[:, 0]
+    first, per_frame = video[0].item(), len(video) // len(_items()[0]["clip"])
+    frame_end, next_frame = video[per_frame - 1].item(), video[per_frame].item()
+    assert sliding[first, frame_end] and not full[first, frame_end]  # bidirectional within its frame
+    assert frame_end - first >= window and not sliding[frame_end, first]  # the window still bounds the past
+    assert not sliding[first, next_frame]  # frames are separate blocks
