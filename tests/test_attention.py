@@ -18,8 +18,9 @@ from tpo.shared_prefix import pair_attention_mask, pair_block_mask, shared_prefi
 
 PAIRS = [("What happens after the red square moves left?", "The blue circle moves up, then stops.", "Nothing."),
          ("In what order?", "Red then blue.", "The green square moves right, then the yellow circle moves down.")]
-# One family that declares flex support, two whose text model gets our registered function.
-FLEX_FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen3_vl"]
+# One family that declares flex support, two whose text model gets our registered function, and Gemma 4,
+# whose block masks come from its own per-layer-type masks (sliding window, bidirectional frames).
+FLEX_FAMILIES = ["llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma4"]
 
 
 def _batch(family, device="cpu"):
