@@ -72,16 +72,6 @@ def _answer_starts(segments: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(segments.cumsum(1), (1, 0))
 
 
-def _ordinary_index(segments: torch.Tensor, length: int) -> torch.Tensor:
-    """``(B, L)``: each token's index in its ordinary row ``[prompt][own answer]`` (later answers restart
-    where the prompt ends; padding keeps its index)."""
-    pos = torch.arange(length, device=segments.device).expand(len(segments), -1)
-    segment = _segment_of(segments, length)
-    own_start = _answer_starts(segments).gather(1, segment)  # where each token's segment starts
-    in_later_answer = (segment >= 2) & (segment < segments.shape[1])  # answers 2..N (not padding)
-    return torch.where(in_later_answer, pos - (own_start - segments[:, :1]), pos)
-
-
 def _same_row(query, key, padding: int):
     """Whether a query in segment ``query`` and a key in segment ``key`` share an ordinary row: the key
     lies in the prompt or the query's own answer, and neither is padding."""
