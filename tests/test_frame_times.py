@@ -14,6 +14,7 @@ from tpo.evaluate.mcq import item_clip
 from tpo.evaluate.protocol import Protocol
 from tpo.models import get_adapter
 from tpo.module import TPOModule
+from tpo.scoring import TWO_PASS, pair_collator
 from tpo.shared_prefix import pair_position_ids
 
 FPS = 25.0
@@ -106,6 +107,13 @@ def test_read_clip_reports_the_container_timing(pref_file):
     assert clip.times == pytest.approx([0, 8 / clip.metadata.fps, 16 / clip.metadata.fps])
 
 
+def _assert_stamped_with_real_times(processor, prompt, clip: Clip) -> None:
+    text = processor.tokenizer.decode(prompt.tokens["input_ids"])
+    # one stamp per temporal patch of 2 frames: the mean time of its frames
+    stamps = [(a + b) / 2 for a, b in zip(clip.times[::2], clip.times[1::2])]
+    assert [f"<{t:.1f} seconds>" in text for t in stamps] == [True] * (len(clip) // 2), text
+
+
 def test_qwen3_vl_writes_the_real_frame_times_into_the_prompt():
     frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
     adapter = get_adapter("qwen3_vl")
@@ -114,10 +122,7 @@ def test_qwen3_vl_writes_the_real_frame_times_into_the_prompt():
     for seconds in (10.0, 200.0):
         clip = _clip(frames, seconds)
         prompt = adapter.encode_prompt(processor, clip, "What happens?")
-        text = processor.tokenizer.decode(prompt.tokens["input_ids"])
-        # one stamp per temporal patch of 2 frames: the mean time of its frames
-        stamps = [(a + b) / 2 for a, b in zip(clip.times[::2], clip.times[1::2])]
-        assert [f"<{t:.1f} seconds>" in text for t in stamps] == [True] * 4, text
+        _assert_stamped_with_real_times(processor, prompt, clip)
         encoded[seconds] = prompt
         item = {"id": "0", "question": "What happens?", "chosen": "A.", "rejected": "B.", "clip": clip}
         batch = SharedPrefixCollator(adapter, processor)([item])
@@ -127,4 +132,24 @@ def test_qwen3_vl_writes_the_real_frame_times_into_the_prompt():
                                             video_grid_thw=batch["inputs"]["video_grid_thw"])
         p = batch["segments"][0, 0].item()
         assert torch.equal(positions[:, :, :p], base[:, :, :p])  # the prompt's positions are the model's own
+    assert not torch.equal(encoded[10.0].tokens["input_ids"], encoded[200.0].tokens["input_ids"])
+
+
+def test_qwen3_5_trains_on_the_real_frame_times_in_both_rows_of_a_pair():
+    """Qwen3.5 places frames in time by text alone (each temporal patch is its own grid after its stamp);
+    it trains two rows per pair, and each carries the stamped prompt."""
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    module = TPOModule("builtin:tiny-qwen3_5", "qwen3_5")
+    adapter, processor = module.adapter, module.processor
+    assert module.layout == TWO_PASS
+    encoded = {}
+    for seconds in (10.0, 200.0):
+        clip = _clip(frames, seconds)
+        prompt = adapter.encode_prompt(processor, clip, "What happens?")
+        _assert_stamped_with_real_times(processor, prompt, clip)
+        item = {"id": "0", "question": "What happens?", "chosen": "A.", "rejected": "B.", "clip": clip}
+        ids = pair_collator(module.layout, adapter, processor)([item])["inputs"]["input_ids"]
+        p = len(prompt.tokens["input_ids"])
+        assert len(ids) == 2 and all(torch.equal(row[:p], prompt.tokens["input_ids"]) for row in ids)
+        encoded[seconds] = prompt
     assert not torch.equal(encoded[10.0].tokens["input_ids"], encoded[200.0].tokens["input_ids"])
