@@ -111,6 +111,13 @@ def test_packing_gives_wrong_logps_for_recurrent_layers_so_training_scores_two_r
     dm = PreferenceDataModule(str(pref_file))
     dm.connect(module)
     assert isinstance(dm.collator, TwoPassCollator)
+    module.configure_model()
+    batch = dm.collator(items)
+    with torch.no_grad():
+        reference = torch.cat(module.reference.logps(batch))
+        precomputed = module.predict_step(batch, 0)  # what `tpo precompute-ref` writes
+    torch.testing.assert_close(reference, alone, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(list(precomputed.values())).T.flatten(), alone, rtol=1e-5, atol=1e-4)
     assert LikelihoodScorer(adapter, model, processor).layout == TWO_PASS
 
 

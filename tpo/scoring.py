@@ -43,8 +43,8 @@ def describe_layout(config) -> str:
     unmaskable = unmaskable_layer_types(config)
     if not unmaskable:
         return f"{SHARED_PREFIX} (one packed row per pair)"
-    return (f"{TWO_PASS} (one row per answer: the model's {', '.join(unmaskable)} layers would carry one "
-            "answer into the next in a packed row)")
+    layers = ", ".join(unmaskable)
+    return f"{TWO_PASS} (one row per answer: a packed row's mask cannot steer the model's {layers} layers)"
 
 
 def pair_collator(layout: str, adapter: ModelAdapter, processor) -> PairCollator:

@@ -16,7 +16,9 @@ a preference pair is the case ``N = 2`` (:func:`pack_pairs`, :func:`shared_prefi
 Why a packed row and not a KV-cache continuation: a row is one pure forward, so activation
 checkpointing (which re-runs blocks in backward) and FSDP work unchanged, and a batch of pairs
 is one call. It needs an attention implementation that takes a custom mask (``sdpa``, ``eager``, or
-FlexAttention with a block mask: ``tpo/attention.py``).
+FlexAttention with a block mask: ``tpo/attention.py``), and a model whose every layer that mixes
+tokens obeys that mask: full attention. A model with recurrent layers is scored one row per answer
+instead (``tpo/scoring.py`` decides).
 """
 
 from __future__ import annotations
