@@ -93,7 +93,7 @@ def test_layout_is_detected_from_the_layer_types():
     assert unmaskable_layer_types(sliding) == ["sliding_attention"]
 
 
-def test_packing_gives_wrong_logps_for_recurrent_layers_so_training_scores_two_rows(pref_file):
+def test_packing_gives_wrong_logps_for_qwen3_5s_recurrent_layers_so_training_scores_two_rows(pref_file):
     """Qwen3.5's linear-attention layers carry the chosen answer's state into the rejected one."""
     family = "qwen3_5"
     adapter = get_adapter(family)
