@@ -16,6 +16,7 @@ from tpo.evaluate.mcq import item_clip
 from tpo.evaluate.protocol import Protocol
 from tpo.models import get_adapter
 from tpo.module import TPOModule
+from tpo.scoring import TWO_PASS, pair_collator
 from tpo.shared_prefix import pair_position_ids
 
 FPS = 25.0
@@ -108,6 +109,13 @@ def test_read_clip_reports_the_container_timing(pref_file):
     assert clip.times == pytest.approx([0, 8 / clip.metadata.fps, 16 / clip.metadata.fps])
 
 
+def _assert_stamped_with_real_times(processor, prompt, clip: Clip) -> None:
+    text = processor.tokenizer.decode(prompt.tokens["input_ids"])
+    # one stamp per temporal patch of 2 frames: the mean time of its frames
+    stamps = [(a + b) / 2 for a, b in zip(clip.times[::2], clip.times[1::2])]
+    assert [f"<{t:.1f} seconds>" in text for t in stamps] == [True] * (len(clip) // 2), text
+
+
 def test_qwen3_vl_writes_the_real_frame_times_into_the_prompt():
     frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
     adapter = get_adapter("qwen3_vl")
@@ -116,10 +124,7 @@ def test_qwen3_vl_writes_the_real_frame_times_into_the_prompt():
     for seconds in (10.0, 200.0):
         clip = _clip(frames, seconds)
         prompt = adapter.encode_prompt(processor, clip, "What happens?")
-        text = processor.tokenizer.decode(prompt.tokens["input_ids"])
-        # one stamp per temporal patch of 2 frames: the mean time of its frames
-        stamps = [(a + b) / 2 for a, b in zip(clip.times[::2], clip.times[1::2])]
-        assert [f"<{t:.1f} seconds>" in text for t in stamps] == [True] * 4, text
+        _assert_stamped_with_real_times(processor, prompt, clip)
         encoded[seconds] = prompt
         item = {"id": "0", "question": "What happens?", "chosen": "A.", "rejected": "B.", "clip": clip}
         batch = SharedPrefixCollator(adapter, processor)([item])
@@ -193,3 +198,23 @@ def test_gemma4_writes_each_frames_real_time_into_the_prompt():
                                      text)
         assert stamps[seconds] == [f"{int(t // 60):02d}:{int(t % 60):02d}" for t in clip.times], text
     assert stamps[200.0] != stamps[10.0] and stamps[200.0][-1] >= "03:00"  # the last frame near the 200 s end
+
+
+def test_qwen3_5_trains_on_the_real_frame_times_in_both_rows_of_a_pair():
+    """Qwen3.5 places frames in time by text alone (each temporal patch is its own grid after its stamp);
+    it trains two rows per pair, and each carries the stamped prompt."""
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    module = TPOModule("builtin:tiny-qwen3_5", "qwen3_5")
+    adapter, processor = module.adapter, module.processor
+    assert module.layout == TWO_PASS
+    encoded = {}
+    for seconds in (10.0, 200.0):
+        clip = _clip(frames, seconds)
+        prompt = adapter.encode_prompt(processor, clip, "What happens?")
+        _assert_stamped_with_real_times(processor, prompt, clip)
+        item = {"id": "0", "question": "What happens?", "chosen": "A.", "rejected": "B.", "clip": clip}
+        ids = pair_collator(module.layout, adapter, processor)([item])["inputs"]["input_ids"]
+        p = len(prompt.tokens["input_ids"])
+        assert len(ids) == 2 and all(torch.equal(row[:p], prompt.tokens["input_ids"]) for row in ids)
+        encoded[seconds] = prompt
+    assert not torch.equal(encoded[10.0].tokens["input_ids"], encoded[200.0].tokens["input_ids"])

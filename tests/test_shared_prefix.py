@@ -1,14 +1,20 @@
-"""Shared-prefix scoring equals the naive two-pass scoring: log-probs and gradients, every family."""
+"""Training's scoring (shared-prefix packing, or two rows per pair where packing is not exact) equals
+one independent forward per answer: log-probs and gradients, every family."""
 
 import numpy as np
 import pytest
 import torch
+from transformers import Qwen2Config, Qwen3_5Config
 
 from conftest import FAMILIES, random_clip
 from tpo.data.collate import SharedPrefixCollator
-from tpo.two_pass import response_logps, two_pass_collate
+from tpo.data.datamodule import PreferenceDataModule
+from tpo.evaluate.likelihood import LikelihoodScorer
+from tpo.module import TPOModule
+from tpo.scoring import SHARED_PREFIX, TWO_PASS, layout_for, pair_collator, pair_logps, unmaskable_layer_types
+from tpo.two_pass import TwoPassCollator, labelled_row, response_logps
 from tpo.models import get_adapter
-from tpo.shared_prefix import pair_attention_mask, pair_position_ids
+from tpo.shared_prefix import pair_attention_mask, pair_position_ids, shared_prefix_logps
 
 PAIRS = [("What happens after the red square moves left?", "The blue circle moves up, then stops.", "Nothing."),
          ("In what order?", "Red then blue.", "The green square moves right, then the yellow circle moves down.")]
@@ -26,38 +32,93 @@ def _grads(model):
     return grads
 
 
+def _one_forward_per_answer(adapter, processor, model, items) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts, (chosen of every pair, then rejected of every pair), each answer
+    scored after its prompt in a forward of its own: no packing, no padding, nothing shared."""
+    logps, counts = [], []
+    for side in ("chosen", "rejected"):
+        for item in items:
+            prompt = adapter.encode_prompt(processor, item["clip"], item["question"])
+            row = labelled_row(prompt.tokens, adapter.response_ids(processor, item[side]))
+            labels = row.pop("labels")[None]
+            out = model(**{k: v[None] for k, v in row.items()}, **prompt.vision)
+            s, c = response_logps(out.logits, labels)
+            logps.append(s)
+            counts.append(c)
+    return torch.cat(logps), torch.cat(counts)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_prefix_equals_two_passes(family):
+    """Through training's entry points (the layout its module detects, its collator, its scoring)."""
     adapter = get_adapter(family)
     model, processor = adapter.load(f"builtin:tiny-{family}")
     model.train()
     items = _items()
-    naive = two_pass_collate(adapter, processor, items)
-    shared = SharedPrefixCollator(adapter, processor)(items)
+    layout = TPOModule(f"builtin:tiny-{family}", family).layout
+    batch = pair_collator(layout, adapter, processor)(items)
+    weights = torch.tensor([1.0, 0.5, -0.7, 2.0])  # distinct weights per sequence
 
-    naive_logps, naive_counts = response_logps(model(**naive["inputs"]).logits, naive["labels"])
-    (naive_logps * torch.tensor([1.0, 0.5, -0.7, 2.0])).sum().backward()  # distinct weights per sequence
-    naive_grads = _grads(model)
+    alone_logps, alone_counts = _one_forward_per_answer(adapter, processor, model, items)
+    (alone_logps * weights).sum().backward()
+    alone_grads = _grads(model)
 
     seen = []
     hook = model.lm_head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
-    from tpo.shared_prefix import shared_prefix_logps
-    shared_logps, shared_counts = map(torch.cat, shared_prefix_logps(adapter, model, shared))
+    logps, counts = map(torch.cat, pair_logps(adapter, model, batch))
     hook.remove()
-    (shared_logps * torch.tensor([1.0, 0.5, -0.7, 2.0])).sum().backward()
-    shared_grads = _grads(model)
+    (logps * weights).sum().backward()
+    grads = _grads(model)
 
-    torch.testing.assert_close(shared_logps, naive_logps, rtol=1e-5, atol=1e-4)
-    assert torch.equal(shared_counts, naive_counts)
-    assert set(shared_grads) == set(naive_grads)
-    scale = max(g.abs().max() for g in naive_grads.values())
-    for name, grad in naive_grads.items():
-        torch.testing.assert_close(shared_grads[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
-    # The LM head saw positions from the first response-predicting one on, never the video or prompt.
-    first_response = int(shared["segments"][:, 0].min()) - 1
-    assert seen == [shared["inputs"]["input_ids"].shape[1] - first_response]
-    # One row (and one video) per pair instead of two.
-    assert shared["inputs"]["input_ids"].shape[0] == 2 and naive["inputs"]["input_ids"].shape[0] == 4
+    torch.testing.assert_close(logps, alone_logps, rtol=1e-5, atol=1e-4)
+    assert torch.equal(counts, alone_counts)
+    assert set(grads) == set(alone_grads)
+    scale = max(g.abs().max() for g in alone_grads.values())
+    for name, grad in alone_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5 * scale, msg=name)
+    if layout == SHARED_PREFIX:
+        # The LM head saw positions from the first response-predicting one on, never the video or prompt.
+        first_response = int(batch["segments"][:, 0].min()) - 1
+        assert seen == [batch["inputs"]["input_ids"].shape[1] - first_response]
+    # One row (and one video) per pair, or, where packing is not exact, one per answer.
+    assert batch["inputs"]["input_ids"].shape[0] == {SHARED_PREFIX: 2, TWO_PASS: 4}[layout]
+
+
+def test_layout_is_detected_from_the_layer_types():
+    full = Qwen2Config(num_hidden_layers=2, layer_types=["full_attention"] * 2)
+    sliding = Qwen2Config(num_hidden_layers=2, layer_types=["full_attention", "sliding_attention"])
+    hybrid = Qwen3_5Config(text_config={"num_hidden_layers": 4})  # its default: linear attention, full every 4th
+    # sliding windows are carried onto the packed row by the model's own masks (the Gemma 4 test below)
+    assert [layout_for(c) for c in (full, sliding, hybrid)] == [SHARED_PREFIX, SHARED_PREFIX, TWO_PASS]
+    assert unmaskable_layer_types(hybrid) == ["linear_attention"] and unmaskable_layer_types(sliding) == []
+
+
+def test_packing_gives_wrong_logps_for_qwen3_5s_recurrent_layers_so_training_scores_two_rows(pref_file):
+    """Qwen3.5's linear-attention layers carry the chosen answer's state into the rejected one."""
+    family = "qwen3_5"
+    adapter = get_adapter(family)
+    model, processor = adapter.load(f"builtin:tiny-{family}")
+    items = _items()
+    with torch.no_grad():
+        packed = torch.cat(shared_prefix_logps(adapter, model, SharedPrefixCollator(adapter, processor)(items))[0])
+        alone, _ = _one_forward_per_answer(adapter, processor, model, items)
+    # chosen follows the prompt in both; rejected, packed, follows the chosen answer's recurrent state
+    torch.testing.assert_close(packed[:2], alone[:2], rtol=1e-5, atol=1e-4)
+    assert ((packed[2:] - alone[2:]).abs() > 1e-3).all(), (packed, alone)
+    # so the model is detected, and training, its reference and likelihood scoring use one row per answer
+    module = TPOModule(f"builtin:tiny-{family}", family)
+    assert module.layout == TWO_PASS and "linear_attention" in module.layout_description
+    dm = PreferenceDataModule(str(pref_file))
+    dm.connect(module)
+    assert isinstance(dm.collator, TwoPassCollator)
+    module.configure_model()
+    batch = dm.collator(items)
+    with torch.no_grad():
+        reference = torch.cat(module.reference.logps(batch))
+        precomputed = module.predict_step(batch, 0)  # what `tpo precompute-ref` writes
+    torch.testing.assert_close(reference, alone, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(torch.tensor(list(precomputed.values())).T.flatten(), alone, rtol=1e-5, atol=1e-4)
+    assert LikelihoodScorer(adapter, model, processor).layout == TWO_PASS
 
 
 def test_block_mask_keeps_rejected_away_from_chosen():

@@ -1,6 +1,7 @@
 """Which kernel runs the language model's attention under the shared-prefix block mask.
 
-Every training forward passes a custom mask (``tpo/shared_prefix.py``), so the choice matters:
+Every packed training forward passes a custom mask (``tpo/shared_prefix.py``), so the choice matters
+(a model scored one row per answer, ``tpo/scoring.py``, passes only a padding mask):
 
 - ``sdpa_no_cudnn`` (default): PyTorch SDPA with its cuDNN backend switched off. A masked input then
   runs the memory-efficient kernel (math where it cannot), an unmasked one (the vision encoder) flash.

@@ -54,6 +54,7 @@ class TPOCLI(LightningCLI):
               f"  last epoch (train mean): {train}\n  validation: {val}\n"
               f"  skipped optimizer steps (non-finite gradient norm): {self.model.skipped_steps}\n"
               f"  video backend: {backend_name()}\n"
+              f"  pair layout: {self.model.layout_description}\n"
               f"  logs:       {log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
               f"  export:     {export or '(none)'}")
 

@@ -14,14 +14,13 @@ from torch import nn
 from torchmetrics import MeanMetric
 from transformers import get_cosine_schedule_with_warmup
 
-from tpo import reference, sharding
+from tpo import reference, scoring, sharding
 from tpo.attention import Attention, check_attention, use_attention
 from tpo.errors import ConfigError, TPOError
 from tpo.lora import LoraSettings, add_lora
 from tpo.loss import LossType, Pair, tpo_loss
 from tpo.models import get_adapter
 from tpo.settings import Fraction, NonNegative, Positive, PositiveInt
-from tpo.shared_prefix import shared_prefix_logps
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 METRICS = ("loss", "loss_dpo", "loss_sft", "rewards/chosen", "rewards/rejected", "rewards/margin",
@@ -77,6 +76,9 @@ class TPOModule(L.LightningModule):
             raise ConfigError("model.beta must be above 0 with loss_type ipo (its target margin is 1 / (2 beta))")
         self.adapter = get_adapter(family, time_instruction)
         self.processor = self.adapter.load_processor(model_path)  # the one processor: batches, export, evaluation
+        config = self.adapter.load_config(model_path)
+        self.layout = scoring.layout_for(config)  # how pairs are laid out (packed or two rows), from the model
+        self.layout_description = scoring.describe_layout(config)
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.policy = None
@@ -188,8 +190,9 @@ class TPOModule(L.LightningModule):
 
     # ---- loss --------------------------------------------------------------------------------
     def sequence_logps(self, model, batch: dict) -> tuple[Pair, Pair]:
-        """Response log-probs and token counts per pair, one shared-prefix forward per pair."""
-        return shared_prefix_logps(self.adapter, model, batch)
+        """Response log-probs and token counts per pair: one forward over the batch, in its layout
+        (:attr:`layout`: a packed row per pair, or two rows for a model with recurrent layers)."""
+        return scoring.pair_logps(self.adapter, model, batch)
 
     def compute_loss(self, batch: dict, rows: torch.Tensor | slice = slice(None)) -> dict[str, torch.Tensor]:
         """Loss and metrics of the pairs ``rows`` of the batch (every pair goes through the models)."""

@@ -8,7 +8,7 @@ Each gives the reference log-probs of a batch as a :class:`tpo.loss.Pair` (``.lo
 
 The reference model never changes, so its log-probs are a property of the dataset. They are
 computed once, by an explicit ``tpo precompute-ref`` (:func:`precompute`: a ``trainer.predict``
-with the same shared-prefix path training uses), saved as JSON keyed
+with the same scoring path and layout training uses), saved as JSON keyed
 by record id, and the file carries a fingerprint of the model, its processor and prompt settings
 and each record's content (video, frames, question, answers and whether each answer was cut off).
 Training then holds no reference model.
@@ -27,7 +27,7 @@ import torch
 from tpo.builtin import resolve
 from tpo.errors import TPOError
 from tpo.loss import Pair
-from tpo.shared_prefix import shared_prefix_logps
+from tpo.scoring import pair_logps
 
 FORMAT_VERSION = 3  # 2: the training precision; 3: real frame times, the time instruction, truncation flags
 HINT = "delete it or run `python -m tpo precompute-ref --config ...` again"
@@ -69,7 +69,7 @@ class FrozenCopy:
 
     @torch.no_grad()
     def logps(self, batch: dict) -> Pair:
-        return shared_prefix_logps(self.adapter, self.model, batch)[0]
+        return pair_logps(self.adapter, self.model, batch)[0]
 
 
 class AdaptersOff:
@@ -81,7 +81,7 @@ class AdaptersOff:
     @torch.no_grad()
     def logps(self, batch: dict) -> Pair:
         with self.policy.disable_adapter():
-            return shared_prefix_logps(self.adapter, self.policy, batch)[0]
+            return pair_logps(self.adapter, self.policy, batch)[0]
 
 
 class Precomputed:

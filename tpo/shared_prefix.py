@@ -16,7 +16,9 @@ a preference pair is the case ``N = 2`` (:func:`pack_pairs`, :func:`shared_prefi
 Why a packed row and not a KV-cache continuation: a row is one pure forward, so activation
 checkpointing (which re-runs blocks in backward) and FSDP work unchanged, and a batch of pairs
 is one call. It needs an attention implementation that takes a custom mask (``sdpa``, ``eager``, or
-FlexAttention with a block mask: ``tpo/attention.py``).
+FlexAttention with a block mask: ``tpo/attention.py``), and a model whose every layer that mixes
+tokens obeys a mask. A model with recurrent layers is scored one row per answer instead
+(``tpo/scoring.py`` decides).
 
 A model whose masks are not plain causal ones (sliding-window layers, vision tokens attending
 bidirectionally within their image: Gemma 3 and 4) gets its own masks, one per layer type as
@@ -154,7 +156,9 @@ def _ordinary_masks(model, builder, inputs: dict, length: int) -> dict | torch.T
     masks = builder(config=config, inputs_embeds=shape, attention_mask=None, cache=None, position_ids=None,
                     is_first_iteration=True, **types)
 
-    def as_bool(mask):
+    def as_bool(mask):  # None: a layer type that takes no mask (linear attention)
+        if mask is None:
+            return None
         return (mask if mask.dtype == torch.bool else mask == 0).expand(len(ids), 1, length, length)
 
     return {k: as_bool(m) for k, m in masks.items()} if isinstance(masks, dict) else as_bool(masks)
@@ -172,6 +176,8 @@ def model_pair_masks(model, builder, inputs: dict, segments: torch.Tensor) -> di
     rows, cols = index[:, :, None].expand(-1, -1, length), index[:, None, :].expand(-1, length, -1)
 
     def packed(mask):
+        if mask is None:
+            return None
         return ((mask[:, 0].gather(1, rows).gather(2, cols) & same_row) | diagonal).unsqueeze(1)
 
     masks = _ordinary_masks(model, builder, inputs, length)
@@ -197,7 +203,7 @@ def _attention_mask(model, inputs: dict, segments: torch.Tensor, dtype: torch.dt
     if builder is not None:
         masks = model_pair_masks(model, builder, inputs, segments)
         if isinstance(masks, dict):
-            return {k: _kernel_mask(impl, m, dtype) for k, m in masks.items()}
+            return {k: None if m is None else _kernel_mask(impl, m, dtype) for k, m in masks.items()}
         return _kernel_mask(impl, masks, dtype)
     length = inputs["input_ids"].shape[1]
     if impl == FLEX:

@@ -18,7 +18,7 @@ def peak_memory_gib(device: torch.device) -> float:
 
 class ThroughputLogger(L.Callback):
     """Logs ``perf/samples_per_s`` (preference pairs) and ``perf/tokens_per_s`` (non-padding tokens
-    of the packed ``[prompt][chosen][rejected]`` rows: the tokens the model runs), over all devices, measured from one step's end to the next's
+    of the batch's rows, packed ``[prompt][chosen][rejected]`` or two per pair: the tokens the model runs), over all devices, measured from one step's end to the next's
     so that data loading counts; and ``perf/peak_memory_gib``, the step's peak on the fullest rank."""
 
     def __init__(self):

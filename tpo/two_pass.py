@@ -1,8 +1,9 @@
-"""The two-pass layout (prompt + chosen and prompt + rejected as separate rows), as TRL does it.
+"""One row per answer: prompt + chosen and prompt + rejected as separate rows, as TRL does it.
 
-Training uses the shared-prefix layout (``tpo/shared_prefix.py``): one row per pair. This one is the
-baseline it is tested and benchmarked against, and the plain labelled rows of supervised
-fine-tuning (the toy base model).
+Training uses the shared-prefix layout (``tpo/shared_prefix.py``: one row per pair) wherever it is
+exact; a model with recurrent layers is scored in this layout instead (``tpo/scoring.py`` decides).
+It is also the baseline the packed layout is tested and benchmarked against, and the plain labelled
+rows of supervised fine-tuning (the toy base model).
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tpo.data.collate import answer_ids
+from tpo.data.collate import PairCollator
 from tpo.data.sequences import append_tokens, pad_rows, pad_token_rows
 from tpo.loss import Pair
-from tpo.models import IGNORE_INDEX, ModelAdapter, PromptEncoding, pad_token_id
+from tpo.models import IGNORE_INDEX, ModelAdapter, PromptEncoding
 
 
 def labelled_row(prompt_tokens: dict[str, torch.Tensor], response: list[int]) -> dict[str, torch.Tensor]:
@@ -32,19 +33,32 @@ def labelled_batch(rows: list[dict[str, torch.Tensor]], visions: list[dict[str, 
     return {"inputs": inputs, "labels": pad_rows([r["labels"] for r in rows], IGNORE_INDEX)}
 
 
+def answer_rows(prompts: list[PromptEncoding], answers: list[list[list[int]]], pad_id: int) -> dict:
+    """``N * B`` labelled rows, answer by answer: rows ``[k B, (k + 1) B)`` are the prompts each
+    followed by its answer ``k``, the vision tensors repeated to match. ``answers[i]`` are prompt ``i``'s
+    answers; one with fewer than the most gets empty ones (a row of its prompt alone, nothing labelled).
+    ``answers`` in the result is ``N``."""
+    n = max(len(a) for a in answers)
+    rows = [labelled_row(p.tokens, own[k] if k < len(own) else [])
+            for k in range(n) for p, own in zip(prompts, answers)]
+    return {**labelled_batch(rows, [p.vision for p in prompts] * n, pad_id), "answers": n}
+
+
 def two_pass_batch(prompts: list[PromptEncoding], chosen: list[list[int]], rejected: list[list[int]],
                    pad_id: int) -> dict:
-    """``2B`` rows: ``[0, B)`` prompt + chosen, ``[B, 2B)`` the same prompts + rejected, the vision
-    tensors repeated to match."""
-    rows = [labelled_row(p.tokens, ids) for answers in (chosen, rejected) for p, ids in zip(prompts, answers)]
-    return labelled_batch(rows, [p.vision for p in prompts] * 2, pad_id)
+    """``2B`` rows: ``[0, B)`` prompt + chosen, ``[B, 2B)`` the same prompts + rejected (:func:`answer_rows`)."""
+    return answer_rows(prompts, [[c, r] for c, r in zip(chosen, rejected)], pad_id)
+
+
+class TwoPassCollator(PairCollator):
+    """Items of :class:`tpo.data.datamodule.PreferenceDataset` as a :func:`two_pass_batch`."""
+
+    pack = staticmethod(two_pass_batch)
 
 
 def two_pass_collate(adapter: ModelAdapter, processor, items: list[dict]) -> dict:
     """Items of :class:`tpo.data.datamodule.PreferenceDataset` as a :func:`two_pass_batch`, with their ``ids``."""
-    prompts = [adapter.encode_prompt(processor, it["clip"], it["question"]) for it in items]
-    chosen, rejected = ([answer_ids(adapter, processor, it, side) for it in items] for side in ("chosen", "rejected"))
-    return {**two_pass_batch(prompts, chosen, rejected, pad_token_id(processor)), "ids": [it["id"] for it in items]}
+    return TwoPassCollator(adapter, processor)(items)
 
 
 def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,15 +67,22 @@ def response_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     ``logits[:, t]`` predicts ``labels[:, t + 1]``; positions labelled ``IGNORE_INDEX`` (video,
     prompt, padding) contribute nothing.
     """
-    logits, labels = logits[:, :-1], labels[:, 1:]
+    logits, labels = logits[:, :-1], labels[:, 1:].to(logits.device)
     mask = labels != IGNORE_INDEX
     token_logps = -F.cross_entropy(logits.float().transpose(1, 2), labels.masked_fill(~mask, 0), reduction="none")
     return (token_logps * mask).sum(-1), mask.sum(-1)
 
 
+def per_answer_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts of every answer of an :func:`answer_rows` batch, ``(B, N)``
+    each as :func:`tpo.shared_prefix.answer_logps` gives them, from one forward over all rows."""
+    sums, counts = response_logps(model(**batch["inputs"], use_cache=False).logits, batch["labels"])
+    n = batch["answers"]
+    return sums.view(n, -1).T, counts.view(n, -1).T
+
+
 def two_pass_logps(model, batch: dict) -> tuple[Pair, Pair]:
     """Summed log-probs and token counts of a :func:`two_pass_batch`, as :func:`tpo.shared_prefix.shared_prefix_logps`
-    gives them, from one forward over all ``2B`` rows."""
-    sums, counts = response_logps(model(**batch["inputs"], use_cache=False).logits, batch["labels"])
-    n = len(sums) // 2
-    return Pair(sums[:n], sums[n:]), Pair(counts[:n], counts[n:])
+    gives them."""
+    sums, counts = per_answer_logps(model, batch)
+    return Pair(sums[:, 0], sums[:, 1]), Pair(counts[:, 0], counts[:, 1])

@@ -1,10 +1,12 @@
-"""Preference pairs -> one padded model batch: one row ``[prompt][chosen][rejected]`` per pair."""
+"""Preference pairs -> one padded model batch, in the layout the model is scored in (``tpo/scoring.py``)."""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
-from tpo.models import ModelAdapter, pad_token_id
+from tpo.models import ModelAdapter, PromptEncoding, pad_token_id
 from tpo.shared_prefix import pack_pairs
 
 
@@ -13,10 +15,12 @@ def answer_ids(adapter: ModelAdapter, processor, item: dict, side: str) -> list[
     return adapter.response_ids(processor, item[side], end=not item.get(f"{side}_truncated", False))
 
 
-class SharedPrefixCollator:
-    """Items of :class:`tpo.data.datamodule.PreferenceDataset` -> a :func:`tpo.shared_prefix.pack_pairs`
-    batch (``inputs``, ``segments``) with the pairs' ``ids`` and whether each pair is ``counted``
-    (a validation repeat is not)."""
+class PairCollator:
+    """Items of :class:`tpo.data.datamodule.PreferenceDataset` -> the batch ``pack(prompts, chosen,
+    rejected, pad_id)`` lays out, with the pairs' ``ids`` and whether each pair is ``counted`` (a
+    validation repeat is not). Subclasses name their layout's ``pack``."""
+
+    pack: Callable[[list[PromptEncoding], list[list[int]], list[list[int]], int], dict]
 
     def __init__(self, adapter: ModelAdapter, processor):
         self.adapter = adapter
@@ -27,6 +31,13 @@ class SharedPrefixCollator:
         prompts = [self.adapter.encode_prompt(self.processor, it["clip"], it["question"]) for it in items]
         chosen, rejected = ([answer_ids(self.adapter, self.processor, it, side) for it in items]
                             for side in ("chosen", "rejected"))
-        batch = pack_pairs(prompts, chosen, rejected, self.pad_id)
+        batch = self.pack(prompts, chosen, rejected, self.pad_id)
         counted = torch.tensor([it.get("counted", True) for it in items])
         return {**batch, "ids": [it["id"] for it in items], "counted": counted}
+
+
+class SharedPrefixCollator(PairCollator):
+    """One row ``[prompt][chosen][rejected]`` per pair: a :func:`tpo.shared_prefix.pack_pairs` batch
+    (``inputs``, ``segments``)."""
+
+    pack = staticmethod(pack_pairs)

@@ -16,10 +16,11 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 
 from tpo.builtin import resolve
-from tpo.data.collate import SharedPrefixCollator
+from tpo.data.collate import PairCollator
 from tpo.data.frames import read_clip
 from tpo.data.records import BadRecordsError, PreferenceRecord, read_records, summarize
 from tpo.errors import ConfigError, TPOError
+from tpo.scoring import pair_collator
 from tpo.settings import Fraction, NonNegativeInt, PositiveInt
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ SKIPPED_FILE = "skipped_records.jsonl"
 
 
 class PreferenceDataset(Dataset):
-    """Decodes exactly each record's ``frame_indices``; items feed :class:`SharedPrefixCollator`."""
+    """Decodes exactly each record's ``frame_indices``; items feed a :class:`tpo.data.collate.PairCollator`."""
 
     def __init__(self, records: list[PreferenceRecord]):
         self.records = records
@@ -130,14 +131,15 @@ class PreferenceDataModule(L.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.collator: SharedPrefixCollator | None = None
+        self.collator: PairCollator | None = None
         self.train_set: PreferenceDataset | None = None
         self.val_set: PreferenceDataset | None = None
         self.skipped: list = []
 
     def connect(self, module) -> None:
-        """Encode batches with ``module``'s adapter and processor (under a Trainer, :meth:`setup` does this)."""
-        self.collator = SharedPrefixCollator(module.adapter, module.processor)
+        """Encode batches with ``module``'s adapter and processor, in its layout (under a Trainer, :meth:`setup`
+        does this)."""
+        self.collator = pair_collator(module.layout, module.adapter, module.processor)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:

@@ -11,7 +11,9 @@ little; the letter token comes first and usually carries most of the decision.
 
 All options of a question are scored in one forward: one packed row ``[prompt][option 1]...[option K]``
 per question, each option attending to the prompt and itself only, positions restarting after the
-prompt for each (3-D M-RoPE too), the video encoded once (:mod:`tpo.shared_prefix`).
+prompt for each (3-D M-RoPE too), the video encoded once (:mod:`tpo.shared_prefix`). A model with
+recurrent layers, for which packing is not exact, scores one row per option in that one forward
+(:mod:`tpo.scoring` decides).
 
 Prediction rows keep their format: ``reply`` is ``None`` and ``option_logps`` holds the K scores.
 """
@@ -26,7 +28,7 @@ from tpo.data.frames import Clip
 from tpo.evaluate.benchmarks import LETTERS
 from tpo.models import ModelAdapter
 from tpo.models.adapter import pad_token_id
-from tpo.shared_prefix import answer_logps, pack_answers
+from tpo.scoring import answer_logps, layout_for, pack_answers
 
 
 def option_continuation(index: int, text: str) -> str:
@@ -45,6 +47,7 @@ class LikelihoodScorer:
                  continuation: Callable[[int, str], str] = option_continuation):
         self.adapter, self.model, self.processor = adapter, model, processor
         self.continuation = continuation
+        self.layout = layout_for(model.config)
 
     def option_ids(self, options: list[str]) -> list[list[int]]:
         return [self.adapter.response_ids(self.processor, self.continuation(k, text), end=False)
@@ -54,7 +57,8 @@ class LikelihoodScorer:
     def score_options(self, clips: list[Clip], prompts: list[str], options: list[list[str]]) -> list[list[float]]:
         """Clips must have equally many frames (their vision tensors are concatenated)."""
         encodings = [self.adapter.encode_prompt(self.processor, clip, prompt) for clip, prompt in zip(clips, prompts)]
-        batch = pack_answers(encodings, [self.option_ids(o) for o in options], pad_token_id(self.processor))
+        answers = [self.option_ids(o) for o in options]
+        batch = pack_answers(self.layout, encodings, answers, pad_token_id(self.processor))
         device = next(self.model.parameters()).device
         batch["inputs"] = {k: v.to(device) for k, v in batch["inputs"].items()}
         sums, _ = answer_logps(self.adapter, self.model, batch)

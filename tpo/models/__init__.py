@@ -35,6 +35,7 @@ FAMILIES: dict[str, ModelAdapter] = {
         ModelAdapter("qwen2_vl", ("qwen2_vl",), _QWEN_PARTS, "Qwen2-VL"),
         ModelAdapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN_PARTS, "Qwen2.5-VL"),
         ModelAdapter("qwen3_vl", ("qwen3_vl",), _QWEN3_PARTS, "Qwen3-VL (Qwen3VLForConditionalGeneration)"),
+        ModelAdapter("qwen3_5", ("qwen3_5",), _QWEN_PARTS, "Qwen3.5 (Qwen3_5ForConditionalGeneration)"),
         ModelAdapter("llava_next_video", ("llava_next_video",), _LLAVA_PARTS, "LLaVA-NeXT-Video"),
         ModelAdapter("glm4v", ("glm4v",), _GLM4V_PARTS, "GLM-4.1V (Glm4vForConditionalGeneration)"),
         ModelAdapter("internvl", ("internvl",), _LLAVA_PARTS, "InternVL3 / InternVL3.5 (InternVLForConditionalGeneration)"),

@@ -109,14 +109,14 @@ def _qwen_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     return tok, {name: tok.convert_tokens_to_ids(t) for name, t in zip(_QWEN_VISION_IDS, _QWEN_VISION_TOKENS)}
 
 
-def _mrope_parameters(text: dict, ratio: tuple[int, int, int], rotary_fraction: float = 1.0) -> dict:
-    """Multimodal rotary parameters splitting the frequencies of each head's rotated part (the first
-    ``rotary_fraction`` of it) into (t, h, w) in ``ratio``."""
-    rotated = int(text.get("head_dim", text["hidden_size"] // text["num_attention_heads"]) * rotary_fraction)
-    half = rotated // 2
+def _mrope_parameters(text: dict, ratio: tuple[int, int, int], partial_rotary_factor: float = 1.0) -> dict:
+    """Multimodal rotary parameters splitting each head's rotary frequencies (t, h, w) in ``ratio``;
+    ``partial_rotary_factor`` < 1 rotates only that share of each head."""
+    head_dim = text.get("head_dim") or text["hidden_size"] // text["num_attention_heads"]
+    half = int(head_dim * partial_rotary_factor) // 2
     t, h, _ = (half * r // sum(ratio) for r in ratio)
     params = {"rope_type": "default", "mrope_section": [t, h, half - t - h], "rope_theta": 10000.0}
-    return params if rotary_fraction == 1.0 else {**params, "partial_rotary_factor": rotary_fraction}
+    return params if partial_rotary_factor == 1.0 else {**params, "partial_rotary_factor": partial_rotary_factor}
 
 
 def _qwen_processor(processor_class, video_processor, tok):
@@ -202,7 +202,7 @@ def build_glm4v():
     tok = build_tokenizer(_GLM_SPECIALS + list(_GLM_VISION_TOKENS.values()), "<|endoftext|>", "<|endoftext|>",
                           {"image_token": "<|image|>", "video_token": "<|video|>"})
     text = _text_config_kwargs(len(tok))
-    text["rope_parameters"] = _mrope_parameters(text, (2, 3, 3), rotary_fraction=0.5)
+    text["rope_parameters"] = _mrope_parameters(text, (2, 3, 3), partial_rotary_factor=0.5)
     vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, image_size=FRAME_SIZE, patch_size=PATCH,
                   spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=text["hidden_size"])
     ids = {name: tok.convert_tokens_to_ids(t) for name, t in _GLM_VISION_TOKENS.items()}
@@ -215,6 +215,26 @@ def build_glm4v():
         video_processor=Glm4vVideoProcessor(size=budget, **patches), tokenizer=tok, chat_template=_GLM_TEMPLATE,
     )
     return Glm4vForConditionalGeneration(config), processor
+
+
+def build_qwen3_5():
+    """Qwen3.5: a hybrid decoder (Gated DeltaNet linear-attention layers with a full-attention layer
+    every few), partial rotary M-RoPE, and Qwen3-VL's vision side and processor (a ``<t seconds>``
+    timestamp before each temporal patch), without deepstack."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    tok, ids = _qwen_tokenizer()
+    text = {**_text_config_kwargs(len(tok)), "head_dim": 32, "layer_types": ["linear_attention", "full_attention"],
+            "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 2,
+            "linear_num_value_heads": 4}
+    # the released model rotates a quarter of a 256-dim head; half of a 32-dim one leaves t, h, w a few frequencies
+    text["rope_parameters"] = {**_mrope_parameters(text, (3, 3, 2), partial_rotary_factor=0.5), "mrope_interleaved": True}
+    vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=PATCH, spatial_merge_size=2,
+                  temporal_patch_size=2, out_hidden_size=text["hidden_size"],
+                  num_position_embeddings=(FRAME_SIZE // PATCH) ** 2)
+    config = Qwen3_5Config(text_config=text, vision_config=vision, **ids)
+    video = Qwen3VLVideoProcessor(**_QWEN_PATCHES, cap_pixels_per_frame=True)
+    return Qwen3_5ForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok)
 
 
 def build_llava_next_video():
@@ -323,6 +343,7 @@ BUILDERS = {
     "qwen2_vl": build_qwen2_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
     "qwen3_vl": build_qwen3_vl,
+    "qwen3_5": build_qwen3_5,
     "llava_next_video": build_llava_next_video,
     "glm4v": build_glm4v,
     "internvl": build_internvl,
