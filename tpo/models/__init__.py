@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 from tpo.errors import ConfigError
+from tpo.models import longva as _longva  # noqa: F401  registers LongVA with the transformers Auto classes
 from tpo.models.adapter import IGNORE_INDEX, PARTS, ModelAdapter, PromptEncoding, pad_token_id
 
 _LLAVA_PARTS = {
@@ -27,6 +28,7 @@ FAMILIES: dict[str, ModelAdapter] = {
         ModelAdapter("qwen2_5_vl", ("qwen2_5_vl",), _QWEN_PARTS, "Qwen2.5-VL"),
         ModelAdapter("qwen3_vl", ("qwen3_vl",), _QWEN3_PARTS, "Qwen3-VL (Qwen3VLForConditionalGeneration)"),
         ModelAdapter("llava_next_video", ("llava_next_video",), _LLAVA_PARTS, "LLaVA-NeXT-Video"),
+        ModelAdapter("longva", ("longva",), _LLAVA_PARTS, "LongVA (converted with `python -m tpo.convert longva`)"),
     ]
 }
 
