@@ -33,8 +33,11 @@ class LongvaModel(LlavaOnevisionModel):
     def get_image_features(self, *args, **kwargs):
         raise NotImplementedError("LongVA models take videos only here: its image path (unires) is not implemented")
 
-    def get_video_features(self, *args, **kwargs):
-        out = super().get_video_features(*args, **kwargs)
+    # Named like OneVision's: generation finds the video inputs of this method by its signature.
+    def get_video_features(self, pixel_values_videos, vision_feature_layer=None, vision_feature_select_strategy=None,
+                           **kwargs):
+        out = super().get_video_features(pixel_values_videos, vision_feature_layer=vision_feature_layer,
+                                         vision_feature_select_strategy=vision_feature_select_strategy, **kwargs)
         out.pooler_output = out.pooler_output[:, :-1]
         return out
 
