@@ -76,6 +76,8 @@ def test_prompt_tokens_and_tokens_per_frame_match_longva(loaded):
     assert encoding.tokens["input_ids"].tolist() == expected
     features = model.model.get_video_features(encoding.vision["pixel_values_videos"]).pooler_output
     assert features.shape[1] == frames * META["tokens_per_frame"]
+    counts = processor._get_num_multimodal_tokens(video_sizes=[(frames, 32, 32)])
+    assert counts["num_video_tokens"] == [frames * META["tokens_per_frame"]]
 
 
 def test_frames_preprocess_as_longva_does(loaded):

@@ -58,10 +58,11 @@ class LongvaProcessor(LlavaOnevisionProcessor):
     def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
         return super().replace_video_token(video_inputs, video_idx, **kwargs)[len(self.video_token):]
 
+    # internal: transformers' hook for the placeholder counts vLLM-style callers ask for; it too counts the newline
     def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, **kwargs):
         data = super()._get_num_multimodal_tokens(image_sizes, video_sizes, **kwargs)
         if "num_video_tokens" in data:
-            data["num_video_tokens"] = [n - 1 for n in data["num_video_tokens"]]
+            data.num_video_tokens = [n - 1 for n in data.num_video_tokens]
         return data
 
 
