@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 from tpo.errors import ConfigError
+from tpo.models import longva as _longva  # noqa: F401  registers LongVA with the transformers Auto classes
 from tpo.models.adapter import IGNORE_INDEX, PARTS, ModelAdapter, PromptEncoding, pad_token_id
 
 # LLaVA's layout, which InternVL shares (vision_tower, multi_modal_projector, language_model, lm_head).
@@ -40,6 +41,7 @@ FAMILIES: dict[str, ModelAdapter] = {
         ModelAdapter("glm4v", ("glm4v",), _GLM4V_PARTS, "GLM-4.1V (Glm4vForConditionalGeneration)"),
         ModelAdapter("internvl", ("internvl",), _LLAVA_PARTS, "InternVL3 / InternVL3.5 (InternVLForConditionalGeneration)"),
         ModelAdapter("gemma4", ("gemma4",), _GEMMA4_PARTS, "Gemma 4 (Gemma4ForConditionalGeneration)"),
+        ModelAdapter("longva", ("longva",), _LLAVA_PARTS, "LongVA (converted with `python -m tpo.convert longva`)"),
     ]
 }
 

@@ -338,6 +338,33 @@ def build_gemma4():
     return Gemma4ForConditionalGeneration(config), processor
 
 
+def build_longva():
+    """LongVA as :mod:`tpo.models.longva` holds it: CLIP features from layer -2 without CLS, CLIP
+    preprocessing (shortest-edge resize, center crop) and LongVA's own chat template."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaOnevisionVideoProcessor, Qwen2Config
+
+    from tpo.convert import CHAT_TEMPLATE
+    from tpo.models.longva import LongvaConfig, LongvaForConditionalGeneration, LongvaProcessor
+
+    tok = build_tokenizer(_QWEN_SPECIALS + ["<image>", "<video>"], "<|im_end|>", "<|endoftext|>",
+                          {"image_token": "<image>", "video_token": "<video>"})
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=FRAME_SIZE, patch_size=PATCH)
+    config = LongvaConfig(
+        vision_config=vision, text_config=Qwen2Config(**_text_config_kwargs(len(tok))),
+        image_token_index=tok.image_token_id, video_token_index=tok.video_token_id,
+        vision_feature_layer=-2, vision_feature_select_strategy="default",
+    )
+    resize, crop = {"shortest_edge": FRAME_SIZE}, {"height": FRAME_SIZE, "width": FRAME_SIZE}
+    processor = LongvaProcessor(
+        image_processor=CLIPImageProcessor(size=resize, crop_size=crop),
+        video_processor=LlavaOnevisionVideoProcessor(size=resize, crop_size=crop, do_center_crop=True),
+        tokenizer=tok, num_image_tokens=(FRAME_SIZE // PATCH) ** 2, vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+    )
+    return LongvaForConditionalGeneration(config), processor
+
+
 BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "qwen2_vl": build_qwen2_vl,
@@ -348,6 +375,7 @@ BUILDERS = {
     "glm4v": build_glm4v,
     "internvl": build_internvl,
     "gemma4": build_gemma4,
+    "longva": build_longva,
 }
 
 
