@@ -5,8 +5,11 @@ harness: ``lmms_eval.tasks``' and ``lmms_eval.tasks._task_utils``' ``__init__``s
 evaluator and its ~50 dependencies) are replaced by bare packages whose ``__path__`` is the real
 folder, and ``datasets`` and ``lmms_eval.utils`` (used for a type annotation and for finding the
 Hugging Face cache in functions not called here) by empty modules. The model classes import the
-LLaVA-NeXT repository at the top, so their frame samplers (``LlavaVid.load_video``,
-``LongVA.load_video``) are cut out of the shipped source with ``ast`` and run as plain functions.
+LLaVA-NeXT repository (or ``accelerate``, ``loguru``) at the top, so their frame samplers
+(``LlavaVid.load_video``, ``LongVA.load_video``, ``Gemma4._sample_video_frames``,
+``Qwen3_VL._build_video_kwargs``) are cut out of the shipped source with ``ast`` and run as plain
+functions, and their constructors' defaults are read from it; ``model_utils/load_video.py`` (PyAV
+and numpy only) is loaded from its file.
 """
 
 from __future__ import annotations
@@ -45,6 +48,20 @@ def task_module(task: str):
     return module
 
 
+def registered_class(model_name: str) -> tuple[str, str]:
+    """The (file under ``lmms_eval/models``, class) that ``--model <model_name>`` runs: its chat class
+    where it has one, else its simple one (``registry_v2.ModelRegistryV2.resolve``), read from the
+    tables in ``lmms_eval/models/__init__.py``."""
+    tables = {}
+    for node in ast.parse((ROOT / "models" / "__init__.py").read_text()).body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            if node.targets[0].id in ("AVAILABLE_SIMPLE_MODELS", "AVAILABLE_CHAT_TEMPLATE_MODELS"):
+                tables[node.targets[0].id] = ast.literal_eval(node.value)
+    if model_name in tables["AVAILABLE_CHAT_TEMPLATE_MODELS"]:
+        return f"chat/{model_name}.py", tables["AVAILABLE_CHAT_TEMPLATE_MODELS"][model_name]
+    return f"simple/{model_name}.py", tables["AVAILABLE_SIMPLE_MODELS"][model_name]
+
+
 def task_kwargs(task_yaml: str, model: str) -> dict:
     """The ``lmms_eval_specific_kwargs`` a task gives ``--model <model>``: its entry when it has one,
     else its ``default`` entry (lmms_eval/api/task.py)."""
@@ -54,15 +71,63 @@ def task_kwargs(task_yaml: str, model: str) -> dict:
     return dict(kwargs[model]) if model in kwargs else dict(kwargs["default"])
 
 
-def model_method(model_file: str, class_name: str, method: str, **globals_):
-    """A method of a model class in ``lmms_eval/models/simple/<model_file>``, as shipped, run
-    without its module's imports (``globals_`` gives the names it uses)."""
-    source = (ROOT / "models" / "simple" / model_file).read_text()
-    for node in ast.parse(source).body:
+def _class(model_file: str, class_name: str) -> ast.ClassDef:
+    for node in ast.parse((ROOT / "models" / model_file).read_text()).body:
         if isinstance(node, ast.ClassDef) and node.name == class_name:
-            for item in node.body:
-                if isinstance(item, ast.FunctionDef) and item.name == method:
-                    namespace = dict(globals_)
-                    exec(compile(ast.Module([item], []), f"lmms_eval/models/simple/{model_file}", "exec"), namespace)
-                    return namespace[method]
+            return node
+    raise LookupError(f"{class_name} not in {model_file}")
+
+
+def _method(model_file: str, class_name: str, method: str) -> ast.FunctionDef:
+    for item in _class(model_file, class_name).body:
+        if isinstance(item, ast.FunctionDef) and item.name == method:
+            return item
     raise LookupError(f"{class_name}.{method} not in {model_file}")
+
+
+def model_method(model_file: str, class_name: str, method: str, **globals_):
+    """A method of a model class in ``lmms_eval/models/<model_file>`` (``simple/...`` or
+    ``chat/...``), as shipped, run without its module's imports (``globals_`` gives the names it uses)."""
+    namespace = dict(globals_)
+    module = ast.Module([_method(model_file, class_name, method)], [])
+    exec(compile(module, f"lmms_eval/models/{model_file}", "exec"), namespace)
+    return namespace[method]
+
+
+def method_names(model_file: str, class_name: str) -> set[str]:
+    """The methods a model class defines itself (not those it inherits)."""
+    return {item.name for item in _class(model_file, class_name).body if isinstance(item, ast.FunctionDef)}
+
+
+def base_names(model_file: str, class_name: str) -> list[str]:
+    return [ast.unparse(base) for base in _class(model_file, class_name).bases]
+
+
+def init_defaults(model_file: str, class_name: str) -> dict:
+    """The defaults of a model class's ``__init__`` keyword arguments, those that are plain values
+    or arithmetic on them (``64 * 32 * 32``)."""
+    arguments = _method(model_file, class_name, "__init__").args
+    named = arguments.args[len(arguments.args) - len(arguments.defaults):]
+    defaults = {}
+    for argument, default in zip(named, arguments.defaults):
+        try:
+            defaults[argument.arg] = eval(compile(ast.Expression(default), model_file, "eval"), {"__builtins__": {}})
+        except NameError:  # a module-level name (e.g. best_fit_attn_implementation)
+            continue
+    return defaults
+
+
+def method_strings(model_file: str, class_name: str, method: str) -> set[str]:
+    """Every string literal in a method's body (what content types it builds, say)."""
+    return {node.value for node in ast.walk(_method(model_file, class_name, method))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def model_utils_module(name: str):
+    """``lmms_eval/models/model_utils/<name>.py``, loaded from its file (not through
+    ``lmms_eval.models``, whose ``__init__`` builds the model registry)."""
+    spec = importlib.util.spec_from_file_location(f"lmms_eval_model_utils_{name}",
+                                                  ROOT / "models" / "model_utils" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

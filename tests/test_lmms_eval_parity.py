@@ -3,10 +3,13 @@ prompts, subtitle lines, extracted letters and frame indices."""
 
 import importlib.metadata
 import random
+from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from lmms_eval_code import model_method, task_kwargs, task_module
+from lmms_eval_code import (base_names, init_defaults, method_names, method_strings, model_method, model_utils_module,
+                             registered_class, task_kwargs, task_module)
 
 from tpo.data.frames import read_clip, read_frames, uniform_frame_indices, video_info
 from tpo.evaluate import lmms_eval as ours
@@ -128,8 +131,8 @@ def test_llava_frames_and_time_instruction(videos, count):
     decord = pytest.importorskip("decord", reason="lmms-eval's LLaVA classes read videos with decord (x86_64 only)")
     VideoReader, cpu = decord.VideoReader, decord.cpu
 
-    load = model_method("llava_vid.py", "LlavaVid", "load_video", np=np, VideoReader=VideoReader, cpu=cpu)
-    longva = model_method("longva.py", "LongVA", "load_video", np=np, VideoReader=VideoReader, cpu=cpu)
+    load = model_method("simple/llava_vid.py", "LlavaVid", "load_video", np=np, VideoReader=VideoReader, cpu=cpu)
+    longva = model_method("simple/longva.py", "LongVA", "load_video", np=np, VideoReader=VideoReader, cpu=cpu)
     for path in videos:
         total = video_info(path).num_frames
         indices = ours.llava_frames(total, count)
@@ -156,3 +159,101 @@ def test_qwen_frames(videos, monkeypatch, count):
         _, at_2fps = fetch_video({"type": "video", "video": str(path)}, return_video_metadata=True)  # qwen2_vl's call
         keep = np.unique(np.linspace(0, len(at_2fps["frames_indices"]) - 1, count, dtype=int))
         assert [int(at_2fps["frames_indices"][i]) for i in keep] == ours.qwen2_vl_frames(info.num_frames, info.fps, count)
+
+
+# ---- the families whose lmms-eval classes have a rule of their own ---------------------------------
+
+COUNTS = [8, 32, 64]  # 64 is more than the 37-frame video has
+# tpo family -> the lmms-eval --model name a user of its checkpoints runs, and the class that runs
+CLASSES = {"glm4v": ("glm4v", ("simple/glm4v.py", "GLM4V")), "gemma4": ("gemma4", ("simple/gemma4.py", "Gemma4")),
+           "qwen3_5": ("qwen3_5", ("chat/qwen3_5.py", "Qwen3_5")),
+           "internvl": ("internvl_hf", ("chat/internvl_hf.py", "InternVLHf")),
+           "longva": ("longva", ("simple/longva.py", "LongVA"))}
+
+
+@pytest.mark.parametrize("family", sorted(CLASSES))
+def test_the_classes_the_model_names_run(family):
+    model_name, expected = CLASSES[family]
+    assert registered_class(model_name) == expected
+    assert ours.FRAME_RULES[family] in ours.RULES
+
+
+def _load_sampled(path, sample):
+    """transformers' own video loader, sampling with ``sample`` (as a video processor does)."""
+    from transformers.video_utils import load_video
+
+    frames, metadata = load_video(str(path), backend="pyav", sample_indices_fn=sample)
+    return frames, [int(i) for i in metadata.frames_indices]
+
+
+@pytest.mark.parametrize("count", COUNTS)
+def test_gemma4_frames(videos, count):
+    """``Gemma4`` replaces its video processor's ``sample_frames`` with its own and asks for
+    ``max_num_frames``."""
+    sample = model_method("simple/gemma4.py", "Gemma4", "_sample_video_frames", np=np)
+    model = SimpleNamespace(max_num_frames=count)
+    for path in videos:
+        frames, indices = _load_sampled(path, partial(sample, model, num_frames=count))
+        assert indices == ours.capped_llava_frames(video_info(path).num_frames, count)
+        assert np.array_equal(frames, read_frames(path, indices))
+
+
+@pytest.mark.parametrize("count", COUNTS)
+def test_internvl_frames(videos, count):
+    """``internvl_hf`` leaves frames to transformers' InternVL video processor with ``num_frames``."""
+    from transformers import InternVLVideoProcessor
+
+    defaults = init_defaults("chat/internvl_hf.py", "InternVLHf")
+    assert defaults["num_frames"] == 32 and defaults["fps"] is None  # frames by count, not by rate
+    processor = InternVLVideoProcessor()
+    for path in videos:
+        total = video_info(path).num_frames
+        if count > total:
+            with pytest.raises(ValueError, match="exceeds"):
+                _load_sampled(path, partial(processor.sample_frames, num_frames=count))
+            assert ours.segment_centre_frames(total, count) == list(range(total))
+            continue
+        frames, indices = _load_sampled(path, partial(processor.sample_frames, num_frames=count))
+        assert indices == ours.segment_centre_frames(total, count) == uniform_frame_indices(total, count)
+        assert np.array_equal(frames, read_frames(path, indices))
+
+
+@pytest.mark.parametrize("count", COUNTS)
+def test_qwen3_5_frames(videos, count):
+    """``qwen3_5`` (chat) builds its video settings with ``Qwen3_VL._build_video_kwargs`` from
+    ``Qwen3_5``'s defaults; its ``total_pixels`` sends qwen_vl_utils down the 2 fps path."""
+    from qwen_vl_utils.vision_process import fetch_video
+
+    assert base_names("chat/qwen3_5.py", "Qwen3_5") == ["Qwen3_VL_Chat", "Qwen3_5_Simple"]
+    overridden = method_names("chat/qwen3_5.py", "Qwen3_5") | method_names("chat/qwen3_vl.py", "Qwen3_VL")
+    assert not overridden & {"__init__", "_build_video_kwargs"}
+    settings = {**init_defaults("simple/qwen3_vl.py", "Qwen3_VL"), **init_defaults("simple/qwen3_5.py", "Qwen3_5"),
+                "max_num_frames": count}
+    video_kwargs = model_method("simple/qwen3_vl.py", "Qwen3_VL", "_build_video_kwargs")(SimpleNamespace(**settings))
+    assert video_kwargs["max_frames"] == count and "nframes" not in video_kwargs
+    for path in videos:
+        info = video_info(path)
+        _, metadata = fetch_video({"type": "video", "video": str(path), **video_kwargs}, image_patch_size=16,
+                                  return_video_metadata=True)
+        assert [int(i) for i in metadata["frames_indices"]] == ours.qwen_fps_frames(info.num_frames, info.fps, count)
+
+
+@pytest.mark.parametrize("count", COUNTS)
+def test_longva_default_reader(videos, monkeypatch, count):
+    """``LongVA`` reads with PyAV unless ``video_decode_backend=decord`` (``LongVA.load_video``, above)."""
+    monkeypatch.delenv("LMMS_VIDEO_DECODE_BACKEND", raising=False)
+    assert init_defaults("simple/longva.py", "LongVA")["video_decode_backend"] == "pyav"
+    read_video = model_utils_module("load_video").read_video
+    for path in videos:
+        indices = ours.capped_llava_frames(video_info(path).num_frames, count)
+        assert np.array_equal(read_video(str(path), num_frm=count), read_frames(path, indices))
+
+
+def test_glm4v_has_no_video_path():
+    """lmms-eval's ``glm4v`` class sends every visual as ``{"type": "image", "url": ...}``, a video
+    file included; the generic ``huggingface`` class passes no frame count, so GLM-4V's processor
+    would choose by its own fps. Neither is a rule for ``k`` frames: tpo shows LLaVA's."""
+    assert "image" in method_strings("simple/glm4v.py", "GLM4V", "generate_until")
+    assert "video" not in method_strings("simple/glm4v.py", "GLM4V", "generate_until")
+    assert not {"num_frames", "nframes", "fps"} & method_strings("chat/huggingface.py", "Huggingface", "generate_until")
+    assert ours.FRAME_RULES["glm4v"] == "llava"

@@ -13,6 +13,7 @@ from tpo.evaluate.benchmarks import MCQItem
 from tpo.evaluate.mcq import read_predictions
 from tpo.evaluate.protocol import Protocol
 from tpo.errors import TPOError
+from tpo.models import FAMILIES
 
 OPTIONS = ["red", "green", "blue", "yellow"]
 
@@ -80,3 +81,37 @@ def test_protocol_reads_and_refuses():
     with pytest.raises(TPOError, match="no task for 'jsonl'"):
         Protocol("lmms-eval", "jsonl")
     assert Protocol("lmms-eval", "mlvu", family="qwen2_5_vl").frame_indices(100, 8.0, 5) == [0, 33, 66, 99]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))  # the families tpo supports when the tests run
+def test_every_family_has_an_lmms_eval_frame_rule(family):
+    protocol = Protocol("lmms-eval", "videomme", family)
+    assert protocol.frame_rule == lmms_eval.FRAME_RULES[family] and protocol.frame_rule in lmms_eval.RULES
+    assert protocol.settings()["frame_rule"] == protocol.frame_rule
+    assert 0 < len(protocol.frame_indices(300, 8.0, 32)) <= 32
+
+
+def test_a_family_without_a_frame_rule_is_refused(monkeypatch, benchmarks, raw_videos, scripted_server, tmp_path,
+                                                   capsys):
+    monkeypatch.delitem(lmms_eval.FRAME_RULES, "qwen2_vl")
+    with pytest.raises(TPOError, match="no lmms-eval 0.7.3 frame rule for family 'qwen2_vl'.*--protocol tpo"):
+        Protocol("lmms-eval", "videomme", "qwen2_vl")
+    assert Protocol("tpo", "videomme", "qwen2_vl").frame_rule == "segment-centres"  # ours needs no rule
+    assert Protocol("lmms-eval", "videomme").frame_rule == "llava"  # a served model of no named family
+    argv = ["mcq", "--benchmark", "videomme", "--data", str(benchmarks / "videomme.json"), "--videos", str(raw_videos),
+            "--out", str(tmp_path / "o"), "--backend", "openai", "--base-url", scripted_server.base_url,
+            "--model", "scripted-vlm", "--family", "no_such_family"]
+    logged = len(scripted_server.requests)
+    assert main(argv) == 2
+    assert "frame rule for family 'no_such_family'" in capsys.readouterr().err
+    assert len(scripted_server.requests) == logged  # refused before asking anything
+
+
+def test_the_new_rules_differ_from_llavas_where_the_video_is_short():
+    """37 frames, 64 asked: LLaVA's rule repeats frames, the capped rules show each once, InternVL's
+    the same; Qwen3.5's 2 fps path shows 8 of a 4.6 s video (8 fps), even when 64 are asked."""
+    assert len(lmms_eval.frame_indices("llava", 37, 8.0, 64)) == 64
+    assert lmms_eval.frame_indices("llava_capped", 37, 8.0, 64) == list(range(37))
+    assert lmms_eval.frame_indices("segment_centres_capped", 37, 8.0, 64) == list(range(37))
+    assert lmms_eval.frame_indices("qwen_fps", 37, 8.0, 64) == [0, 5, 10, 15, 21, 26, 31, 36]
+    assert lmms_eval.frame_indices("qwen_fps", 1201, 8.0, 64) == lmms_eval.qwen_frames(1201, 64)  # 300 at 2 fps, 64 kept

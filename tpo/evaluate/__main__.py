@@ -10,7 +10,7 @@ from tpo.clean_exit import run_and_exit
 from tpo.data.frames import NUM_FRAMES
 from tpo.data.decoders import backend_name
 from tpo.errors import TPOError, status_of
-from tpo.evaluate.lmms_eval import LMMS_EVAL_VERSION, VARIANTS
+from tpo.evaluate.lmms_eval import FRAME_RULES, LMMS_EVAL_VERSION, VARIANTS
 from tpo.evaluate.protocol import PROTOCOLS, Protocol
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -27,7 +27,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                                            "(API key from $OPENAI_API_KEY, if it needs one)")
     parser.add_argument("--concurrency", type=int, default=8, help="--backend openai: requests in flight")
     parser.add_argument("--family", help="adapter family (default: from the checkpoint); with --backend openai, "
-                                         "whose lmms-eval frame positions to use (default: LLaVA's)")
+                                         "whose lmms-eval frame positions to use (one of %s; default: LLaVA's)"
+                                         % ", ".join(FRAME_RULES))
     parser.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
     parser.add_argument("--num-frames", type=int, default=NUM_FRAMES)
     parser.add_argument("--batch-size", type=int, default=4)

@@ -6,13 +6,24 @@ for the ``--model`` name: ``default``, ``llava_vid``, ``qwen3_vl``), its ``max_n
 ``process_results`` reads a reply, and the frames its model classes show. Written from the released
 package's code and checked against it item by item (tests/test_lmms_eval_parity.py).
 
-Frames are the model class's, not the task's:
+Frames are the model class's, not the task's (``k``: the class's frame-count argument,
+``max_frames_num``, ``max_num_frames`` or ``num_frames``, which ``--num-frames`` stands for):
 
-- ``llava_vid`` (with ``force_sample=True``), ``llava_onevision``, ``longva`` (decord) and
-  ``llava_hf``: ``np.linspace(0, T - 1, k, dtype=int)``, first and last frame included;
+- ``llava_vid`` (with ``force_sample=True``), ``llava_onevision``, ``llava_hf`` and ``longva`` with
+  ``video_decode_backend=decord``: ``np.linspace(0, T - 1, k, dtype=int)``, first and last frame
+  included (``llava``);
+- ``longva`` (its default PyAV reader) and ``gemma4``: the same for ``min(k, T)`` frames
+  (``llava_capped``);
+- ``internvl_hf`` (InternVL3/3.5 ``-hf`` checkpoints): transformers' InternVL video processor with
+  ``num_frames=k``, the centres of ``k`` equal segments (``segment_centres_capped``);
 - ``qwen2_5_vl`` and ``qwen3_vl``: qwen_vl_utils' ``nframes`` path, an even count ``min(k, T)``
-  at ``round(linspace(0, T - 1, n))``;
-- ``qwen2_vl``: qwen_vl_utils' 2 fps path, then ``k`` of those by ``np.unique(linspace)``.
+  at ``round(linspace(0, T - 1, n))`` (``qwen``);
+- ``qwen3_5``: qwen_vl_utils' 2 fps path with ``max_frames=k`` (its default ``total_pixels`` turns
+  ``nframes`` off), so fewer than ``k`` frames for a short video (``qwen_fps``);
+- ``qwen2_vl``: qwen_vl_utils' 2 fps path, then ``k`` of those by ``np.unique(linspace)`` (``qwen2_vl``);
+- ``glm4v`` has no video path (it sends the video file as an image, which cannot load), and the
+  generic ``huggingface`` class leaves frames to GLM-4V's processor (2 fps up to its
+  ``max_duration``, ignoring ``k``): GLM-4.1V gets LLaVA's ``k`` frames (``llava``).
 """
 
 from __future__ import annotations
@@ -23,6 +34,8 @@ import re
 from pathlib import Path
 
 import numpy as np
+
+from tpo.data.frames import uniform_frame_indices
 
 LMMS_EVAL_VERSION = "0.7.3"
 VARIANTS = ("default", "llava_vid", "qwen3_vl")
@@ -179,8 +192,22 @@ def guess(item_id: str, num_options: int, seed: int) -> int:
 # ---- frames --------------------------------------------------------------------------------------
 
 def llava_frames(total: int, count: int) -> list[int]:
-    """``llava_vid``/``llava_onevision``/``longva``/``llava_hf``: first to last frame, truncated."""
+    """``llava_vid``/``llava_onevision``/``llava_hf`` (and ``longva`` on decord): first to last frame,
+    truncated; ``count`` of them even past ``total`` (repeats)."""
     return np.linspace(0, total - 1, count, dtype=int).tolist()
+
+
+def capped_llava_frames(total: int, count: int) -> list[int]:
+    """``longva`` (its default PyAV reader) and ``gemma4``: LLaVA's positions, never more than the
+    video's ``total`` frames."""
+    return llava_frames(total, min(count, total))
+
+
+def segment_centre_frames(total: int, count: int) -> list[int]:
+    """``internvl_hf`` (InternVL's video processor, ``initial_shift=True``): the centres of ``count``
+    equal segments, as ``--protocol tpo`` shows them. InternVL refuses ``count > total``; here all
+    ``total`` frames are shown instead."""
+    return uniform_frame_indices(total, min(count, total))
 
 
 def _qwen_linspace(total: int, count: int) -> list[int]:
@@ -189,26 +216,48 @@ def _qwen_linspace(total: int, count: int) -> list[int]:
     return torch.linspace(0, total - 1, count).round().long().tolist()
 
 
+def _even_floor(value: float) -> int:
+    return math.floor(value / 2) * 2
+
+
 def qwen_frames(total: int, count: int) -> list[int]:
     """``qwen2_5_vl``/``qwen3_vl`` (qwen_vl_utils' ``nframes``): an even count, rounded positions."""
     return _qwen_linspace(total, max(2, min(count, total) // 2 * 2))
 
 
+def qwen_fps_frames(total: int, fps: float, most: int) -> list[int]:
+    """qwen_vl_utils' ``fps`` path: 2 frames a second, at least 4, at most ``most`` and ``total``, an
+    even count at rounded positions (``qwen3_5``, whose default ``total_pixels`` takes this path with
+    ``max_frames=max_num_frames``). Where qwen_vl_utils refuses fewer than 2, 2 are shown."""
+    wanted = min(max(total / fps * 2.0, 4), _even_floor(most), total)
+    return _qwen_linspace(total, max(2, _even_floor(wanted)))
+
+
 def qwen2_vl_frames(total: int, fps: float, count: int) -> list[int]:
-    """``qwen2_vl``: qwen_vl_utils samples 2 frames a second (at least 4, at most 768, even), and the
-    model class keeps ``count`` of those (fewer when some coincide)."""
-    wanted = min(max(total / fps * 2.0, 4), math.floor(min(768, total) / 2) * 2, total)
-    sampled = _qwen_linspace(total, math.floor(wanted / 2) * 2)
+    """``qwen2_vl``: qwen_vl_utils samples 2 frames a second (at most 768), and the model class keeps
+    ``count`` of those (fewer when some coincide)."""
+    sampled = qwen_fps_frames(total, fps, 768)
     keep = np.unique(np.linspace(0, len(sampled) - 1, count, dtype=int))
     return [sampled[i] for i in keep]
 
 
+# rule name -> frames(total, fps, count)
+_RULES = {
+    "llava": lambda total, fps, count: llava_frames(total, count),
+    "llava_capped": lambda total, fps, count: capped_llava_frames(total, count),
+    "segment_centres_capped": lambda total, fps, count: segment_centre_frames(total, count),
+    "qwen": lambda total, fps, count: qwen_frames(total, count),
+    "qwen_fps": qwen_fps_frames,
+    "qwen2_vl": qwen2_vl_frames,
+}
+RULES = tuple(_RULES)
+
+# family -> rule of the lmms-eval model class its checkpoints run with (see the module docstring)
 FRAME_RULES = {"llava_onevision": "llava", "llava_next_video": "llava", "qwen2_5_vl": "qwen",
-               "qwen3_vl": "qwen", "qwen2_vl": "qwen2_vl"}
+               "qwen3_vl": "qwen", "qwen2_vl": "qwen2_vl", "glm4v": "llava", "gemma4": "llava_capped",
+               "qwen3_5": "qwen_fps", "internvl": "segment_centres_capped", "longva": "llava_capped"}
 
 
 def frame_indices(rule: str, total: int, fps: float, count: int) -> list[int]:
     """The frames lmms-eval's model class for a family shows (``FRAME_RULES``)."""
-    if rule == "qwen2_vl":
-        return qwen2_vl_frames(total, fps, count)
-    return qwen_frames(total, count) if rule == "qwen" else llava_frames(total, count)
+    return _RULES[rule](total, fps, count)

@@ -51,7 +51,7 @@ class Reading:
 class Protocol:
     name: str = "tpo"
     benchmark: str = "jsonl"
-    family: str | None = None  # lmms-eval: whose model class's frames (FRAME_RULES; default: LLaVA's)
+    family: str | None = None  # lmms-eval: whose model class's frames (FRAME_RULES; None: LLaVA's)
     variant: str = "default"  # lmms-eval: the task's prompt variant (lmms_eval.VARIANTS)
     reading: str | None = None  # how replies are read: "lmms-eval" | "tpo" (default: the protocol's)
     seed: int = 0  # LongVideoBench's guesses
@@ -65,6 +65,11 @@ class Protocol:
             raise TPOError(f"unknown prompt variant {self.variant!r}; choose from {list(lmms_eval.VARIANTS)}")
         if self.reading not in (None, *PROTOCOLS):
             raise TPOError(f"unknown reading {self.reading!r}; choose from {list(PROTOCOLS)}")
+        if self.name == "lmms-eval" and self.family is not None and self.family not in lmms_eval.FRAME_RULES:
+            raise TPOError(f"tpo has no lmms-eval {lmms_eval.LMMS_EVAL_VERSION} frame rule for family "
+                           f"{self.family!r} (it has rules for {', '.join(lmms_eval.FRAME_RULES)}): add its "
+                           f"lmms-eval model class's rule to FRAME_RULES in tpo/evaluate/lmms_eval.py, "
+                           f"or use --protocol tpo")
 
     @property
     def replies_read_by(self) -> str:
@@ -72,7 +77,9 @@ class Protocol:
 
     @property
     def frame_rule(self) -> str:
-        return lmms_eval.FRAME_RULES.get(self.family, "llava") if self.name == "lmms-eval" else "segment-centres"
+        if self.name != "lmms-eval":
+            return "segment-centres"
+        return "llava" if self.family is None else lmms_eval.FRAME_RULES[self.family]  # None: a served model
 
     @property
     def max_new_tokens(self) -> int:
