@@ -105,7 +105,10 @@ def packed_batch(pairs: list[dict]) -> dict:
 
 
 def to(batch: dict, device) -> dict:
-    return {k: (to(v, device) if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
+    """The batch's tensors on ``device`` (nested dicts too); other entries (counts) as they are."""
+    def moved(v):
+        return to(v, device) if isinstance(v, dict) else v.to(device) if isinstance(v, torch.Tensor) else v
+    return {k: moved(v) for k, v in batch.items()}
 
 
 def run_variant(variant: str, args) -> dict:

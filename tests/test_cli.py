@@ -46,10 +46,10 @@ def test_fit_writes_logs_config_checkpoint_and_export_under_root_dir(tmp_path, p
 
 def test_unknown_family_in_config_is_a_clear_error(tmp_path, pref_file):
     cmd = [sys.executable, "-m", "tpo", "fit", "--config", str(REPO / "lightning_configs/demo.yaml"),
-           "--trainer.default_root_dir", str(tmp_path), "--data.path", str(pref_file), "--model.family", "longva"]
+           "--trainer.default_root_dir", str(tmp_path), "--data.path", str(pref_file), "--model.family", "video_llama_3"]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 2
-    assert "error: unknown model family 'longva'" in done.stderr and "qwen2_5_vl" in done.stderr
+    assert "error: unknown model family 'video_llama_3'" in done.stderr and "qwen2_5_vl" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -149,7 +149,9 @@ def _ordinary_masks(model, builder, inputs: dict, length: int) -> dict | torch.T
     type ids (vision blocks lie in the prompt, which packing leaves in place): ``(B, 1, L, L)`` bool,
     True = may attend, in a dict by layer type where the model keys them so."""
     config = copy.deepcopy(model.config)
-    config._attn_implementation = "eager"  # a dense mask whatever kernel the model runs
+    # internal: the mask builders read the kernel from this private config field, and a copy of the config
+    # set to eager gets a dense mask whatever kernel the model itself runs (no public setter on a config).
+    config._attn_implementation = "eager"
     ids = inputs["input_ids"]
     types = {k: inputs[k] for k in ("token_type_ids", "mm_token_type_ids") if k in inputs}
     shape = torch.empty((len(ids), length, 0), device=ids.device)  # only its size and device are read
