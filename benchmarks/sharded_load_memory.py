@@ -79,7 +79,7 @@ def build_checkpoint(path: Path, hidden: int, layers: int, intermediate: int, sa
     the bytes of its fp32 parameters (one full copy as loaded)."""
     import torch
 
-    from tpo.synthetic.tiny_models import build_llava_onevision
+    from tpo.synthetic.tiny_builders import build_llava_onevision
 
     torch.manual_seed(0)
     model, processor = build_llava_onevision(text=dict(

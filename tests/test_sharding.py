@@ -115,7 +115,7 @@ def test_validation_shares_are_even_and_repeats_are_not_counted(pref_file):
 
 def test_tied_embeddings_stay_tied(tmp_path, pref_file):
     """LLaVA-OneVision-0.5B ties its LM head to the embeddings; sharding must keep one shared weight."""
-    from tpo.synthetic.tiny_models import build_llava_onevision
+    from tpo.synthetic.tiny_builders import build_llava_onevision
 
     torch.manual_seed(0)
     model, processor = build_llava_onevision(text={"tie_word_embeddings": True})

@@ -40,7 +40,8 @@ from toy.world import (FRAMES_PER_EVENT, after_question, answer_text, before_que
 from tpo.data.frames import read_clip, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.models import get_adapter, pad_token_id
-from tpo.synthetic.tiny_models import build_llava_onevision, build_once, cache_dir
+from tpo.synthetic.tiny_builders import build_llava_onevision
+from tpo.synthetic.tiny_models import build_once, cache_dir
 from tpo.two_pass import labelled_batch, labelled_row
 from tpo.synthetic.world import Event
 
