@@ -159,8 +159,12 @@ def test_every_weight_is_mapped_or_the_conversion_fails_naming_it(tmp_path):
         convert_longva(_broken_copy(tmp_path / "b", drop_weight="model.mm_projector.2.bias"), tmp_path / "dst")
 
 
-def test_not_a_checkpoint_directory_is_one_error_line(tmp_path, capsys):
-    assert convert_main(["longva", str(tmp_path), str(tmp_path / "dst")]) == 2
+@pytest.mark.parametrize("command", ["tpo convert", "python -m tpo.convert"])
+def test_not_a_checkpoint_directory_is_one_error_line(tmp_path, capsys, command):
+    from tpo.cli import main as tpo_main
+
+    convert = (lambda argv: tpo_main(["convert", *argv])) if command == "tpo convert" else convert_main
+    assert convert(["longva", str(tmp_path), str(tmp_path / "dst")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {tmp_path / 'config.json'}: not found; SRC must be a LongVA checkpoint directory"
     assert len(err.splitlines()) == 1 and not (tmp_path / "dst").exists()

@@ -100,6 +100,7 @@ TRAINING_COMMANDS = {
 OTHER_COMMANDS = {
     "evaluate": "benchmarks and needle in a haystack: tpo evaluate mcq|niah-make|niah --help",
     "data": "preference data from videos: tpo data run|merge|import --help",
+    "convert": "a released checkpoint into a transformers directory: tpo convert longva SRC DST",
 }
 
 
@@ -128,6 +129,10 @@ def main(args: list[str] | None = None) -> int | None:
         from tpo.evaluate.__main__ import main as evaluate
 
         return evaluate(argv[1:], prog="tpo evaluate")
+    if command == "convert":
+        from tpo.convert import main as convert
+
+        return convert(argv[1:], prog="tpo convert")
     plugins = plugin_commands()
     if command in plugins:
         return plugins[command].load()(argv[1:], prog=f"tpo {command}")

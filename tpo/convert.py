@@ -1,6 +1,6 @@
 """Convert a released checkpoint into a ``transformers`` directory the Auto classes load.
 
-    python -m tpo.convert longva SRC DST [--vision-tower DIR]
+    tpo convert longva SRC DST [--vision-tower DIR]      (or python -m tpo.convert ...)
 
 ``longva``: a LongVA checkpoint (``lmms-lab/LongVA-7B``, ``ruili0/LongVA-7B-TPO``: LLaVA-style
 ``config.json`` with ``mm_*`` keys, safetensors with LLaVA key names, Qwen2 tokenizer files) becomes a
@@ -183,10 +183,10 @@ def convert_longva(src: str | Path, dst: str | Path, vision_tower: str | None = 
 CONVERTERS = {"longva": convert_longva}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m tpo.convert") -> int:
     from tpo.errors import status_of
 
-    parser = argparse.ArgumentParser(prog="python -m tpo.convert", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("family", choices=sorted(CONVERTERS))
     parser.add_argument("src", help="the released checkpoint directory")
     parser.add_argument("dst", help="where to write the converted model")

@@ -3,7 +3,8 @@
 Every model sees a :class:`Clip`: the decoded frames plus ``transformers``' own
 :class:`~transformers.video_utils.VideoMetadata` (native fps, frame count, duration and the indices
 of the frames shown), so that processors that place frames in time (Qwen2.5-VL's absolute-time
-rotary positions, Qwen3-VL's ``<t seconds>`` stamps) see the video's real timing, identically in
+rotary positions, Qwen3-VL's and Qwen3.5's ``<t seconds>`` stamps, GLM-4.1V's whole seconds, Gemma 4's
+``mm:ss``) see the video's real timing, identically in
 ``data_gen``, training, the reference precompute and evaluation.
 """
 
