@@ -318,3 +318,24 @@ def test_the_strategy_timeout_bounds_a_wait_in_a_collective(pref_file, tmp_path)
     assert done.returncode != 0
     assert time.monotonic() - start < 300, "the run waited for the stalled rank"
     assert "Timed out waiting 30000ms" in done.stderr  # gloo's words: the setting reached the process group
+
+
+@pytest.mark.parametrize("family", ["qwen3_5", "gemma4"])
+def test_sharded_families_with_their_own_layout_or_masks_match_one_process(pref_file, tmp_path, family):
+    """Qwen3.5 trains two rows per pair (recurrent layers); Gemma 4 takes its own per-layer-type masks on the
+    packed row: both under FSDP2 on 2 processes give the single process's losses, from zero rewards."""
+    model = ["--model.family", family, "--model.model_path", f"builtin:tiny-{family}", "--trainer.max_steps", 3]
+    steps = {}
+    for base in ("demo_fsdp.yaml", "demo.yaml"):
+        root = tmp_path / base.removesuffix(".yaml")
+        done = _tpo("fit", "--config", _config(root, pref_file, base=base), *model, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-4000:]
+        steps[base] = read(root / "steps.jsonl")
+    if family == "qwen3_5":
+        assert "pair layout: two_pass" in done.stdout
+    sharded, single = steps["demo_fsdp.yaml"], steps["demo.yaml"]
+    assert list(sharded) == list(single) == [1, 2, 3]
+    for step, expected in single.items():
+        assert sorted(sharded[step]["ids"]) == sorted(expected["ids"])
+        assert sharded[step]["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6), step
+    assert sharded[1]["rewards/chosen"] == 0.0 and sharded[1]["rewards/rejected"] == 0.0
