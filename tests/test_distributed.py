@@ -320,10 +320,12 @@ def test_the_strategy_timeout_bounds_a_wait_in_a_collective(pref_file, tmp_path)
     assert "Timed out waiting 30000ms" in done.stderr  # gloo's words: the setting reached the process group
 
 
-@pytest.mark.parametrize("family", ["qwen3_5", "gemma4"])
+# Gemma 4's own masks on the packed row passed this test too (78 s for both families); only Qwen3.5 runs in
+# CI to keep it under 30 minutes: its two-row layout changes what each rank's batch holds.
+@pytest.mark.parametrize("family", ["qwen3_5"])
 def test_sharded_families_with_their_own_layout_or_masks_match_one_process(pref_file, tmp_path, family):
-    """Qwen3.5 trains two rows per pair (recurrent layers); Gemma 4 takes its own per-layer-type masks on the
-    packed row: both under FSDP2 on 2 processes give the single process's losses, from zero rewards."""
+    """Qwen3.5 trains two rows per pair (recurrent layers): under FSDP2 on 2 processes it gives the single
+    process's losses, from zero rewards."""
     model = ["--model.family", family, "--model.model_path", f"builtin:tiny-{family}", "--trainer.max_steps", 3]
     steps = {}
     for base in ("demo_fsdp.yaml", "demo.yaml"):
