@@ -216,22 +216,21 @@ def _attention_mask(model, inputs: dict, segments: torch.Tensor, dtype: torch.dt
 def pair_position_ids(adapter: ModelAdapter, model, inputs: dict, segments: torch.Tensor) -> torch.Tensor:
     """Positions as if each answer followed the prompt alone (``segments``: ``(B, 1 + N)`` lengths)."""
     length = inputs["input_ids"].shape[1]
+    index = _ordinary_index(segments, length)
     rope_index = adapter.rope_index(model)
     if rope_index is None:
-        return _ordinary_index(segments, length)
+        return index
     # M-RoPE (Qwen-VL): 3-D positions from the model for [prompt][answer 1], then text positions for
     # later answers continue from the prompt's last position exactly as the first answer's do.
-    pos = torch.arange(length, device=segments.device).expand(len(segments), -1)
     p = segments[:, 0, None]
     segment = _segment_of(segments, length)
-    own_start = _answer_starts(segments).gather(1, segment)  # where each token's segment starts
     in_later_answer = (segment >= 2) & (segment < segments.shape[1])  # answers 2..N (not padding)
     names = inspect.signature(rope_index).parameters
     kwargs = {k: v for k, v in inputs.items() if k in names and k != "attention_mask"}
     two_d = (segment <= 1).long()  # later answers and padding left out of the 3-D computation
     positions, _ = rope_index(attention_mask=two_d, **kwargs)
     last_prompt = positions.gather(2, (p - 1).unsqueeze(0).expand(3, -1, -1).to(positions.device))  # (3, B, 1)
-    later_pos = last_prompt + 1 + (pos - own_start).unsqueeze(0).to(positions.device)
+    later_pos = last_prompt + 1 + (index - p).unsqueeze(0).to(positions.device)  # steps into its own answer
     return torch.where(in_later_answer.unsqueeze(0).to(positions.device), later_pos, positions)
 
 
