@@ -15,16 +15,24 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # minutes each: `-m "not slow"` leaves them out of a quick local run
 
 
-def test_toy_reproduction_quick(tmp_path):
+@pytest.fixture(scope="module")
+def toy_out(tmp_path_factory):
+    """One work directory for the reproduction and both notebooks: seed 0's data_gen run, the splits
+    and the base model's evaluation are built by whichever test needs them first and reused (the
+    pipeline caches every stage), as they would be in one researcher's ``runs/``."""
+    return tmp_path_factory.mktemp("toy")
+
+
+def test_toy_reproduction_quick(toy_out):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks/toy_reproduction.py"), "--quick", "--jobs", "2",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=1500, env=os.environ.copy())
+                           "--out", str(toy_out)], capture_output=True, text=True, timeout=1500, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-3000:]
     last = done.stdout.strip().splitlines()[-1]
     number = r"-?\d+\.\d\d"
     fields = ("tpo_minus_base", "tpo_minus_sft_self", "ci_low", "ci_high")
     assert re.fullmatch(" ".join(f"{k}={number}" for k in fields) + " seeds=2", last)
-    seeds = {s: json.loads((tmp_path / "seeds" / f"seed-{s}.json").read_text()) for s in (0, 1)}
-    questions = sum(1 for line in (tmp_path / "test-6" / "mcq.jsonl").read_text().splitlines() if line.strip())
+    seeds = {s: json.loads((toy_out / "seeds" / f"seed-{s}.json").read_text()) for s in (0, 1)}
+    questions = sum(1 for line in (toy_out / "test-6" / "mcq.jsonl").read_text().splitlines() if line.strip())
     arms = {"base", "sft_self", "tpo", "tpo_alpha0", "tpo_nofilter"}
     for seed in seeds.values():
         assert set(seed["arms"]) == arms
@@ -40,26 +48,27 @@ def test_toy_reproduction_quick(tmp_path):
     assert seeds[0]["base_model"] != seeds[1]["base_model"]
     gains = [seeds[s]["arms"]["tpo"]["moment"] - seeds[s]["arms"]["sft_self"]["moment"] for s in (0, 1)]
     assert f"tpo_minus_sft_self={100 * sum(gains) / 2:.2f}" in last
-    table = (tmp_path / "table.md").read_text()
+    table = (toy_out / "table.md").read_text()
     assert "+ TPO, α = 0" in table and "no post-filter" in table and "Primary:" in table and "± " in table
     for name in ("frames_curve.png", "niah_base.png", "niah_tpo.png"):
-        assert (tmp_path / name).stat().st_size > 5_000
+        assert (toy_out / name).stat().st_size > 5_000
     # every arm was a real `tpo fit` run with its own TensorBoard logs and export
-    assert len(list(tmp_path.glob("seed-0/*/**/export/config.json"))) == 4
-    assert (tmp_path / "seed-0/data-filtered/manifest.json").exists()
+    assert len(list(toy_out.glob("seed-0/*/**/export/config.json"))) == 4
+    assert (toy_out / "seed-0/data-filtered/manifest.json").exists()
     # the report alone is rebuilt from the seed files
     again = subprocess.run([sys.executable, str(REPO / "benchmarks/toy_reproduction.py"), "--quick", "--report",
-                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=600, env=os.environ.copy())
+                            "--out", str(toy_out)], capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == last
 
 
-def test_toy_calibration_worker_writes_one_seed_point(tmp_path):
+def test_toy_calibration_worker_writes_one_seed_point(toy_out):
+    # seed 0 at the quick setting's own share: the reproduction's base model of that seed, already built
     done = subprocess.run([sys.executable, str(REPO / "benchmarks/toy_calibration.py"), "--quick", "--worker", "base",
-                           "--seed", "100", "--share", "0.5", "--out", str(tmp_path)], capture_output=True, text=True,
+                           "--seed", "0", "--share", "0.3", "--out", str(toy_out)], capture_output=True, text=True,
                           timeout=900, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-3000:]
-    point = json.loads((tmp_path / "calibration" / "base" / "seed-100-share-0.5.json").read_text())
-    assert point["seed"] == 100 and point["share"] == 0.5
+    point = json.loads((toy_out / "calibration" / "base" / "seed-0-share-0.3.json").read_text())
+    assert point["seed"] == 0 and point["share"] == 0.3
     assert all(0.0 <= point[k] <= 1.0 for k in ("moment", "window", "order", "counting", "after_before_floor"))
 
 
@@ -71,17 +80,17 @@ def _execute(name: str, out: Path) -> None:
     NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
 
 
-def test_mix_ratio_notebook_executes(tmp_path):
-    _execute("ablation_mix_ratio.ipynb", tmp_path)
-    assert (tmp_path / "ablation_mix_ratio.png").stat().st_size > 10_000
-    saved = json.loads((tmp_path / "ablation_mix_ratio.json").read_text())
+def test_mix_ratio_notebook_executes(toy_out):
+    _execute("ablation_mix_ratio.ipynb", toy_out)
+    assert (toy_out / "ablation_mix_ratio.png").stat().st_size > 10_000
+    saved = json.loads((toy_out / "ablation_mix_ratio.json").read_text())
     assert [r["irrelevant_share"] for r in saved["runs"].values()] == [1.0, 0.8, 0.5, 0.2, 0.0]
     assert all(r["reward_accuracy"] is not None for r in saved["runs"].values())  # read back from TensorBoard
 
 
-def test_dataset_size_notebook_executes(tmp_path):
-    _execute("ablation_dataset_size.ipynb", tmp_path)
-    assert (tmp_path / "ablation_dataset_size.png").stat().st_size > 10_000
-    runs = json.loads((tmp_path / "ablation_dataset_size.json").read_text())["runs"]
+def test_dataset_size_notebook_executes(toy_out):
+    _execute("ablation_dataset_size.ipynb", toy_out)
+    assert (toy_out / "ablation_dataset_size.png").stat().st_size > 10_000
+    runs = json.loads((toy_out / "ablation_dataset_size.json").read_text())["runs"]
     pairs = [r["pairs"] for r in runs.values()]
     assert pairs == sorted(pairs) and len(set(pairs)) == 3
