@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow  # minutes each: `-m "not slow"` leaves them out o
 
 @pytest.fixture(scope="module")
 def toy_out(tmp_path_factory):
-    """One work directory for the reproduction and both notebooks: seed 0's data_gen run, the splits
-    and the base model's evaluation are built by whichever test needs them first and reused (the
-    pipeline caches every stage), as they would be in one researcher's ``runs/``."""
+    """One work directory for the reproduction, the calibration worker and both notebooks: seed 0's
+    base model, data_gen run, splits and base evaluation are built by whichever test needs them first
+    and reused (the pipeline caches every stage), as they would be in one researcher's ``runs/``."""
     return tmp_path_factory.mktemp("toy")
 
 
