@@ -62,22 +62,16 @@ class NamedReplyScorer(LikelihoodScorer):
         return [self.adapter.response_ids(self.processor, named_reply(question, t), end=False) for t in options]
 
 
-def _tied_builder(cfg: toy_base.ToyBaseConfig):
-    import torch
-
-    from tpo.synthetic.tiny_builders import build_llava_onevision
-
-    heads = cfg.hidden_size // 32
-    text = dict(hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                num_attention_heads=heads, num_key_value_heads=heads, tie_word_embeddings=True)
-    torch.manual_seed(cfg.seed)
-    return build_llava_onevision(toy_base.toy_corpus(), text=text, vision=dict(hidden_size=64, intermediate_size=128))
+def _with_tied_embeddings(build):
+    """``toy.base``'s model builder with the language model's input and output embeddings tied."""
+    return lambda corpus, text, vision: build(corpus, text={**text, "tie_word_embeddings": True}, vision=vision)
 
 
 def _readout(rows: list[dict], split_file: Path) -> dict:
     from toy.readout import readout
 
-    questions = {json.loads(line)["id"]: json.loads(line)["question"] for line in split_file.read_text().splitlines()}
+    items = (json.loads(line) for line in split_file.read_text().splitlines())
+    questions = {item["id"]: item["question"] for item in items}
     for row in rows:
         row["meta"].setdefault("floor", 0.25)  # window rows carry no floor
     return readout(rows, questions)
@@ -109,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reply == "named":
         toy_base.answer_text = lambda q: named_reply(q["question"], q["options"][q["answer"]])
     if args.tie:
-        toy_base.build_toy_model = _tied_builder
+        toy_base.build_llava_onevision = _with_tied_embeddings(toy_base.build_llava_onevision)
     tag = f"reply-{args.reply}{'-tie' if args.tie else ''}-patch{args.patch}-seed{args.seed}-steps{args.steps}" \
           f"-clips{args.num_clips}-share{args.share}"
     run = PipelineRun(args.out)
@@ -125,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("window", "mcq"):
         split_file = run.split("dev", kind)
         predictions = args.out / f"{tag}-{kind}.jsonl"
-        evaluate(load_benchmark("jsonl", split_file).items, scorer, num_frames=FRAMES_PER_OBJECT * WINDOW_OBJECTS if kind == "window" else NUM_FRAMES,
-                 batch_size=32, predictions_path=predictions, progress=False)
+        frames = FRAMES_PER_OBJECT * WINDOW_OBJECTS if kind == "window" else NUM_FRAMES
+        evaluate(load_benchmark("jsonl", split_file).items, scorer, num_frames=frames, batch_size=32,
+                 predictions_path=predictions, progress=False)
         rows = [json.loads(line) for line in predictions.read_text().splitlines()]
         point = _readout(rows, split_file)
         keys = ("moment", "after_before", "motion") + (("order", "counting") if kind == "mcq" else ())
