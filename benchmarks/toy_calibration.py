@@ -1,10 +1,12 @@
 """Calibrate the toy experiment on the dev split, by rules fixed before any TPO run (issue 19).
 
 Stage ``base``: the base model's share of long-clip moment questions (``long_moment_share``).
-On the two calibration seeds (never used again), shares are tried in ``SHARES`` order; the first
-whose mean dev long-clip moment accuracy (likelihood) lies in ``TARGET`` with window and order
-accuracy each at least ``MIN_WINDOW`` / ``MIN_ORDER`` is taken. If the accuracy jumps over
-``TARGET`` between two grid shares, the interval is bisected up to ``BISECTIONS`` times.
+There is one base (issue 31), and the share acts only in its last ``share_steps``: every share's
+base branches from one common checkpoint. Shares are tried in ``SHARES`` order; the first whose dev
+long-clip moment accuracy (likelihood) lies in ``TARGET``, with window accuracy at least
+``MIN_WINDOW`` (each moment kind at least ``MIN_WINDOW_KIND``) and order accuracy at least
+``MIN_ORDER``, is taken. If the accuracy jumps over ``TARGET`` between two grid shares, the interval
+is bisected up to ``BISECTIONS`` times.
 
 Stage ``lr``: the toy learning rate. With the chosen base, on the same two seeds, data_gen's
 filtered pairs train SFT_self and TPO at each of ``LRS`` (1 epoch); the rate with the highest
@@ -15,8 +17,8 @@ mean dev moment accuracy over both arms and seeds is taken (one rate for every a
     python benchmarks/toy_calibration.py --quick        # the reduced setting the tests run
 
 Each (seed, setting) result is a small JSON under ``docs/toy/calibration/`` (``--results``), written
-by a worker process as soon as it is done (one process per seed, one thread each), so an
-interrupted calibration goes on where it stopped.
+by a worker process as soon as it is done (one thread each; the lr stage runs one process per seed),
+so an interrupted calibration goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -32,24 +34,26 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from toy.readout import readout  # noqa: E402
+from toy.readout import MOMENT_KINDS, readout  # noqa: E402
 from toy.reproduction import CALIBRATION_SEEDS, PipelineRun, toy_setting  # noqa: E402
 from tpo.clean_exit import run_and_exit  # noqa: E402
 
 SHARES = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
-TARGET = (0.50, 0.60)
-MIN_WINDOW = MIN_ORDER = 0.95
+TARGET = (0.45, 0.65)
+MIN_WINDOW, MIN_WINDOW_KIND, MIN_ORDER = 0.90, 0.85, 0.95
+BASE_SEED = 0  # the one base's seed (its clips and initial weights)
 BISECTIONS = 3
 LRS = (3e-5, 1e-4, 3e-4)
 ARMS = {"sft_self": 0.0, "tpo": None}  # beta (None: the recipe's)
 
 
 def meets(point: dict) -> bool:
-    return TARGET[0] <= point["moment"] <= TARGET[1] and point["window"] >= MIN_WINDOW and point["order"] >= MIN_ORDER
+    return (TARGET[0] <= point["moment"] <= TARGET[1] and point["window"] >= MIN_WINDOW and point["order"] >= MIN_ORDER
+            and all(point[f"window_{kind}"] >= MIN_WINDOW_KIND for kind in MOMENT_KINDS))
 
 
 def choose_share(evaluate) -> tuple[float | None, list[tuple[float, dict]]]:
-    """The base rule: ``evaluate(share)`` gives the seeds' mean dev readout; returns the chosen share
+    """The base rule: ``evaluate(share)`` gives the base's dev readout; returns the chosen share
     (``None`` if no share meets the rule) and every share tried, in order."""
     tried, below = [], None
     for share in SHARES:
@@ -80,19 +84,20 @@ def choose_share(evaluate) -> tuple[float | None, list[tuple[float, dict]]]:
 # ---- workers: one seed each, in their own process ---------------------------------------------------
 
 def base_point(run: PipelineRun, seed: int, share: float) -> dict:
-    base = run.base_model(seed, long_moment_share=share)
-    name = f"calibration-seed-{seed}-share-{share}"
+    base = run.base_model(long_moment_share=share)
+    name = f"calibration-base-share-{share}"
     run.evaluate(base, name, split="dev")
     run.evaluate(base, name, split="dev", kind="window")
     point = readout(run.predictions(name, split="dev"), run.questions("dev"))
-    window = run.predictions(name, split="dev", kind="window")
-    return {**point, "window": sum(r["correct"] for r in window) / len(window), "seed": seed, "share": share}
+    window = readout(run.predictions(name, split="dev", kind="window"), run.questions("dev"))
+    return {**point, "window": window["moment"], **{f"window_{k}": window[k] for k in MOMENT_KINDS},
+            "seed": seed, "share": share, "base_model": str(base)}
 
 
 def lr_points(run: PipelineRun, seed: int, share: float) -> dict:
     from toy.llm import toy_server
 
-    run.base = replace(run.base, long_moment_share=share)
+    run.base = replace(run.base, long_moment_share=share)  # the chosen base
     with toy_server() as server:
         data = run.generate(seed, server.base_url)["filtered"]
     points = {"seed": seed, "share": share, "pairs": sum(1 for line in data.open() if line.strip())}
@@ -111,9 +116,10 @@ def _result_path(results: Path, stage: str, seed: int, share: float) -> Path:
 
 
 def _run_workers(args, stage: str, share: float) -> list[dict]:
-    """The stage's result of every calibration seed at ``share``, computing the missing ones in
-    parallel worker processes."""
-    paths = {seed: _result_path(args.results, stage, seed, share) for seed in CALIBRATION_SEEDS}
+    """The stage's result at ``share`` (the base's, or every calibration seed's learning rates),
+    computing the missing ones in parallel worker processes."""
+    seeds = (BASE_SEED,) if stage == "base" else CALIBRATION_SEEDS
+    paths = {seed: _result_path(args.results, stage, seed, share) for seed in seeds}
     missing = [seed for seed, path in paths.items() if not path.exists()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([sys.executable, __file__, "--worker", stage, "--seed", str(seed), "--share",
@@ -127,7 +133,7 @@ def _run_workers(args, stage: str, share: float) -> list[dict]:
 
 
 def _mean_point(points: list[dict]) -> dict:
-    keys = ("moment", "after_before", "motion", "after_before_floor", "motion_floor", "order", "counting", "window")
+    keys = ("moment", "moment_floor", "order", "window", *MOMENT_KINDS, *(f"window_{k}" for k in MOMENT_KINDS))
     return {k: sum(p[k] for p in points) / len(points) for k in keys}
 
 
@@ -142,16 +148,16 @@ def stage_base(args) -> dict:
         points = _run_workers(args, "base", share)
         mean = _mean_point(points)
         rows.append((share, points, mean))
-        print(f"share {share:<6} moment {_pct(mean['moment'])} (after/before {_pct(mean['after_before'])} "
-              f"floor {_pct(mean['after_before_floor'])}; motion {_pct(mean['motion'])} floor "
-              f"{_pct(mean['motion_floor'])})  window {_pct(mean['window'])}  order {_pct(mean['order'])}  "
-              f"counting {_pct(mean['counting'])}  per seed " + " ".join(_pct(p["moment"]) for p in points),
+        print(f"share {share:<6} long moment {_pct(mean['moment'])} (after {_pct(mean['after'])}, before "
+              f"{_pct(mean['before'])}; floor {_pct(mean['moment_floor'])})  window {_pct(mean['window'])} (after "
+              f"{_pct(mean['window_after'])}, before {_pct(mean['window_before'])})  order {_pct(mean['order'])}",
               flush=True)
         return mean
 
     chosen, _ = choose_share(evaluate)
-    summary = {"rule": {"shares": SHARES, "target": TARGET, "min_window": MIN_WINDOW, "min_order": MIN_ORDER,
-                        "bisections": BISECTIONS, "seeds": CALIBRATION_SEEDS},
+    summary = {"rule": {"shares": SHARES, "target": TARGET, "min_window": MIN_WINDOW,
+                        "min_window_kind": MIN_WINDOW_KIND, "min_order": MIN_ORDER, "bisections": BISECTIONS,
+                        "base_seed": BASE_SEED},
                "tried": [{"share": s, "mean": m, "per_seed": p} for s, p, m in rows], "chosen": chosen}
     (args.results / "base.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"chosen long_moment_share={chosen}")

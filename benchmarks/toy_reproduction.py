@@ -1,8 +1,9 @@
 """Table 2 of the paper at toy scale, pre-registered (issue 19): base, SFT_self, TPO, TPO with α = 0,
 and TPO without the post-filter at the same number of pairs.
 
-Every stage is the real one. Per seed: a toy base model (toy/base.py, its long-clip moment share
-calibrated on the dev split by benchmarks/toy_calibration.py) answers data_gen's questions on S_a
+Every stage is the real one. Per seed: the one toy base model (toy/base.py, committed in
+toy/base_model; its long-clip moment share calibrated on the dev split by
+benchmarks/toy_calibration.py) answers data_gen's questions on S_a
 and S_b, with the toy LLM (toy/llm.py) captioning, writing questions and post-filtering over HTTP;
 each arm is one epoch of `tpo fit`; every model is scored by likelihood on the test split's long
 clips (toy/world.py), which nothing was tuned on. Then accuracy at 8/16/32 frames and the toy
@@ -60,7 +61,7 @@ def run_seed(run: PipelineRun, seed: int, curves: bool = True) -> dict:
     kept = _count_lines(data["filtered"])
     pairs = {"sft_self": data["filtered"], "tpo": data["filtered"], "tpo_alpha0": data["filtered"],
              "tpo_nofilter": data["unfiltered"]}
-    models = {"base": run.base_model(seed)}
+    models = {"base": run.base_model()}
     for arm, path in pairs.items():
         beta, alpha = FIT[arm]
         models[arm] = run.fit(f"seed-{seed}/{arm}", path, seed, beta=beta, alpha=alpha,
@@ -117,12 +118,12 @@ def _interval(d: tuple) -> str:
 
 
 def table(per_seed: list[dict]) -> str:
-    lines = ["| model | moment | after/before | motion | order + counting | pairs |", "|---|---|---|---|---|---|"]
+    lines = ["| model | moment | after | before | order | pairs |", "|---|---|---|---|---|---|"]
     for arm, label in ARMS.items():
-        cells = [_cell([r["arms"][arm][k] for r in per_seed]) for k in ("moment", "after_before", "motion", "others")]
+        cells = [_cell([r["arms"][arm][k] for r in per_seed]) for k in ("moment", "after", "before", "order")]
         pairs = "—" if arm == "base" else f"{np.mean([r['pairs']['filtered'] for r in per_seed]):.0f}"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {pairs} |")
-    floors = [_cell([r["arms"]["base"][k] for r in per_seed]) for k in ("after_before_floor", "motion_floor")]
+    floors = [_cell([r["arms"]["base"][k] for r in per_seed]) for k in ("after_floor", "before_floor")]
     lines.append(f"| floor (knows first/last, not the moment) | | {floors[0]} | {floors[1]} | | |")
     window = _cell([r["arms"]["base"]["window"] for r in per_seed])
     lines.append(f"| base, shown only the window around the moment | {window} | | | | |")

@@ -1,6 +1,8 @@
 """The toy world: long clips, moments in them, and questions whose answers follow from the ground truth."""
 
 import json
+
+import pytest
 import random
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ def test_questions_are_answered_by_the_events():
         assert sorted(names) == sorted(map(name, COLOURS))  # every object once: an object option is always in it
         assert all(e.shape == SHAPE_OF[e.colour] for e in events)
         moments = moment_questions(events, rng)
-        (after, held_after), (before, held_before), (motion, held_motion) = moments
+        (after, held_after), (before, held_before) = moments
         for q in [q for q, _ in moments] + clip_questions(events, rng):
             assert len(q["options"]) == 4 == len(set(q["options"]))
         x = after["question"].removeprefix("What appears right after ").removesuffix("?")
@@ -31,12 +33,27 @@ def test_questions_are_answered_by_the_events():
         y = before["question"].removeprefix("What appears right before ").removesuffix("?")
         assert before["options"][before["answer"]] == names[names.index(y) - 1] and y not in before["options"]
         assert held_before == [names.index(y) - 1, names.index(y)]
-        mover = events[held_motion[0]]
-        assert name(mover.colour) in motion["question"] and motion["options"][motion["answer"]] == mover.motion
         assert {q["category"] for q, _ in moments} == {MOMENT}
-        first, last, count = clip_questions(events, rng)
+        first, last = clip_questions(events, rng)
         assert first["options"][first["answer"]] == names[0] and last["options"][last["answer"]] == names[-1]
-        assert count["options"][count["answer"]] == str(sum(e.motion == events[0].motion for e in events))
+
+
+def test_each_hand_over_shows_the_next_object_inside_the_current_one():
+    """The last sampled frame of each object (of 4) holds the next object's colour at its centre;
+    no other frame holds a second colour: the moment's answer is in one frame of the moment."""
+    import numpy as np
+
+    from tpo.data.frames import uniform_frame_indices
+    from tpo.synthetic.world import PALETTE
+    from toy.world import NUM_FRAMES, render
+
+    events = long_events(random.Random(7))
+    frames = render(events)[uniform_frame_indices(FRAMES_PER_EVENT * len(events), NUM_FRAMES)]
+    for k, frame in enumerate(frames):
+        colours = {c for c, rgb in PALETTE.items() if (frame == np.array(rgb)).all(-1).sum() > 20}
+        current, entering = events[k // 4], events[k // 4 + 1] if k // 4 + 1 < len(events) else None
+        shows_next = k % 4 == 3 and entering is not None
+        assert colours == ({current.colour, entering.colour} if shows_next else {current.colour}), k
 
 
 def test_no_option_list_gives_its_answer_away():
@@ -52,7 +69,7 @@ def test_no_option_list_gives_its_answer_away():
     for q in questions:
         by_kind.setdefault((q["category"], q["question"].split()[0], "after" in q["question"],
                             "before" in q["question"], "first" in q["question"]), []).append(q)
-    assert len(by_kind) == 6
+    assert len(by_kind) == 4  # after, before, first, last
     for kind, group in by_kind.items():
         positions = Counter(q["answer"] for q in group)
         assert max(positions.values()) / len(group) < 0.28, (kind, positions)  # 25 % each
@@ -75,27 +92,22 @@ def test_the_toy_llm_builds_training_questions_like_the_test_questions():
     for _ in range(400):
         events = long_events(rng)
         start = rng.randrange(len(events) - 1)
-        window = [(e.colour, [(0, 1), (2, 1)] if e.motion == "right" else [(2, 1), (0, 1)] if e.motion == "left"
-                   else [(1, 0), (1, 2)] if e.motion == "down" else [(1, 2), (1, 0)]) for e in events[start:start + 2]]
-        for _, question, options in candidate_questions(window, rng):
-            objects = set(map(name, COLOURS)) | {"left", "right", "up", "down"}
+        seen = [e.colour for e in events[start:start + 2]]  # what an S_a window's captions name: one hand-over
+        for _, question, options in candidate_questions(seen, rng):
+            objects = set(map(name, COLOURS))
             assert len(options) == 4 == len(set(options)) and set(options) <= objects
-            stems[question.split(" right ")[0] if "right" in question else question.split()[0]] += 1
-            named = " ".join(question.removesuffix("?").split()[-3:] if "right" in question else question.split()[3:6])
+            stems[question.split(" right ")[0]] += 1
+            named = " ".join(question.removesuffix("?").split()[-3:])
             assert named in objects and named not in options
             positions[options.index(_truth(question, events))] += 1
-    assert set(stems) == {"What appears", "Which"}
+    assert set(stems) == {"What appears"}
     assert max(positions.values()) / sum(positions.values()) < 0.3
 
 
 def _truth(question: str, events) -> str:
     names = [name(e.colour) for e in events]
     words = question.removesuffix("?").split()
-    if "after" in words:
-        return names[names.index(" ".join(words[-3:])) + 1]
-    if "before" in words:
-        return names[names.index(" ".join(words[-3:])) - 1]
-    return next(e.motion for e in events if e.colour == words[4])
+    return names[names.index(" ".join(words[-3:])) + (1 if "after" in words else -1)]
 
 
 def test_short_clips_need_the_direction_and_floors_are_what_chance_gives():
@@ -120,26 +132,28 @@ def test_short_clips_need_the_direction_and_floors_are_what_chance_gives():
     after = {"question": f"What appears right after {name(events[3].colour)}?",
              "options": [name(events[k].colour) for k in (4, 0, 5, 6)]}
     assert moment_floor(after, events) == 1 / 3  # the first object never comes after anything
-    assert moment_floor({**after, "question": "Which way does the red square move?"}, events) == 1 / 4
+    before = {"question": f"What appears right before {name(events[3].colour)}?",
+              "options": [name(events[k].colour) for k in (2, 0, 5, 6)]}
+    assert moment_floor(before, events) == 1 / 4  # the last object (7) is not among the options
 
 
 def test_toy_split_is_a_benchmark_with_window_clips(tmp_path):
     path = write_toy_split(tmp_path, num_videos=3, seed=5)
     loaded = load_benchmark("jsonl", path)
-    assert not loaded.bad and len(loaded.items) == 18
+    assert not loaded.bad and len(loaded.items) == 12
     item = loaded.items[0]
     frames = read_frames(item.video, list(range(FRAMES_PER_EVENT * 8)))
     assert frames.shape == (64, 64, 64, 3)
     assert all(0.25 <= i.meta["floor"] <= 1 / 3 for i in loaded.items)
     windows = load_benchmark("jsonl", tmp_path / "window.jsonl").items
     moments = {i.id: i for i in loaded.items if i.category == MOMENT}
-    assert len(windows) == 9 and {w.id for w in windows} == set(moments)
+    assert len(windows) == 6 and {w.id for w in windows} == set(moments)
     for w in windows:  # the same question, on a clip of the WINDOW_OBJECTS objects around the moment
         long = moments[w.id]
         assert (w.question, w.options, w.answer) == (long.question, long.options, long.answer)
         assert len(w.meta["window"]) == WINDOW_OBJECTS
         words = long.question.removesuffix("?").split()
-        named = words[-2] if "right" in long.question else words[4]
+        named = words[-2]
         assert named in [long.meta["events"][i]["colour"] for i in w.meta["window"]]
         assert len(read_frames(w.video, list(range(FRAMES_PER_EVENT * WINDOW_OBJECTS)))) == 32
 
@@ -151,7 +165,7 @@ def test_toy_haystacks_hold_one_needle_at_each_depth(tmp_path):
         (8, 0.0), (8, 1.0), (32, 0.0), (32, 1.0)}  # at most the 32 frames the base is trained on
     for row in rows:
         assert len(row["frame_indices"]) == row["meta"]["length"] == len(set(row["frame_indices"]))
-        assert row["options"][row["answer"]] in ("left", "right", "up", "down")
+        assert row["options"][row["answer"]] in [name(c) for c in COLOURS] and "right" in row["question"]
     assert not load_benchmark("jsonl", path).bad
 
 
@@ -161,12 +175,12 @@ def test_base_mix_is_mostly_short_clips_with_a_share_of_long_moment_questions():
 
     rng = random.Random(0)
     short = short_clip_examples(short_events(rng, 4), rng)
-    assert [p for p, _ in short][0] == DESCRIBE and len(short) == 5  # describe, two motions, after, before
-    two = short_clip_examples(short_events(rng, 2), rng)  # "after" would be "the other one": motions only
-    assert len(two) == 3 and not any("appears right" in p for p, _ in two)
-    long = [p for _ in range(300) for p, _ in long_clip_examples(long_events(rng), rng, moment_share=0.1)]
-    moment = sum(p.startswith(("What appears right", "Which way")) for p in long)
-    assert long.count(DESCRIBE) == 300 and 40 < moment < 140  # ~10 % of the 900 moment questions
+    assert [p for p, _ in short][0] == DESCRIBE and len(short) == 3  # describe, after, before
+    two = short_clip_examples(short_events(rng, 2), rng)  # "after" would be "the other one": described only
+    assert len(two) == 1 and not any("appears right" in p for p, _ in two)
+    common, moments = long_clip_examples(long_events(rng), rng)
+    assert [p for p, _ in common][0] == DESCRIBE and len(common) == 3  # describe, first, last
+    assert len(moments) == 2 and all(p.startswith("What appears right") for p, _ in moments)
 
 
 def test_toy_base_build_is_deterministic_and_cached(tmp_path, monkeypatch):
@@ -175,15 +189,67 @@ def test_toy_base_build_is_deterministic_and_cached(tmp_path, monkeypatch):
 
     from toy.base import ToyBaseConfig, toy_base_path, train_toy_base
 
-    cfg = ToyBaseConfig(num_clips=4, describe_steps=1, steps=2, batch_size=2, hidden_size=64, num_layers=1)
+    cfg = ToyBaseConfig(num_clips=4, describe_steps=1, steps=2, share_steps=1, batch_size=2, hidden_size=64,
+                        num_layers=1)
     first = train_toy_base(tmp_path / "a", cfg)
     second = train_toy_base(tmp_path / "b", cfg)
     a, b = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     monkeypatch.setenv("TPO_CACHE", str(tmp_path / "cache"))
     path = toy_base_path(cfg)
-    built = [p for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"]  # no half-built directory left
-    assert path.exists() and toy_base_path(cfg) == path and built == [path]
+    # no half-built directory left; the common run's checkpoints beside it
+    built = {p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".lock"}
+    assert path.exists() and toy_base_path(cfg) == path and len(built) == 2 and path.name in built
+    assert (built - {path.name}).pop().endswith(".checkpoints")
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")
+
+
+def test_toy_base_resumes_from_its_newest_checkpoint_and_shares_branch_from_the_common_run(tmp_path):
+    import shutil
+
+    import torch
+
+    from toy.base import ToyBaseConfig, train_toy_base
+
+    cfg = ToyBaseConfig(num_clips=6, describe_steps=1, steps=6, share_steps=2, batch_size=2, hidden_size=64,
+                        num_layers=1, long_share=0.5, long_moment_share=0.0)
+    whole = _weights(train_toy_base(tmp_path / "whole", cfg))
+    checkpoints = tmp_path / "checkpoints"
+    train_toy_base(tmp_path / "first", cfg, checkpoints, every=2)
+    assert sorted(p.name for p in (checkpoints / "common").iterdir()) == ["step-000002.pt", "step-000004.pt"]
+    assert sorted(p.name for p in (checkpoints / "share-0.0").iterdir()) == ["step-000006.pt"]
+    # killed after step 4: the share's checkpoint is gone, and a rerun goes on from the common step 4
+    (checkpoints / "share-0.0" / "step-000006.pt").unlink()
+    resumed = _weights(train_toy_base(tmp_path / "resumed", cfg, checkpoints, every=2))
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # the log goes on too
+    # another share trains only its last phase, from the same common checkpoint, and differs
+    other = ToyBaseConfig(**{**cfg.__dict__, "long_moment_share": 1.0})
+    shutil.rmtree(checkpoints / "common" / "step-000002.pt", ignore_errors=True)
+    branched = _weights(train_toy_base(tmp_path / "other", other, checkpoints, every=2))
+    alone = _weights(train_toy_base(tmp_path / "alone", other))
+    assert all(torch.equal(alone[k], branched[k]) for k in alone)
+    assert any(not torch.equal(whole[k], branched[k]) for k in whole)
+    # a changed recipe never resumes from another's state
+    with pytest.raises(SystemExit, match="another base recipe"):
+        train_toy_base(tmp_path / "changed", ToyBaseConfig(**{**cfg.__dict__, "lr": 1e-4}), checkpoints)
+
+
+def test_the_share_acts_only_in_the_last_phase():
+    from toy.base import ToyBaseConfig, training_pool
+
+    rows = [{"phase": "describe", "draw": 0.9}, {"phase": "mix", "draw": 0.1},
+            {"phase": "long_moment", "draw": 0.2}, {"phase": "long_moment", "draw": 0.7}]
+    cfg = ToyBaseConfig(describe_steps=10, steps=100, share_steps=20, long_moment_share=0.5)
+    assert training_pool(rows, cfg, 9) == rows[:1]
+    assert training_pool(rows, cfg, 79) == rows[:2]  # the common part: no long-clip moment question
+    assert training_pool(rows, cfg, 80) == rows[:3]  # the last 20 steps: the draws below the share
 
 
 def test_intervals_and_the_decision_rule():
@@ -212,17 +278,21 @@ def test_calibration_rule_takes_the_smallest_share_in_range_and_bisects_a_jump()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from toy_calibration import SHARES, choose_share
 
-    def fake(curve, window=1.0):
-        return lambda share: {"moment": curve(share), "window": window, "order": 1.0}
+    def fake(curve, window=1.0, kind=1.0):
+        return lambda share: {"moment": curve(share), "window": window, "window_after": kind, "window_before": 1.0,
+                              "order": 1.0}
 
-    chosen, tried = choose_share(fake(lambda s: 0.3 + 0.5 * s))  # 0.3 → 0.35, 0.4, 0.45, 0.55 at share 0.5
+    chosen, tried = choose_share(fake(lambda s: 0.2 + 0.5 * s))  # 0.2 → 0.25, 0.3, 0.35, 0.45 at share 0.5
     assert chosen == 0.5 and [s for s, _ in tried] == [0.0, 0.1, 0.2, 0.3, 0.5]
     chosen, tried = choose_share(fake(lambda s: 0.3 if s < 0.25 else 0.8))  # jumps over the range at 0.3
     assert [s for s, _ in tried][:5] == [0.0, 0.1, 0.2, 0.3, 0.25] and chosen is None
     chosen, tried = choose_share(fake(lambda s: 0.3 if s <= 0.2 else 0.55 if s <= 0.25 else 0.8))
     assert chosen == 0.25
-    chosen, tried = choose_share(fake(lambda s: 0.55, window=0.9))  # in range, but the window is not solved
+    chosen, tried = choose_share(fake(lambda s: 0.55, window=0.85))  # in range, but the window is not solved
     assert chosen is None and len(tried) == len(SHARES)
+    chosen, tried = choose_share(fake(lambda s: 0.55, kind=0.8))  # nor one moment kind on it
+    assert chosen is None and len(tried) == len(SHARES)
+    assert choose_share(fake(lambda s: 0.55, window=0.9, kind=0.85))[0] == 0.0
 
 
 def test_reply_form_tells_answers_from_descriptions():

@@ -27,16 +27,18 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from toy.base_checkpoints import CheckpointStore, TrainingState
 from toy.world import (FRAMES_PER_EVENT, after_question, answer_text, before_question, clip_questions, describe,
-                       long_events, moment_questions, motion_question, short_events, shown_frames, write_clip)
+                       long_events, moment_questions, short_events, shown_frames, write_clip)
 from tpo.data.frames import read_clip, uniform_frame_indices
 from tpo.evaluate.answers import mcq_prompt
 from tpo.models import get_adapter, pad_token_id
@@ -46,19 +48,21 @@ from tpo.two_pass import labelled_batch, labelled_row
 from tpo.synthetic.world import Event
 
 FAMILY = "llava_onevision"
+SHIPPED = Path(__file__).parent / "base_model"  # the committed base (issue 31): one for every seed
 DESCRIBE = "Describe the video."
-_VERSION = "7"  # 7: transformers' warm-up cosine schedule
+_VERSION = "8"  # 8: the hand-over world (issue 31), phases and checkpoints
 
 
 @dataclass(frozen=True)
 class ToyBaseConfig:
-    num_clips: int = 800
-    describe_steps: int = 200  # first only "Describe the video." (grounding), then the full mix
-    steps: int = 800
+    num_clips: int = 3000
+    describe_steps: int = 150  # first only "Describe the video." (grounding), then the full mix
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
     long_share: float = 0.3  # share of long clips; the others show one to four objects
     long_moment_share: float = 0.3  # share of a long clip's moment questions kept in the mix (calibrated)
+    share_steps: int = 300  # the last steps, the only ones the share acts in
     hidden_size: int = 192
     num_layers: int = 4
     seed: int = 0
@@ -86,21 +90,21 @@ def build_toy_model(cfg: ToyBaseConfig):
 
 
 def short_clip_examples(events: list[Event], rng: random.Random) -> list[tuple[str, str]]:
-    """(prompt, reply) pairs for a clip of one to four objects: up to two motions, and with three or
+    """(prompt, reply) pairs for a clip of one to four objects: its description, and with three or
     more objects (where the direction matters) one after and one before."""
     colours = [e.colour for e in events]
-    moving = rng.sample(events, min(2, len(events)))
-    examples = [(DESCRIBE, describe(events)), *(_example(motion_question(e.colour, e.motion, rng)) for e in moving)]
+    examples = [(DESCRIBE, describe(events))]
     if len(events) >= 3:
         examples += [_example(after_question(colours, rng.randrange(len(events) - 1), rng)),
                      _example(before_question(colours, rng.randrange(1, len(events)), rng))]
     return examples
 
 
-def long_clip_examples(events: list[Event], rng: random.Random, moment_share: float) -> list[tuple[str, str]]:
-    """(prompt, reply) pairs for a long clip: whole-clip questions, few moment questions."""
-    moments = [_example(q) for q, _ in moment_questions(events, rng) if rng.random() < moment_share]
-    return [(DESCRIBE, describe(events))] + [_example(q) for q in clip_questions(events, rng)] + moments
+def long_clip_examples(events: list[Event], rng: random.Random) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(prompt, reply) pairs for a long clip: the whole-clip ones, and its moment questions (of which
+    only a ``long_moment_share`` is trained on, in the last phase)."""
+    moments = [_example(q) for q, _ in moment_questions(events, rng)]
+    return [(DESCRIBE, describe(events))] + [_example(q) for q in clip_questions(events, rng)], moments
 
 
 def _example(q: dict) -> tuple[str, str]:
@@ -108,7 +112,11 @@ def _example(q: dict) -> tuple[str, str]:
 
 
 def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list[dict]:
-    """Every SFT example tokenised; the clip's vision tensors are shared by its examples."""
+    """Every SFT example tokenised; the clip's vision tensors are shared by its examples. A row's
+    ``phase`` says from which phase on it is trained: ``describe`` from the first step, ``mix``
+    after the describe-only steps, ``long_moment`` (a long clip's moment question) only in the last
+    phase, and only if its ``draw`` is below the share. The draws do not depend on the share, so
+    every share's base branches from one common run."""
     rng = random.Random(cfg.seed)
     rows = []
     for _ in tqdm(range(cfg.num_clips), desc="toy base: clips", leave=False):
@@ -117,15 +125,31 @@ def _encode_clips(cfg: ToyBaseConfig, adapter, processor, workdir: Path) -> list
         path = workdir / "clip.mp4"  # written and decoded, so training sees what evaluation sees
         write_clip(path, events)
         clip = read_clip(path, uniform_frame_indices(FRAMES_PER_EVENT * len(events), shown_frames(events)))
-        examples = long_clip_examples(events, rng, cfg.long_moment_share) if long else short_clip_examples(events, rng)
+        common, moments = long_clip_examples(events, rng) if long else (short_clip_examples(events, rng), [])
         vision = None
-        for prompt, reply in examples:
+        for (prompt, reply), phase in [*((e, "mix") for e in common), *((e, "long_moment") for e in moments)]:
             enc = adapter.encode_prompt(processor, clip, prompt)
             if vision is None:  # stored in bf16 to keep the encoded set small
                 vision = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in enc.vision.items()}
             rows.append({"seq": labelled_row(enc.tokens, adapter.response_ids(processor, reply)), "vision": vision,
-                         "describe": prompt == DESCRIBE})
+                         "phase": "describe" if prompt == DESCRIBE else phase, "draw": rng.random()})
     return rows
+
+
+def training_pool(rows: list[dict], cfg: ToyBaseConfig, step: int) -> list[dict]:
+    """The rows a step draws its batch from: descriptions only for ``describe_steps``, then the mix,
+    and in the last ``share_steps`` the mix with a ``long_moment_share`` of the long clips' moment
+    questions."""
+    if step < cfg.describe_steps:
+        return [r for r in rows if r["phase"] == "describe"]
+    if step < branch_step(cfg):
+        return [r for r in rows if r["phase"] != "long_moment"]
+    return [r for r in rows if r["phase"] != "long_moment" or r["draw"] < cfg.long_moment_share]
+
+
+def branch_step(cfg: ToyBaseConfig) -> int:
+    """The step from which on the share acts: every share's base shares the steps before it."""
+    return cfg.steps - cfg.share_steps
 
 
 def _by_frame_count(rows: list[dict]) -> list[list[dict]]:
@@ -141,7 +165,10 @@ def _batch(rows: list[dict], pad_id: int) -> dict:
     return {**batch["inputs"], "labels": batch["labels"]}
 
 
-def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
+def train_toy_base(out: Path, cfg: ToyBaseConfig, checkpoints: Path | None = None, every: int = 200) -> Path:
+    """Train the base into ``out``. With ``checkpoints``, the state is saved every ``every`` steps
+    and training resumes from the newest checkpoint it finds there (:mod:`toy.base_checkpoints`):
+    an interrupted base, or another share's base after the branch step, goes on from it."""
     adapter = get_adapter(FAMILY)
     model, processor = build_toy_model(cfg)
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,11 +177,13 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     schedule = get_cosine_schedule_with_warmup(optimizer, max(1, cfg.steps // 20), cfg.steps)
-    described = [r for r in rows if r["describe"]]
+    state = TrainingState(model, optimizer, schedule, gen)
+    store = CheckpointStore(checkpoints, cfg, branch_step(cfg)) if checkpoints else None
+    first = store.resume(state) if store else 0
     model.train()
-    bar = tqdm(range(cfg.steps), desc="toy base: SFT")
+    bar = tqdm(range(first, cfg.steps), desc="toy base: SFT", initial=first, total=cfg.steps)
     for step in bar:
-        pool = described if step < cfg.describe_steps else rows
+        pool = training_pool(rows, cfg, step)
         pick = [pool[i] for i in torch.randint(len(pool), (cfg.batch_size,), generator=gen).tolist()]
         loss = 0.0
         for group in _by_frame_count(pick):  # a batch's clips must have one frame count
@@ -165,17 +194,80 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig) -> Path:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
+        state.log.append({"step": step + 1, "loss": round(loss, 4)})
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss:.3f}")
+        if store and ((step + 1) % every == 0 or step + 1 == branch_step(cfg)):
+            store.save(state, step + 1)
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
     (out / "toy_base.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.log))
     return out
 
 
 def toy_base_path(cfg: ToyBaseConfig = ToyBaseConfig()) -> Path:
-    """The toy base model for ``cfg``, trained on first use and cached."""
+    """The toy base model for ``cfg``: the committed one (``SHIPPED``) if it was trained with ``cfg``,
+    else trained on first use and cached. Every share's base of one recipe branches from one common
+    run, whose checkpoints are cached beside it."""
+    if shipped_config() == asdict(cfg):
+        return shipped_base()
+    common = {k: v for k, v in asdict(cfg).items() if k != "long_moment_share"}
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    return build_once(cache_dir() / f"toy-base-v{_VERSION}-{digest}", lambda tmp: train_toy_base(tmp, cfg),
-                      "config.json")
+    recipe = hashlib.sha256(json.dumps(common, sort_keys=True).encode()).hexdigest()[:10]
+    checkpoints = cache_dir() / f"toy-base-v{_VERSION}-{recipe}.checkpoints"
+    return build_once(cache_dir() / f"toy-base-v{_VERSION}-{digest}",
+                      lambda tmp: train_toy_base(tmp, cfg, checkpoints), "config.json")
 
+
+def shipped_config() -> dict | None:
+    """The recipe of the committed base, or ``None`` if none is committed."""
+    path = SHIPPED / "toy_base.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def shipped_base() -> Path:
+    """The committed base, its files checked against its ``SHA256SUMS``."""
+    for line in (SHIPPED / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        if hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest() != digest:
+            raise SystemExit(f"error: {SHIPPED / name} does not match its sha256 in {SHIPPED / 'SHA256SUMS'} "
+                             "(a changed or Git LFS pointer file?); retrain it: python -m toy.base --help")
+    return SHIPPED
+
+
+def ship(trained: Path) -> Path:
+    """Copy a trained base into ``SHIPPED`` with a ``SHA256SUMS`` of its files (then commit it)."""
+    SHIPPED.mkdir(exist_ok=True)
+    sums = []
+    for path in sorted(p for p in trained.iterdir() if p.is_file()):
+        shutil.copy(path, SHIPPED / path.name)
+        sums.append(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  {path.name}")
+    (SHIPPED / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    return SHIPPED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m toy.base --out DIR``: train the toy base from scratch, resumably."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="where the trained base is saved")
+    parser.add_argument("--checkpoints", type=Path, default=None,
+                        help="checkpoint directory, resumed from if it holds checkpoints (default OUT.checkpoints)")
+    parser.add_argument("--every", type=int, default=200, help="steps between checkpoints")
+    parser.add_argument("--ship", action="store_true", help=f"then copy it into {SHIPPED} with its sha256 sums")
+    for f in fields(ToyBaseConfig):
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
+    args = parser.parse_args(argv)
+    cfg = ToyBaseConfig(**{f.name: getattr(args, f.name) for f in fields(ToyBaseConfig)})
+    torch.set_num_threads(1)  # deterministic for a machine; the other core stays free
+    checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
+    args.out.mkdir(parents=True, exist_ok=True)
+    train_toy_base(args.out, cfg, checkpoints, args.every)
+    print(f"toy base: saved to {args.out}" + (f" and shipped to {ship(args.out)}" if args.ship else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

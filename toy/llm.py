@@ -4,9 +4,10 @@ Served by :func:`toy_server` (a :class:`data_gen.scripted_server.ScriptedServer`
 names, speaking the real protocol:
 
 - ``toy-captioner`` names the object in a frame: colour, shape (how much of its bounding box it
-  fills) and place ("The red square at the top left.");
+  fills) and place, and the colour of an object entering inside it ("The red square at the top
+  left, with blue entering inside it.");
 - ``toy-llm`` reads the timestamped captions of a clip and writes multiple-choice questions about
-  it — what appears right after / right before an object, which way an object moves — built
+  it — what appears right after / right before an object — built
   exactly as the held-out questions are (``toy.world``'s question builders: distractors are the
   other colours, those in the captions first), in the evaluation's prompt format;
 - ``toy-judge`` answers the question from the captions itself and applies the three post-filter
@@ -29,56 +30,70 @@ from data_gen.config import PostFilterConfig, QuestionConfig
 from data_gen.postfilter import RULE1
 from data_gen.scripted_server import ScriptedServer, caption_lines, main, one_image, prompt_text, template_values
 from tpo.clean_exit import run_and_exit
-from toy.world import after_question, before_question, motion_question, name
+from toy.world import after_question, before_question, name
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
-from tpo.synthetic.world import MOTIONS, PALETTE, find_object, place
+from tpo.synthetic.world import PALETTE, find_object, place
 
-_PLACES = {"left": 0, "centre": 1, "right": 2, "top": 0, "middle": 1, "bottom": 2}
-_CAPTION = re.compile(r"The (\w+) (\w+) at the (\w+) (\w+)\.")
-TYPES = ("temporal order", "attribute")
+_CAPTION = re.compile(r"The (\w+) (\w+) at the (\w+) (\w+)(?:, with (\w+) entering inside it)?\.")
+TYPES = ("temporal order",)
+_RIM_RADIUS = 9.5  # pixels from an object's centre beyond which only the object itself is drawn (64-pixel frames)
 
 
 def caption_image(image: np.ndarray) -> str:
     found = find_object(image)
     if found is None:
         return "An empty dark frame."
-    colour, mask = found
+    _, mask = found
+    ys, xs = np.nonzero(mask)
+    cy, cx = int(round(ys.mean())), int(round(xs.mean()))
+    pixels = image.astype(float)
+    # an entering object is drawn at the object's centre: the colour there, and the colour most of the
+    # rim votes for (compression blends the two where they meet, so each is read away from the seam)
+    at_centre = _nearest(np.median(pixels[cy - 2:cy + 3, cx - 2:cx + 3].reshape(-1, 3), axis=0)[None])[0]
+    rim = (ys - cy) ** 2 + (xs - cx) ** 2 > _RIM_RADIUS ** 2
+    votes = _nearest(pixels[ys[rim], xs[rim]]) if rim.sum() > 10 else [at_centre]
+    colour = max(set(votes), key=list(votes).count)
     # the shape from how much of its bounding box the object fills, counting only pixels close to its
-    # colour (compression blurs a faint halo around it that would make squares look round)
-    near = (np.abs(image.astype(float) - np.array(PALETTE[colour])).max(axis=-1) < 100)
-    mask = near if near.sum() >= 4 else mask
+    # colours (compression blurs a faint halo around it that would make squares look round)
+    body = np.zeros(mask.shape, dtype=bool)
+    for c in {colour, at_centre}:
+        body |= np.abs(pixels - np.array(PALETTE[c])).max(axis=-1) < 100
+    mask = body if body.sum() >= 4 else mask
+    text = f"The {colour} {_shape(mask)} at the {place(mask)}"
+    return text + (f", with {at_centre} entering inside it." if at_centre != colour else ".")
+
+
+def _nearest(rgb: np.ndarray) -> list[str]:
+    """The palette colour nearest to each row of ``rgb``."""
+    palette = np.array(list(PALETTE.values()), dtype=float)
+    return [list(PALETTE)[k] for k in ((rgb[:, None, :] - palette) ** 2).sum(-1).argmin(axis=1)]
+
+
+def _shape(mask: np.ndarray) -> str:
+    """Square or circle, from how much of its bounding box the mask fills."""
     ys, xs = np.nonzero(mask)
     fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
-    shape = "square" if fill > 0.87 else "circle"
-    return f"The {colour} {shape} at the {place(mask)}."
+    return "square" if fill > 0.87 else "circle"
 
 
 # ---- reading captions back ------------------------------------------------------------------------
 
-def objects_in_order(captions: list[str]) -> list[tuple[str, list[tuple[int, int]]]]:
-    """``[(colour, [(column, row), ...]), ...]``: each object once, in order of appearance, with the
-    places it is seen at. Consecutive captions of one colour are one object."""
-    runs: list[tuple[str, list[tuple[int, int]]]] = []
+def objects_in_order(captions: list[str]) -> list[str]:
+    """The colours of the objects seen, each once, in order of appearance. Consecutive captions of
+    one colour are one object; an object seen entering is the next one."""
+    runs: list[str] = []
     for text in captions:
         match = _CAPTION.search(text)
         if not match:
             continue
-        colour, _, vertical, horizontal = match.groups()
-        if not runs or runs[-1][0] != colour:
-            runs.append((colour, []))
-        runs[-1][1].append((_PLACES[horizontal], _PLACES[vertical]))
+        for colour in (match.group(1), match.group(5)):
+            if colour and (not runs or runs[-1] != colour):
+                runs.append(colour)
     return runs
 
 
-def motion(places: list[tuple[int, int]]) -> str | None:
-    (x0, y0), (x1, y1) = places[0], places[-1]
-    moves = [m for m, (dx, dy) in MOTIONS.items() if (x1 - x0, y1 - y0) in {(dx, dy), (2 * dx, 2 * dy)}]
-    return moves[0] if len(moves) == 1 else None
-
-
-def answer_from_captions(question: str, objects: list[tuple[str, list]]) -> str | None:
-    """The answer the captions give to one of the toy question forms, or ``None``."""
-    names = [n for n, _ in objects]
+def answer_from_captions(question: str, names: list[str]) -> str | None:
+    """The answer the captions (``objects_in_order``) give to one of the toy question forms, or ``None``."""
     if len(set(names)) != len(names):
         return None  # an object seen twice: "right after" is ambiguous
     if m := re.fullmatch(r"What appears right (after|before) the (\w+) \w+\?", question):
@@ -86,8 +101,6 @@ def answer_from_captions(question: str, objects: list[tuple[str, list]]) -> str 
             return None
         i = names.index(m.group(2)) + (1 if m.group(1) == "after" else -1)
         return name(names[i]) if 0 <= i < len(names) else None
-    if m := re.fullmatch(r"Which way does the (\w+) \w+ move\?", question):
-        return motion(objects[names.index(m.group(1))][1]) if m.group(1) in names else None
     return None
 
 
@@ -97,19 +110,17 @@ def _caption_lines(captions: str) -> list[str]:
 
 # ---- the question writer --------------------------------------------------------------------------
 
-def candidate_questions(objects: list[tuple[str, list]], rng: random.Random) -> list[tuple[str, str, list[str]]]:
-    """``(type, question, options)`` the captions answer, taking the three moment kinds (after,
-    before, motion) in turn, in a random order, as the held-out questions mix them."""
-    colours = [c for c, _ in objects]
+def candidate_questions(colours: list[str], rng: random.Random) -> list[tuple[str, str, list[str]]]:
+    """``(type, question, options)`` the captions answer, taking the two moment kinds (after,
+    before) in turn, in a random order, as the held-out questions mix them."""
     kinds = [("temporal order", [after_question(colours, i, rng) for i in range(len(colours) - 1)]),
-             ("temporal order", [before_question(colours, i, rng) for i in range(1, len(colours))]),
-             ("attribute", [motion_question(c, motion(p), rng) for c, p in objects if motion(p)])]
-    kinds = [(t, [q for q in qs if answer_from_captions(q["question"], objects)]) for t, qs in kinds]
+             ("temporal order", [before_question(colours, i, rng) for i in range(1, len(colours))])]
+    kinds = [(t, [q for q in qs if answer_from_captions(q["question"], colours)]) for t, qs in kinds]
     for _, questions in kinds:
         rng.shuffle(questions)
     rng.shuffle(kinds)
     out = []
-    for turn in range(max(len(qs) for _, qs in kinds)):
+    for turn in range(max((len(qs) for _, qs in kinds), default=0)):
         out += [(t, qs[turn]["question"], qs[turn]["options"]) for t, qs in kinds if turn < len(qs)]
     return out
 

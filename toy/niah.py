@@ -2,8 +2,9 @@
 
 A haystack is a clip of ``length`` objects; the *needle* is the one object of its colour, at
 ``depth`` (0 = first, 1 = last; a short haystack has fewer places than depths, so two depths can
-share one). The question is a moment question about it ("Which way does red move?"), which an
-answer about another object gets wrong three times in four. Every object is shown in
+share one). The question is a moment question about its hand-over ("What appears right after the
+red square?", or right before it when it is last), whose options are the neighbour and three other
+colours, so an answer about another moment is wrong. Every object is shown in
 ``FRAMES_PER_OBJECT`` frames, as in a long clip, so a longer haystack is also a longer input; the
 default lengths stay within the 32 frames the base model is trained on. Items carry
 ``meta.length`` (frames shown) and ``meta.depth``, which ``tpo.evaluate.niah.niah_grid`` reads.
@@ -15,10 +16,10 @@ import json
 import random
 from pathlib import Path
 
-from toy.world import FRAMES_PER_EVENT, motion_question, shown_frames, write_clip
+from toy.world import FRAMES_PER_EVENT, SHAPE_OF, after_question, before_question, shown_frames, write_clip
 from tpo.data.frames import uniform_frame_indices
 from tpo.evaluate.niah import needle_position, niah_cells
-from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event
+from tpo.synthetic.world import MOTIONS, PALETTE, Event
 
 
 def haystack(rng: random.Random, length: int, depth: float) -> tuple[list[Event], int]:
@@ -31,7 +32,7 @@ def haystack(rng: random.Random, length: int, depth: float) -> tuple[list[Event]
             colour = needle_colour
         else:
             colour = rng.choice([c for c in colours if not events or c != events[-1].colour])
-        events.append(Event(colour, rng.choice(SHAPES), rng.choice(list(MOTIONS))))
+        events.append(Event(colour, SHAPE_OF[colour], rng.choice(list(MOTIONS))))
     return events, position
 
 
@@ -46,8 +47,10 @@ def write_toy_niah(root: str | Path, lengths=(2, 4, 6, 8), depths=(0.0, 0.25, 0.
         events, position = haystack(rng, length, depth)
         indices = uniform_frame_indices(FRAMES_PER_EVENT * length, shown_frames(events))
         write_clip(root / video, events)
-        needle = events[position]
-        rows.append({"id": Path(video).stem, "video": video, **motion_question(needle.colour, needle.motion, rng),
+        colours = [e.colour for e in events]
+        question = (after_question(colours, position, rng) if position < length - 1
+                    else before_question(colours, position, rng))
+        rows.append({"id": Path(video).stem, "video": video, **question,
                      "frame_indices": indices, "duration": f"depth {depth:g}",
                      "meta": {"length": len(indices), "depth": depth}})
     path = root / "niah.jsonl"

@@ -5,7 +5,7 @@ One :class:`PipelineRun` holds the settings — the toy world's by default; ``mo
 ``train_config`` and ``benchmark`` switch it to a real model and benchmark — and its methods are
 the pipeline's steps:
 
-- :meth:`PipelineRun.base_model`: the toy base model of a seed (each seed trains its own);
+- :meth:`PipelineRun.base_model`: the toy base model, one for every seed (the committed one);
 - :meth:`PipelineRun.split`: long clips and their questions, of the *dev* split (calibration and
   tuning) or the *test* split (the final readout only); the moment questions on window clips
   (``kind="window"``); toy haystacks (``kind="niah"``);
@@ -40,7 +40,7 @@ DATA_GEN_CONFIG = Path(data_gen.__file__).parent / "configs" / "toy.yaml"
 # Clip seeds: a seed's data_gen clips use the seed itself (0, 1, 2, ...; calibration 100, 101); the
 # dev and test clips have their own. 10_000 was the test split of the retired world (old table).
 SPLIT_SEEDS = {"dev": 30_000, "test": 40_000}
-CALIBRATION_SEEDS = (100, 101)  # the base and learning-rate calibration's seeds, never used for the readout
+CALIBRATION_SEEDS = (100, 101)  # the learning-rate calibration's seeds, never used for the readout
 
 
 @dataclass
@@ -67,9 +67,9 @@ class PipelineRun:
     def __post_init__(self):
         self.out = Path(self.out)
 
-    def base_model(self, seed: int, **overrides) -> Path | str:
-        """The base model of ``seed``; ``overrides`` change its ``ToyBaseConfig`` (calibration)."""
-        return self.model_path or toy_base_path(replace(self.base, seed=seed, **overrides))
+    def base_model(self, **overrides) -> Path | str:
+        """The base model, one for every seed; ``overrides`` change its ``ToyBaseConfig`` (calibration)."""
+        return self.model_path or toy_base_path(replace(self.base, **overrides))
 
     def questions(self, split: str = "test") -> dict[str, str]:
         """``{id: question text}`` of a split's long-clip questions."""
@@ -110,7 +110,7 @@ class PipelineRun:
                     shutil.copy(root / "data-filtered" / "cache.sqlite", out / "cache.sqlite")
                 cfg = load_config(str(DATA_GEN_CONFIG), [
                     f"videos={videos / 'videos'}", f"output_dir={out}", f"seed={seed}",
-                    f"answer.model={self.base_model(seed)}", f"api.base_url={base_url}",
+                    f"answer.model={self.base_model()}", f"api.base_url={base_url}",
                     f"postfilter.enabled={str(enabled).lower()}", f"answer.temperature={self.answer_temperature}"])
                 Pipeline(cfg, progress=not self.quiet).run()
             paths[name] = out / "preferences.jsonl"
@@ -128,7 +128,7 @@ class PipelineRun:
             args = ["fit", "--config", str(self.train_config), "--seed_everything", str(seed),
                     "--trainer.default_root_dir", str(root),
                     "--trainer.enable_progress_bar", str(not self.quiet).lower(),
-                    "--model.model_path", str(self.base_model(seed)), "--data.path", str(preferences)]
+                    "--model.model_path", str(self.base_model()), "--data.path", str(preferences)]
             overrides = {"trainer.max_epochs": self.epochs, "data.batch_size": self.batch_size,
                          "data.val_fraction": self.val_fraction, "model.beta": self.beta if beta is None else beta,
                          "model.alpha": self.alpha if alpha is None else alpha, "model.lr": self.lr,
