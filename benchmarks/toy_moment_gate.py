@@ -10,13 +10,17 @@ log-likelihood of each option's two answer tokens, on held-out
 - *window* clips: the ``WINDOW`` objects around the moment, at the long clip's density;
 - *long* clips: every object of the layout once (never trained on).
 
-Two layouts:
+Layouts:
 
-- ``--layout spans``: today's world, 8 objects (colour; the shape follows it), 4 frames each;
-- ``--layout frames``: the issue's candidate, 32 objects (8 colours x 4 shapes), one frame each,
-  so "right after X" is the next frame.
+- ``spans``: the earlier world, 8 objects (colour; the shape follows it), 4 frames each;
+- ``frames``: the issue's candidate, 32 objects (8 colours x 4 shapes), one frame each, so "right
+  after X" is the next frame;
+- ``pairs``: frame k shows objects k and k + 1 together, as one position (their embeddings summed,
+  as one pooled visual token holds both); ``pairs2``: the same as two positions;
+- ``handover``: the world ``toy.world`` now draws: ``spans``, with the next object entering in an
+  object's last frame (one position holding both).
 
-    python benchmarks/toy_moment_gate.py --layout frames --minutes 14
+    python benchmarks/toy_moment_gate.py --layout handover --max-short 4 --minutes 13
 
 The gate (issue 31): about 95 % window accuracy within ~15 min on one core, before any hour-long
 base run. The last line is one JSON object.
@@ -40,7 +44,7 @@ WORDS = ["<pad>", "<bos>", "<eos>", "<frames>", "<q>", "after", "before", "<opti
 ID = {w: i for i, w in enumerate(WORDS)}
 LAYOUTS = {"spans": dict(objects=8, frames_per_object=4), "frames": dict(objects=32, frames_per_object=1),
            "pairs": dict(objects=8, frames_per_object=1), "pairs2": dict(objects=8, frames_per_object=1),
-           "pairs4": dict(objects=8, frames_per_object=4)}
+           "handover": dict(objects=8, frames_per_object=4)}
 PAIR_FRAME = -1  # a "pairs" frame: one position whose embedding is its two objects' (left, right) summed
 
 
@@ -76,7 +80,7 @@ def question(clip: list, pool: list, rng: random.Random) -> tuple[list[int], lis
 
 def video_tokens(clip: list, layout: str, rng: random.Random) -> list[tuple[int, ...]]:
     """The clip's frames as positions, each a tuple of token ids whose embeddings are summed."""
-    if layout == "pairs4":  # an object's 4 frames, the next one entering in its last
+    if layout == "handover":  # an object's 4 frames, the next one entering in its last (toy.world)
         return [(ID[f"L{a[0]}"],) * 1 if f < 3 or b is None else (ID[f"L{a[0]}"], ID[f"R{b[0]}"])
                 for a, b in zip(clip, [*clip[1:], None]) for f in range(4)]
     if layout.startswith("pairs"):  # frame k shows object k on the left and object k + 1 on the right
