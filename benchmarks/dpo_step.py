@@ -113,10 +113,10 @@ def to(batch: dict, device) -> dict:
 
 def run_variant(variant: str, args) -> dict:
     from tpo.attention import use_attention
-    from tpo.loss import tpo_loss
+    from tpo.loss import Pair, tpo_loss
     from tpo.models import get_adapter
     from tpo.shared_prefix import shared_prefix_logps
-    from tpo.two_pass import two_pass_logps
+    from tpo.two_pass import response_logps
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -139,8 +139,9 @@ def run_variant(variant: str, args) -> dict:
     optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
 
     def logps(model, b):
-        if variant == "naive":
-            return two_pass_logps(model, b)
+        if variant == "naive":  # full-vocabulary logits at every position of both rows
+            sums, counts = response_logps(model(**b["inputs"], use_cache=False).logits, b["labels"])
+            return Pair(*sums.view(2, -1)), Pair(*counts.view(2, -1))
         return shared_prefix_logps(adapter, model, b)
 
     def step():
