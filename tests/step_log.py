@@ -90,3 +90,20 @@ class Stall(L.Callback):
 
         if trainer.global_step == 0 and trainer.global_rank == self.rank:
             time.sleep(self.seconds)
+
+
+class InferenceModeLog(L.Callback):
+    """Whether each validation and prediction batch ran under ``torch.inference_mode``, one JSON line each."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def _log(self, stage: str) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"stage": stage, "inference_mode": torch.is_inference_mode_enabled()}) + "\n")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._log("validate")
+
+    def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self._log("predict")

@@ -44,6 +44,26 @@ def test_fit_writes_logs_config_checkpoint_and_export_under_root_dir(tmp_path, p
     assert not (tmp_path / "lightning_logs").exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
+def test_validate_and_precompute_ref_run_outside_inference_mode(tmp_path, pref_file):
+    """Outside fit Lightning runs under torch.inference_mode (on any backend but gloo), where a sharded
+    model's all-gather fails on inference tensors: every command runs the model under no_grad."""
+    import os
+
+    log = tmp_path / "modes.jsonl"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+    common = ["--config", str(REPO / "lightning_configs/demo.yaml"), "--trainer.default_root_dir", str(tmp_path),
+              "--data.path", str(pref_file), "--data.val_fraction", "0.25", "--trainer.enable_progress_bar", "false",
+              "--trainer.callbacks+=step_log.InferenceModeLog", "--trainer.callbacks.path", str(log)]
+    for command, extra in (("validate", []), ("precompute-ref", ["--model.reference_logps", str(tmp_path / "ref.json")])):
+        done = subprocess.run([sys.executable, "-m", "tpo", command, *common, *extra], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {r["stage"] for r in rows} == {"validate", "predict"}
+    assert not any(r["inference_mode"] for r in rows)
+
+
 def test_unknown_family_in_config_is_a_clear_error(tmp_path, pref_file):
     cmd = [sys.executable, "-m", "tpo", "fit", "--config", str(REPO / "lightning_configs/demo.yaml"),
            "--trainer.default_root_dir", str(tmp_path), "--data.path", str(pref_file), "--model.family", "video_llama_3"]

@@ -35,6 +35,9 @@ class TPOCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
+        # validate and precompute-ref run under torch.inference_mode otherwise (except on gloo), and a
+        # sharded (FSDP2) model's all-gather then fails on inference tensors
+        parser.set_defaults({"trainer.inference_mode": False})
 
     def before_fit(self) -> None:
         self._started = time.perf_counter()
@@ -50,11 +53,12 @@ class TPOCLI(LightningCLI):
         train = {k: round(v, 4) for k, v in self.model.last_epoch_means.items()}
         val = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
                if k in ("val/loss", "val/rewards/accuracy", "val/rewards/margin")}
+        lora = f"  LoRA: {self.model.lora_summary}\n" if self.model.lora_summary else ""
         print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s on {trainer.world_size} process(es)\n"
               f"  last epoch (train mean): {train}\n  validation: {val}\n"
               f"  skipped optimizer steps (non-finite gradient norm): {self.model.skipped_steps}\n"
               f"  video backend: {backend_name()}\n"
-              f"  pair layout: {self.model.layout_description}\n"
+              f"  pair layout: {self.model.layout_description}\n{lora}"
               f"  logs:       {log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
               f"  export:     {export or '(none)'}")
 
