@@ -42,7 +42,8 @@ class AnswerRequest:
 
 def answer_jobs(questions: list[Question], videos: dict[str, Video], cfg: AnswerConfig) -> list[Job]:
     """Two jobs per question (:func:`~data_gen.items.answer_id`: its ``::chosen`` and ``::rejected``)."""
-    settings = {k: cfg[k] for k in ("backend", "model", "family", "max_new_tokens", "temperature", "time_instruction")}
+    settings = {k: cfg[k] for k in ("backend", "model", "family", "max_new_tokens", "temperature", "time_instruction",
+                                    "thinking")}
     settings["format"] = ANSWER_FORMAT
     if cfg.backend == "openai":
         settings["sent_as"] = "video"  # answers cached when frames went as separate images are not reused
@@ -67,7 +68,7 @@ class LocalAnswerer:
         from tpo.models.generate import for_inference
 
         self.cfg = cfg
-        self.adapter = get_adapter(cfg.family, cfg.time_instruction)
+        self.adapter = get_adapter(cfg.family, cfg.time_instruction, cfg.thinking)
         model, self.processor = self.adapter.load(cfg.model, getattr(torch, cfg.dtype))
         self.model = for_inference(model, cfg.device)
 

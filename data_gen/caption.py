@@ -97,7 +97,7 @@ class LocalCaptioner:
             text = self.processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
             inputs = self.processor(text=[text] * len(images), images=[im for _, im in images],
                                     return_tensors="pt", padding=True)
-            texts = generate_texts(self.model, self.processor.tokenizer, dict(inputs), self.cfg.max_tokens,
+            texts = generate_texts(self.model, self.processor, dict(inputs), self.cfg.max_tokens,
                                    self.cfg.temperature, seed=0)
             for (i, _), caption in zip(images, texts):
                 outcomes[i] = Outcome(True, caption.text) if caption.text else Outcome(False, reason="empty caption")

@@ -83,6 +83,7 @@ class AnswerConfig:
     max_new_tokens: int = 256
     truncated: str = "drop"  # an answer cut at max_new_tokens: drop its pair (counted) | keep (no end token)
     time_instruction: bool = False  # LLaVA-Video's time instruction in the prompt (both backends)
+    thinking: bool = False  # the chat template's reasoning mode, as model.thinking in training (both backends)
     temperature: float = 0.0  # 0: greedy
     batch_size: int = 8
     dtype: str = "bfloat16"

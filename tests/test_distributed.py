@@ -341,3 +341,13 @@ def test_sharded_families_with_their_own_layout_or_masks_match_one_process(pref_
         assert sorted(sharded[step]["ids"]) == sorted(expected["ids"])
         assert sharded[step]["loss"] == pytest.approx(expected["loss"], rel=1e-5, abs=1e-6), step
     assert sharded[1]["rewards/chosen"] == 0.0 and sharded[1]["rewards/rejected"] == 0.0
+
+
+def test_ddp_trains_llava_next_video_whose_video_path_leaves_weights_unused(pref_file, tmp_path):
+    """LLaVA-NeXT-Video's ``image_newline`` serves images only: were it trainable, DDP (which expects a gradient
+    for every trainable parameter) would stop at step 2."""
+    config = _config(tmp_path, pref_file, base="demo.yaml", strategy="ddp", devices=2)
+    done = _tpo("fit", "--config", config, "--model.family", "llava_next_video",
+                "--model.model_path", "builtin:tiny-llava_next_video", "--trainer.max_steps", 3, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert list(read(tmp_path / "steps.jsonl")) == [1, 2, 3]

@@ -29,7 +29,7 @@ PROMPT_FILE = "tpo_prompt.json"  # how the policy was prompted in training, for 
 
 
 def trained_prompt(path: str | Path) -> dict:
-    """``{family, time_instruction}`` of a TPO export (empty for any other model directory)."""
+    """``{family, time_instruction, thinking, ...}`` of a TPO export (empty for any other model directory)."""
     file = Path(path) / PROMPT_FILE
     return json.loads(file.read_text()) if file.is_file() else {}
 
@@ -101,6 +101,7 @@ class HFExport(L.Callback):
                 policy.config.save_pretrained(self.path)
             pl_module.processor.save_pretrained(self.path)
             prompt = {"family": pl_module.adapter.family, "time_instruction": pl_module.adapter.time_instruction,
+                      "thinking": pl_module.adapter.thinking,
                       "num_frames": training_frame_counts(trainer), "video_backend": backend_name()}
             (self.path / PROMPT_FILE).write_text(json.dumps(prompt, indent=2) + "\n")
         trainer.strategy.barrier("hf_export")

@@ -17,7 +17,7 @@ from transformers import get_cosine_schedule_with_warmup
 from tpo import reference, scoring, sharding
 from tpo.attention import Attention, check_attention, use_attention
 from tpo.errors import ConfigError, TPOError
-from tpo.lora import LoraSettings, add_lora
+from tpo.lora import LoraSettings, add_lora, describe_targets, lora_targets
 from tpo.loss import LossType, Pair, tpo_loss
 from tpo.models import get_adapter
 from tpo.settings import Fraction, NonNegative, Positive, PositiveInt
@@ -48,10 +48,14 @@ class TPOModule(L.LightningModule):
         reference_logps: a JSON file of reference log-probs per record, written by ``tpo precompute-ref``
             (``tpo/reference.py``). Set, no reference model is loaded: the file is read at the start of
             fit/validate. ``None``: a live frozen reference model.
-        lora: train LoRA adapters on the language model instead of full weights (``trainable`` is then
-            ignored); the reference is the same model with its adapters disabled, so there is no copy.
+        lora: train LoRA adapters on every linear layer of the language model's blocks instead of full
+            weights (``trainable`` is then ignored); the reference is the same model with its adapters disabled, so there is no copy.
         time_instruction: LLaVA-Video's sentence on the frames' times before every question (the
             prompt LLaVA-Video was trained with); the batches are encoded with this module's adapter.
+        thinking: the chat template's reasoning mode (``enable_thinking``). Off (default): a hybrid
+            template (Qwen3.5) is asked for no reasoning and a thinking-only one gets its reasoning block
+            closed empty, so answers are trained as final answers. It must match the data's
+            (``answer.thinking``); evaluation follows the trained setting.
         attention: the kernel for the language model's attention under the shared-prefix mask:
             ``sdpa_no_cudnn`` (default: SDPA without cuDNN, whose masked backward gives NaN on Hopper
             before cuDNN 9.26), ``sdpa`` (SDPA's own choice) or ``flex_attention`` (a block mask, no
@@ -66,7 +70,8 @@ class TPOModule(L.LightningModule):
         loss_type: LossType = "sigmoid", lr: Positive = 1e-6, weight_decay: NonNegative = 0.0,
         warmup_ratio: Fraction = 0.1, trainable: tuple[str, ...] = ("language_model", "projector"),
         dtype: Literal["float32", "bfloat16", "float16"] = "float32", reference_logps: str | None = None,
-        lora: LoraSettings | None = None, time_instruction: bool = False, attention: Attention = "sdpa_no_cudnn",
+        lora: LoraSettings | None = None, time_instruction: bool = False, thinking: bool = False,
+        attention: Attention = "sdpa_no_cudnn",
         max_consecutive_skips: PositiveInt = 5,
     ):
         super().__init__()
@@ -74,7 +79,7 @@ class TPOModule(L.LightningModule):
         check_attention(attention)
         if loss_type == "ipo" and beta == 0:
             raise ConfigError("model.beta must be above 0 with loss_type ipo (its target margin is 1 / (2 beta))")
-        self.adapter = get_adapter(family, time_instruction)
+        self.adapter = get_adapter(family, time_instruction, thinking)
         self.processor = self.adapter.load_processor(model_path)  # the one processor: batches, export, evaluation
         config = self.adapter.load_config(model_path)
         self.layout = scoring.layout_for(config)  # how pairs are laid out (packed or two rows), from the model
@@ -82,6 +87,7 @@ class TPOModule(L.LightningModule):
         if dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {dtype!r}; choose from {list(DTYPES)}")
         self.policy = None
+        self.lora_summary: str | None = None  # the adapted layers per block kind, for the fit summary
         # Not a registered submodule: the reference is in no checkpoint, optimizer or DDP bucket.
         self.reference: reference.Reference | None = None  # chosen once: configure_model, or at fit start
         self.val_means = nn.ModuleDict({k.replace("/", "_"): MeanMetric() for k in METRICS})
@@ -114,6 +120,7 @@ class TPOModule(L.LightningModule):
         if self.live_reference:
             self.reference = reference.FrozenCopy(self.adapter, copy.deepcopy(self.policy).requires_grad_(False).eval())
         if h.lora is not None:
+            self.lora_summary = describe_targets(lora_targets(self.policy, self.adapter))
             self.policy = add_lora(self.policy, self.adapter, h.lora)
             if h.reference_logps is None:
                 self.reference = reference.AdaptersOff(self.adapter, self.policy)

@@ -52,7 +52,7 @@ def model_fingerprint(model_path: str, adapter, dtype: str, precision: str, proc
     else:  # a hub id: its name is what identifies it
         config = str(model_path)
     settings = processor.to_dict() if hasattr(processor, "to_dict") else str(processor)
-    prompt = [adapter.family, adapter.time_instruction]
+    prompt = [adapter.family, adapter.time_instruction] + ([True] if adapter.thinking else [])
     return _digest([prompt, dtype, str(precision), config, files, settings])
 
 

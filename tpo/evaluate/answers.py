@@ -59,7 +59,9 @@ def _mentioned(reply: str, options: list[str]) -> int | None:
 def extract_choice(reply: str, options: list[str]) -> int | None:
     """The option a reply picks (``--reading tpo``): a stated answer ("the answer is B"), else the
     first standalone letter among the options' letters (not the article "A" of "A red square"),
-    else the one option whose text the reply contains; ``None`` when it cannot tell."""
+    else the one option whose text the reply contains; ``None`` when it cannot tell. A reply with a
+    reasoning block (``thinking`` on) is read after it."""
+    reply = reply.rsplit("</think>", 1)[-1]
     text = _LEAD_INS.sub("", reply.strip(), count=1)
     choice = _letter(text, LETTERS[: len(options)])
     return choice if choice is not None else _mentioned(reply, options)

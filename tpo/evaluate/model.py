@@ -63,21 +63,23 @@ def load_for_eval(path: str, family: str | None = None, dtype: torch.dtype = tor
     a Lightning ``.ckpt`` from ``tpo fit`` (or a consolidated sharded one): its policy weights are
     loaded into the base model the run started from (``model_path`` in the checkpoint's hyper-parameters).
     ``time_instruction`` (LLaVA-Video's prompt sentence on the frames' times) defaults to the
-    setting the model was trained with (:func:`trained_time_instruction`).
+    setting the model was trained with (:func:`trained_time_instruction`); the reasoning mode
+    (``thinking``) is always the trained one (off for a model tpo did not train).
     """
     if _is_checkpoint(path):
         ckpt = _load_checkpoint(path)
         hparams = ckpt["hyper_parameters"]
         if time_instruction is None:
             time_instruction = bool(hparams.get("time_instruction", False))
-        adapter = get_adapter(family or hparams["family"], time_instruction)
+        adapter = get_adapter(family or hparams["family"], time_instruction, bool(hparams.get("thinking", False)))
         model, processor = adapter.load(hparams["model_path"], dtype)
         policy = {k.removeprefix("policy."): v for k, v in ckpt["state_dict"].items() if k.startswith("policy.")}
         model.load_state_dict(policy)
     else:
         if time_instruction is None:
             time_instruction = trained_time_instruction(path)
-        adapter = get_adapter(family or infer_family(path), time_instruction)
+        thinking = bool(trained_prompt(resolve(path)).get("thinking", False))
+        adapter = get_adapter(family or infer_family(path), time_instruction, thinking)
         model, processor = adapter.load(path, dtype)
     return adapter, for_inference(model, device), processor
 

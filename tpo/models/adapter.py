@@ -9,6 +9,7 @@ the transformer-block classes FSDP wraps.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -19,9 +20,15 @@ from tpo.data.frames import Clip
 from tpo.errors import ConfigError
 
 IGNORE_INDEX = -100
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_ANSWER_MARK = "TPO_ANSWER_MARK"  # rendered as an assistant turn's content to find what ends the turn
+_END_OF_TURN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # processor -> its end-of-turn ids
 # Processor outputs with one entry per token; everything else is a vision tensor.
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
-PARTS = ("vision_tower", "projector", "language_model")
+PARTS = ("vision_tower", "projector", "language_model")  # what `trainable` chooses from
+# Weights the video path never uses (an image-only newline, an audio tower): never trained, since DDP
+# expects a gradient for every trainable parameter.
+UNUSED = "unused"
 
 
 def _resolve(path: str) -> str:
@@ -41,6 +48,50 @@ def time_instruction(clip: Clip) -> str:
             f"These frames are located at {times}.Please answer the following questions related to this video.")
 
 
+def ends_in_open_think(text: str) -> bool:
+    """Whether a rendered prompt ends inside a reasoning block (``<think>`` with no ``</think>`` after it)."""
+    return text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
+
+
+def end_of_turn_ids(processor) -> list[int]:
+    """The token that ends an assistant turn in the processor's chat template, then the tokenizer's
+    eos if it is another one (both stop generation; training labels the first).
+
+    Read off the template itself: an assistant turn is rendered between two user turns, and the
+    first special token after its content is the end of the turn (``<|im_end|>`` for ChatML,
+    ``<|user|>`` for GLM-4.1V, ``<turn|>`` for Gemma 4, ``</s>`` for Vicuna), not taken to be
+    ``eos_token``. A template that renders no assistant turn falls back to the eos token.
+    """
+    try:
+        return _END_OF_TURN[processor]
+    except (KeyError, TypeError):
+        pass
+    tok = getattr(processor, "tokenizer", processor)
+    ids = [i for i in (_template_end_of_turn(processor, tok), tok.eos_token_id) if i is not None]
+    ids = list(dict.fromkeys(ids))
+    try:
+        _END_OF_TURN[processor] = ids
+    except TypeError:  # not weakly referenceable: computed each time
+        pass
+    return ids
+
+
+def _template_end_of_turn(processor, tok) -> int | None:
+    def user(text: str) -> dict:
+        return {"role": "user", "content": [{"type": "text", "text": text}]}
+
+    turns = [user("Q"), {"role": "assistant", "content": [{"type": "text", "text": _ANSWER_MARK}]}, user("Q")]
+    try:
+        text = processor.apply_chat_template(turns, tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render this turn: the eos token ends it
+        return None
+    if _ANSWER_MARK not in text:
+        return None
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    after = tok(text.split(_ANSWER_MARK, 1)[1], add_special_tokens=False)["input_ids"]
+    return next((i for i in after if i in special), None)
+
+
 @dataclass
 class PromptEncoding:
     """A processed (video, question) prompt.
@@ -58,10 +109,11 @@ class PromptEncoding:
 class ModelAdapter:
     family: str
     model_types: tuple[str, ...]  # `config.model_type` values this family loads
-    parts: dict[str, tuple[str, ...]]  # trainable part -> parameter-name prefixes
+    parts: dict[str, tuple[str, ...]]  # part (PARTS, or UNUSED) -> parameter-name prefixes
     description: str = ""
     processor_kwargs: dict = field(default_factory=lambda: {"do_sample_frames": False})
     time_instruction: bool = False  # LLaVA-Video's sentence on the frames' times before the question
+    thinking: bool = False  # the template's reasoning mode (``enable_thinking``); off: answers are final answers
 
     # ---- loading -------------------------------------------------------------------------
     def load_config(self, path: str):
@@ -92,10 +144,18 @@ class ModelAdapter:
 
     # ---- inputs --------------------------------------------------------------------------
     def prompt_text(self, processor, question: str, clip: Clip | None = None) -> str:
+        """The chat template's prompt for one question, ending where the answer starts. With thinking
+        off, a hybrid template is asked for no reasoning (``enable_thinking=False``), and a prompt still
+        ending inside a reasoning block (a thinking-only template) gets the block closed empty, as
+        hybrid templates write it: the answer is then the final answer, in data, training and evaluation."""
         if self.time_instruction:
             question = f"{time_instruction(clip)}\n{question}"
         messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                             enable_thinking=self.thinking)
+        if not self.thinking and ends_in_open_think(text):
+            text = text.rstrip("\n") + "\n\n" + THINK_CLOSE + "\n\n"
+        return text
 
     def encode_prompt(self, processor, clip: Clip, question: str) -> PromptEncoding:
         """Process one video clip and its question into a prompt encoding.
@@ -110,14 +170,15 @@ class ModelAdapter:
         return PromptEncoding(tokens, vision)
 
     def response_ids(self, processor, response: str, end: bool = True) -> list[int]:
-        """The response's tokens followed by the end-of-turn token the model must learn to emit;
-        ``end=False`` for an answer that was cut off, so the model never learns to stop mid-sentence."""
+        """The response's tokens followed by the end-of-turn token the model must learn to emit
+        (:func:`end_of_turn_ids`); ``end=False`` for an answer that was cut off, so the model never
+        learns to stop mid-sentence."""
         tok = getattr(processor, "tokenizer", processor)
-        return tok(response, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if end else [])
+        return tok(response, add_special_tokens=False)["input_ids"] + (end_of_turn_ids(processor)[:1] if end else [])
 
     # ---- structure -----------------------------------------------------------------------
     def part_of(self, param_name: str) -> str:
-        """The trainable part (see :data:`PARTS`) a parameter belongs to, by longest prefix."""
+        """The part (one of :data:`PARTS`, or :data:`UNUSED`) a parameter belongs to, by longest prefix."""
         best, best_len = None, -1
         for part, prefixes in self.parts.items():
             for prefix in prefixes:
@@ -128,6 +189,7 @@ class ModelAdapter:
         return best
 
     def set_trainable(self, model: nn.Module, trainable: list[str] | tuple[str, ...]) -> None:
+        """Parameters of the ``trainable`` parts learn, all others are frozen (:data:`UNUSED` ones always)."""
         unknown = set(trainable) - set(PARTS)
         if unknown:
             raise ConfigError(f"unknown trainable part(s) {sorted(unknown)}; choose from {list(PARTS)}")

@@ -8,7 +8,7 @@ import torch
 
 from tpo.data.frames import Clip
 from tpo.data.sequences import pad_token_rows
-from tpo.models.adapter import ModelAdapter, PromptEncoding, pad_token_id
+from tpo.models.adapter import ModelAdapter, PromptEncoding, end_of_turn_ids, pad_token_id
 from tpo.sharding import root_unsharded
 
 
@@ -36,12 +36,13 @@ def left_padded_batch(prompts: list[PromptEncoding], pad_id: int) -> dict[str, t
     return batch
 
 
-def stop_token_ids(model, tokenizer) -> list[int]:
-    """The model's own end tokens plus the tokenizer's end-of-turn token, which training appends to
-    every response; without it a model whose generation config names no end token never stops."""
+def stop_token_ids(model, processor) -> list[int]:
+    """The model's own end tokens plus the chat template's end-of-turn token, which training appends to
+    every response (:func:`tpo.models.adapter.end_of_turn_ids`); without it a model whose generation
+    config names no end token never stops."""
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured] if configured is not None else []
-    return list(dict.fromkeys(ids + [tokenizer.eos_token_id]))
+    return list(dict.fromkeys(ids + end_of_turn_ids(processor)))
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,17 @@ class Generation:
 
 
 @torch.no_grad()  # not inference_mode: a sharded model that first runs under it cannot train after (FSDP2)
-def generate_texts(model, tokenizer, inputs: dict[str, torch.Tensor], max_new_tokens: int,
+def generate_texts(model, processor, inputs: dict[str, torch.Tensor], max_new_tokens: int,
                    temperature: float = 0.0, seed: int | None = None) -> list[Generation]:
-    """Greedy (``temperature == 0``) or sampled continuations of a left-padded batch, decoded."""
+    """Greedy (``temperature == 0``) or sampled continuations of a left-padded batch, decoded
+    (``processor``: the model's processor, or its tokenizer)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     if seed is not None:
         torch.manual_seed(seed)
-    stops = stop_token_ids(model, tokenizer)
+    stops = stop_token_ids(model, processor)
     with root_unsharded(model):
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_token_id(tokenizer),
                              eos_token_id=stops, **sampling)
@@ -74,7 +77,6 @@ def generate_texts(model, tokenizer, inputs: dict[str, torch.Tensor], max_new_to
 def answer_questions(adapter: ModelAdapter, model, processor, clips: list[Clip], questions: list[str],
                      max_new_tokens: int, temperature: float = 0.0, seed: int | None = None) -> list[Generation]:
     """The model's answers to ``questions[i]`` about ``clips[i]``, one batch."""
-    tokenizer = getattr(processor, "tokenizer", processor)
     prompts = [adapter.encode_prompt(processor, clip, q) for clip, q in zip(clips, questions)]
-    return generate_texts(model, tokenizer, left_padded_batch(prompts, pad_token_id(tokenizer)), max_new_tokens,
+    return generate_texts(model, processor, left_padded_batch(prompts, pad_token_id(processor)), max_new_tokens,
                           temperature, seed)

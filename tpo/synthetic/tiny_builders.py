@@ -24,6 +24,12 @@ _CHATML_TEMPLATE = (
     "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Qwen3.5's generation prompt opens a reasoning block; with enable_thinking=False it is closed empty
+# (as issue 32 reads the released Qwen3.5 template; the rest is ChatML as above).
+_QWEN3_5_TEMPLATE = _CHATML_TEMPLATE.replace(
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
+    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}")
 _VICUNA_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
     "{% for c in m['content'] %}{% if c['type'] == 'video' %}<video>\n{% elif c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
@@ -88,9 +94,9 @@ _QWEN_PATCHES = dict(size={"shortest_edge": FRAME_SIZE * FRAME_SIZE, "longest_ed
                      patch_size=PATCH, temporal_patch_size=2, merge_size=2)
 
 
-def _qwen_tokenizer() -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
+def _qwen_tokenizer(extra: tuple[str, ...] = ()) -> tuple[PreTrainedTokenizerFast, dict[str, int]]:
     """The Qwen-VL tokenizer and the vision token ids its model config names."""
-    tok = build_tokenizer(_QWEN_SPECIALS + _QWEN_VISION_TOKENS, "<|im_end|>", "<|endoftext|>",
+    tok = build_tokenizer(_QWEN_SPECIALS + _QWEN_VISION_TOKENS + list(extra), "<|im_end|>", "<|endoftext|>",
                           {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"})
     return tok, {name: tok.convert_tokens_to_ids(t) for name, t in zip(_QWEN_VISION_IDS, _QWEN_VISION_TOKENS)}
 
@@ -105,10 +111,10 @@ def _mrope_parameters(text: dict, ratio: tuple[int, int, int], partial_rotary_fa
     return params if partial_rotary_factor == 1.0 else {**params, "partial_rotary_factor": partial_rotary_factor}
 
 
-def _qwen_processor(processor_class, video_processor, tok):
+def _qwen_processor(processor_class, video_processor, tok, chat_template: str = _CHATML_TEMPLATE):
     from transformers import Qwen2VLImageProcessor
 
-    template = _CHATML_TEMPLATE.replace("{{ VIDEO }}", "<|vision_start|><|video_pad|><|vision_end|>")
+    template = chat_template.replace("{{ VIDEO }}", "<|vision_start|><|video_pad|><|vision_end|>")
     return processor_class(
         image_processor=Qwen2VLImageProcessor(**_QWEN_PATCHES), video_processor=video_processor, tokenizer=tok,
         chat_template=template.replace("{{ IMAGE }}", "<|vision_start|><|image_pad|><|vision_end|>"),
@@ -209,7 +215,7 @@ def build_qwen3_5():
     timestamp before each temporal patch), without deepstack."""
     from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
 
-    tok, ids = _qwen_tokenizer()
+    tok, ids = _qwen_tokenizer(extra=("<think>", "</think>"))
     text = {**_text_config_kwargs(len(tok)), "head_dim": 32, "layer_types": ["linear_attention", "full_attention"],
             "linear_key_head_dim": 16, "linear_value_head_dim": 16, "linear_num_key_heads": 2,
             "linear_num_value_heads": 4}
@@ -220,7 +226,7 @@ def build_qwen3_5():
                   num_position_embeddings=(FRAME_SIZE // PATCH) ** 2)
     config = Qwen3_5Config(text_config=text, vision_config=vision, **ids)
     video = Qwen3VLVideoProcessor(**_QWEN_PATCHES, cap_pixels_per_frame=True)
-    return Qwen3_5ForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok)
+    return Qwen3_5ForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok, _QWEN3_5_TEMPLATE)
 
 
 def build_llava_next_video():
@@ -302,8 +308,9 @@ def build_gemma4():
         Gemma4Processor, Gemma4VideoProcessor,
     )
 
+    # eos <eos>, as in the releases whose turn ends with another token (<turn|>): the chat template says which
     tok = build_tokenizer(["<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", *_GEMMA4_TOKENS.values(), "<|video|>"],
-                          "<turn|>", "<pad>", _GEMMA4_TOKENS)
+                          "<eos>", "<pad>", _GEMMA4_TOKENS)
     ids = {name: tok.convert_tokens_to_ids(_GEMMA4_TOKENS[key]) for key, name in _GEMMA4_IDS.items()}
     text = dict(**_text_config_kwargs(len(tok)), head_dim=32, global_head_dim=32, sliding_window=16,
                 layer_types=["sliding_attention", "full_attention"],
