@@ -9,6 +9,16 @@ the requested ``model``, with scripts that read the synthetic world of ``tpo.syn
 - ``scripted-vlm``: answers a question about the one video it is sent (``video_url``,
   ``data:video/jpeg;base64,<frame>,...`` as vLLM reads it), naming what it sees frame by frame, in
   order; images, or a video of another content type, are refused with a 400;
+- ``scripted-times-<family>``: answers with the times ``family``'s processor computes for the one video it
+  is sent (Qwen3-VL and Qwen3.5's ``<t seconds>``, GLM-4.1V's whole seconds, Gemma 4's ``mm:ss``,
+  Qwen2.5-VL's seconds per temporal patch), as JSON.
+
+A video is read as vLLM 0.34 reads a ``data:video/jpeg`` one (:func:`video_io_kwargs`,
+:func:`jpeg_video_metadata`): the server's ``media_io_kwargs`` merged with the request's, the first
+``num_frames`` frames kept, and the metadata made up from them; per-request ``media_io_kwargs`` and
+``mm_processor_kwargs`` are refused unless ``trust_request_mm_kwargs``, and ``honour_media_io_kwargs=False``
+plays a server that ignores the request's. A reply's prompt length counts ``VIDEO_TOKENS_PER_FRAME`` a
+kept frame.
 
 ``scripts`` adds more models (the toy reproduction serves its toy LLM this way: ``toy.llm.toy_server``).
 
@@ -32,9 +42,11 @@ import re
 import threading
 import time
 from collections import Counter
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+from transformers.video_utils import VideoMetadata
 
 from data_gen.config import QuestionConfig, prompt_template, template_fields
 from tpo.clean_exit import run_and_exit
@@ -150,7 +162,7 @@ def _limited(content: str, max_tokens: int | None) -> tuple[str, str]:
 
 
 def answer(request: dict) -> str:
-    videos = _videos(request)
+    videos = [frames for frames, _ in request["vllm_videos"]]
     if _images(request) or len(videos) != 1:
         raise ValueError(f"scripted-vlm answers about one video_url; got {len(videos)} video(s) and "
                          f"{len(_images(request))} image(s)")
@@ -162,8 +174,105 @@ def answer(request: dict) -> str:
     return "I see " + ", then ".join(colours) + "."
 
 
+# ---- a video as vLLM 0.34.0 reads it (vllm/multimodal/media/video.py, VideoMediaIO) ----------------------
+
+VLLM_NUM_FRAMES = 32  # VideoMediaIO's default num_frames
+VIDEO_TOKENS_PER_FRAME = 16  # the scripted prompt length of one kept frame
+UNTRUSTED = ("Per-request {} are disabled by default because they can change multimodal preprocessing resource "
+             "usage. Start the server with --trust-request-mm-kwargs only when clients are trusted.")
+
+
+def video_io_kwargs(server: dict, request: dict | None) -> dict:
+    """The settings a request's video is loaded with: ``VideoMediaIO.merge_kwargs`` (the request's win;
+    one of ``fps`` and ``num_frames`` set by the request drops the server's other)."""
+    merged = {**server, **(request or {})}
+    if request and "num_frames" in request and "fps" not in request:
+        merged.pop("fps", None)
+    elif request and "fps" in request and "num_frames" not in request:
+        merged.pop("num_frames", None)
+    return merged
+
+
+def jpeg_video_metadata(sent: int, kwargs: dict) -> tuple[int, dict]:
+    """``(frames kept, metadata)`` of a ``data:video/jpeg`` video of ``sent`` frames loaded with ``kwargs``:
+    ``VideoMediaIO.load_base64``, its checks included."""
+    num_frames = kwargs.get("num_frames", VLLM_NUM_FRAMES)
+    if num_frames == 0:
+        raise ValueError("num_frames must be greater than 0 or -1")
+    kept = min(sent, num_frames) if num_frames > 0 else sent
+    fps = float(kwargs.get("fps", 1))
+    indices = kwargs.get("frames_indices")
+    if indices is None:
+        indices = list(range(kept))
+    elif not (isinstance(indices, list) and all(isinstance(i, int) for i in indices)):
+        raise ValueError("frames_indices must be a list of integers")
+    elif len(indices) != kept:
+        raise ValueError(f"frames_indices length ({len(indices)}) must match number of frames sent ({kept})")
+    total = kwargs.get("total_num_frames", kept)
+    if not isinstance(total, int) or total < 1:
+        raise ValueError("total_num_frames must be a positive integer")
+    if total < kept:
+        raise ValueError(f"total_num_frames ({total}) must be >= number of frames sent ({kept})")
+    duration = kwargs.get("duration")
+    if duration is None:
+        duration = total / fps if fps > 0 else 0.0
+    elif not isinstance(duration, (int, float)) or duration < 0:
+        raise ValueError("duration must be a non-negative number")
+    return kept, {"total_num_frames": total, "fps": fps, "duration": duration, "video_backend": "jpeg_sequence",
+                  "frames_indices": indices, "do_sample_frames": kwargs.get("do_sample_frames", False)}
+
+
+# The times each family's processor computes from a video's metadata when it does not sample frames, as
+# vLLM 0.34.0 computes them (temporal patches of 2 frames).
+
+def qwen3_vl_times(meta: dict) -> list[str]:
+    """qwen3_vl.py ``Qwen3VLProcessingInfo._calculate_timestamps`` (each patch's mean time), written
+    ``<{:.1f} seconds>`` by ``Qwen3VLMultiModalProcessor.get_video_repl``; Qwen3.5 uses the same processor."""
+    indices = list(meta["frames_indices"])
+    if len(indices) % 2:
+        indices.append(indices[-1])
+    seconds = [i / meta["fps"] for i in indices]
+    return [f"{(a + b) / 2:.1f}" for a, b in zip(seconds[::2], seconds[1::2])]
+
+
+def glm4v_times(meta: dict) -> list[str]:
+    """glm4_1v.py ``Glm4vProcessingInfo._get_video_second_idx_glm4v``: repeated indices dropped, the last
+    repeated to an even count, each patch's first frame in whole seconds."""
+    indices = list(dict.fromkeys(meta["frames_indices"]))
+    if len(indices) % 2:
+        indices.append(indices[-1])
+    return [str(int(i / meta["fps"])) for i in indices[::2]]
+
+
+def gemma4_times(meta: dict) -> list[str]:
+    """gemma4_mm.py ``Gemma4MultiModalProcessor._apply_hf_processor_main``: each frame's ``mm:ss``."""
+    fps = meta.get("fps") or 24
+    return [f"{int(s // 60):02d}:{int(s % 60):02d}" for s in (i / fps for i in meta["frames_indices"])]
+
+
+def qwen2_5_vl_times(meta: dict) -> list[float]:
+    """Seconds per temporal patch: transformers' ``Qwen2_5_VLProcessor._process_videos`` (5.22, in vLLM
+    0.34's pinned range) divides the patch's 2 frames by ``VideoMetadata.sampled_fps``."""
+    metadata = VideoMetadata(**{k: v for k, v in meta.items() if k != "do_sample_frames"})
+    return [2 / metadata.sampled_fps]
+
+
+FRAME_TIMES = {"qwen2_5_vl": qwen2_5_vl_times, "qwen3_vl": qwen3_vl_times, "qwen3_5": qwen3_vl_times,
+               "glm4v": glm4v_times, "gemma4": gemma4_times}
+
+
+def frame_times(family: str, request: dict) -> str:
+    videos = request["vllm_videos"]
+    if len(videos) != 1:
+        raise ValueError(f"scripted-times-{family} times one video_url; got {len(videos)}")
+    metadata = videos[0][1]
+    if metadata["do_sample_frames"] or (request.get("mm_processor_kwargs") or {}).get("do_sample_frames"):
+        raise ValueError("the scripted server does not sample frames: send do_sample_frames false")
+    return json.dumps(FRAME_TIMES[family](metadata))
+
+
 SCRIPTS = {"scripted-captioner": caption, "scripted-llm": write_questions, "scripted-judge": judge,
-           "scripted-vlm": answer}
+           "scripted-vlm": answer, **{f"scripted-times-{f}": partial(frame_times, f) for f in FRAME_TIMES}}
 
 
 def _breaks_schema(content: str, response_format: dict) -> str | None:
@@ -186,11 +295,14 @@ class ScriptedServer:
 
     def __init__(self, port: int = 0, fault_rate: float = 0.0, seed: int = 0, delay_s: float = 0.0,
                  timeout_sleep_s: float = 3.0, retry_after_s: float = 0.05, response_format: str = "honour",
-                 scripts: dict | None = None):
+                 scripts: dict | None = None, media_io_kwargs: dict | None = None,
+                 trust_request_mm_kwargs: bool = True, honour_media_io_kwargs: bool = True):
         if response_format not in RESPONSE_FORMAT_MODES:
             raise ValueError(f"response_format must be one of {RESPONSE_FORMAT_MODES}, got {response_format!r}")
         self.scripts = {**SCRIPTS, **(scripts or {})}  # model name -> request -> reply text
         self.response_format = response_format
+        self.video_defaults = (media_io_kwargs or {}).get("video", {})  # the server's --media-io-kwargs
+        self.trust_request_mm_kwargs, self.honour_media_io_kwargs = trust_request_mm_kwargs, honour_media_io_kwargs
         self.fault_rate, self.delay_s = fault_rate, delay_s
         self.timeout_sleep_s, self.retry_after_s = timeout_sleep_s, retry_after_s
         self._rng = random.Random(seed)
@@ -225,6 +337,31 @@ class ScriptedServer:
             self.faults[fault] += 1
             return fault
 
+    def _video_kwargs(self, request: dict) -> dict:
+        asked = (request.get("media_io_kwargs") or {}).get("video") if self.honour_media_io_kwargs else None
+        return video_io_kwargs(self.video_defaults, asked)
+
+    def vllm_videos(self, request: dict) -> list[tuple[list[np.ndarray], dict]]:
+        """Each video of a request as the server keeps it: ``(frames, metadata)``."""
+        kwargs, videos = self._video_kwargs(request), []
+        for frames in _videos(request):
+            kept, metadata = jpeg_video_metadata(len(frames), kwargs)
+            videos.append((frames[:kept], metadata))
+        return videos
+
+    def _video_metadata(self, request: dict) -> list[dict] | None:
+        """The metadata of each video of a request (logged for the tests; ``None``: unreadable)."""
+        try:
+            return [jpeg_video_metadata(count, self._video_kwargs(request))[1] for count in _frame_counts(request)]
+        except (TypeError, ValueError):
+            return None
+
+    def _untrusted(self, request: dict) -> bytes | None:
+        if self.trust_request_mm_kwargs:
+            return None
+        refused = [key for key in ("mm_processor_kwargs", "media_io_kwargs") if request.get(key)]
+        return json.dumps({"error": {"message": UNTRUSTED.format(refused[0])}}).encode() if refused else None
+
     def _respond(self, request: dict) -> tuple[int, dict, bytes]:
         """``(status, headers, body)`` for one request, faults included."""
         time.sleep(self.delay_s)
@@ -242,7 +379,10 @@ class ScriptedServer:
             return 404, {}, json.dumps({"error": {"message": f"model {model!r} not found"}}).encode()
         if "response_format" in request and self.response_format == "reject":
             return 400, {}, json.dumps(_UNSUPPORTED).encode()
+        if (untrusted := self._untrusted(request)) is not None:
+            return 400, {}, untrusted
         try:
+            request = {**request, "vllm_videos": self.vllm_videos(request)}
             content = "" if fault == "garbage" else self.scripts[model](request)
         except Exception as err:  # a request the script cannot read: the client sent something wrong
             return 400, {}, json.dumps({"error": {"message": f"{type(err).__name__}: {err}"}}).encode()
@@ -258,7 +398,8 @@ class ScriptedServer:
         body = {"id": "chatcmpl-scripted", "object": "chat.completion", "created": 0, "model": model,
                 "choices": [{"index": 0, "finish_reason": finish,
                              "message": {"role": "assistant", "content": content}}],
-                "usage": {"prompt_tokens": len(prompt_text(request).split()),
+                "usage": {"prompt_tokens": len(prompt_text(request).split()) + VIDEO_TOKENS_PER_FRAME * sum(
+                              len(frames) for frames, _ in request["vllm_videos"]),
                           "completion_tokens": len(content.split()), "total_tokens": 0}}
         return 200, {}, json.dumps(body).encode()
 
@@ -268,7 +409,10 @@ class ScriptedServer:
             self.requests.append({"model": request.get("model"), "prompt": prompt_text(request),
                                   "response_format": request.get("response_format"), "status": status,
                                   "mm_processor_kwargs": request.get("mm_processor_kwargs"),
-                                  "video_frames": _frame_counts(request)})
+                                  "media_io_kwargs": request.get("media_io_kwargs"),
+                                  "chat_template_kwargs": request.get("chat_template_kwargs"),
+                                  "video_frames": _frame_counts(request),
+                                  "video_metadata": self._video_metadata(request)})
         return status, headers, body
 
     def _handler(self):

@@ -1,6 +1,7 @@
 """A served model shown a video: the frames travel as one ``data:video/jpeg`` video, in order, with
-their rate; data_gen's answer stage (tests/test_data_gen_pipeline.py) and ``tpo evaluate --backend
-openai`` (here) send the same request."""
+their timing and a request to keep every one; data_gen's answer stage (tests/test_data_gen_pipeline.py)
+and ``tpo evaluate --backend openai`` (here) send the same request. The times each family's processor
+computes from it: tests/test_served_times.py."""
 
 import json
 
@@ -8,9 +9,12 @@ import numpy as np
 import openai
 import pytest
 
-from tpo.data.frames import read_frames
+from data_gen.scripted_server import VIDEO_TOKENS_PER_FRAME, ScriptedServer
+from tpo.data.frames import Clip, VideoInfo, frame_metadata, read_frames, uniform_frame_indices
+from tpo.errors import TPOError
 from tpo.evaluate.__main__ import main as evaluate_main
-from tpo.models.served import VIDEO_PREFIX, image_data_url, video_data_url, video_frames
+from tpo.models.served import (VIDEO_PREFIX, FrameCheck, extra_body, image_data_url, prompt_tokens_of,
+                               video_data_url, video_frames, video_messages)
 from tpo.synthetic.world import PALETTE, find_object
 
 
@@ -66,6 +70,9 @@ def test_evaluate_against_a_served_model(raw_videos, scripted_server, tmp_path):
     assert len(sent) == len(rows) and all(r["video_frames"] == [4] for r in sent)
     fps = {r["mm_processor_kwargs"]["fps"] for r in sent}
     assert fps == {4.0}  # every second frame of an 8 fps video
+    videos = [r["media_io_kwargs"]["video"] for r in sent]
+    assert all(v["num_frames"] == 4 and v["fps"] == 8.0 and v["frames_indices"] == [0, 2, 4, 6] for v in videos)
+    assert all(r["video_metadata"][0]["frames_indices"] == [0, 2, 4, 6] for r in sent)  # what the server made of it
     assert all(r["prompt"].startswith("Which colour is the shape?") for r in sent)
 
 
@@ -78,3 +85,46 @@ def test_a_served_model_has_no_likelihoods(raw_videos, scripted_server, tmp_path
     assert "needs --base-url" in capsys.readouterr().err
     assert evaluate_main(base + ["--base-url", scripted_server.base_url, "--scoring", "likelihood"]) == 2
     assert "use --backend local" in capsys.readouterr().err
+
+
+COLOURS = list(PALETTE)[:5]
+
+
+def _colours(count: int) -> Clip:
+    """``count`` frames of a 50-frame video, the shape's colour changing every 10 frames."""
+    indices = uniform_frame_indices(50, count)
+    frames = np.stack([_solid(COLOURS[i // 10]) for i in indices])
+    return Clip(frames, frame_metadata(VideoInfo(50, 10.0), indices))
+
+
+def test_a_server_that_drops_frames_stops_the_run():
+    clip = _colours(40)  # more than vLLM's default 32
+    with ScriptedServer() as keeps, ScriptedServer(honour_media_io_kwargs=False) as caps:
+        clients = {s: openai.OpenAI(base_url=s.base_url, api_key="x", max_retries=0) for s in (keeps, caps)}
+        FrameCheck(keeps.base_url, prompt_tokens_of(clients[keeps], "scripted-vlm"))(clip)
+        reply = clients[keeps].chat.completions.create(model="scripted-vlm", messages=video_messages("?", clip),
+                                                       extra_body=extra_body(clip))
+        assert reply.choices[0].message.content == "I see " + ", then ".join(COLOURS) + "."
+        assert reply.usage.prompt_tokens == 1 + 40 * VIDEO_TOKENS_PER_FRAME
+
+        check = FrameCheck(caps.base_url, prompt_tokens_of(clients[caps], "scripted-vlm"))
+        with pytest.raises(TPOError, match=f"^{caps.base_url} keeps fewer than the 40 frames it is sent") as err:
+            check(clip)
+        assert "\n" not in str(err.value) and "--trust-request-mm-kwargs" in str(err.value)
+        check(_colours(32))  # all kept: no error
+        assert check.checked == {32}
+        # what the run would have been shown: the first 32 frames, four colours
+        reply = clients[caps].chat.completions.create(model="scripted-vlm", messages=video_messages("?", clip),
+                                                      extra_body=extra_body(clip))
+        assert reply.choices[0].message.content == "I see " + ", then ".join(COLOURS[:4]) + "."
+
+
+def test_a_server_that_refuses_the_requests_video_settings_stops_the_run(raw_videos, tmp_path, capsys):
+    data = tmp_path / "items.jsonl"
+    _first_event_items(raw_videos, data)
+    with ScriptedServer(trust_request_mm_kwargs=False) as server:
+        args = ["mcq", "--benchmark", "jsonl", "--data", str(data), "--videos", str(raw_videos), "--out",
+                str(tmp_path / "out"), "--backend", "openai", "--base-url", server.base_url, "--model", "scripted-vlm"]
+        assert evaluate_main(args) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "(HTTP 400)" in errors[0] and "--trust-request-mm-kwargs" in errors[0]
