@@ -6,6 +6,12 @@ bounded by ``api.max_retries``, spaced by exponential backoff or the server's ``
 Stages that want JSON pass a ``response_format`` (a JSON schema, OpenAI's structured output, which
 vLLM serves too). An endpoint that rejects it is asked prompt-only from then on: the prompt asks
 for JSON and the stage's parser finds and validates it, as it does for every reply.
+
+A client is made only by a stage with calls to make, and first asks the endpoint for ``/models``: an
+endpoint that cannot be reached at all (connection refused, unknown host, no answer) stops the run
+with one line naming it, instead of every item failing as transient. Any HTTP answer, an error status
+included, counts as reachable: some servers have no ``/models``, and a bad key or model is reported by
+the first call.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Callable
 import openai
 
 from data_gen.cache import Outcome
-from data_gen.config import ApiConfig
+from data_gen.config import ApiConfig, masked
 from tpo.errors import ConfigError, TPOError
 
 
@@ -33,6 +39,13 @@ class TransientFailure(RuntimeError):
 
 class FatalApiError(TPOError):
     """Bad key, unknown model or endpoint: no item can succeed, so the run stops."""
+
+
+class EndpointUnreachable(FatalApiError):
+    """No connection to the endpoint at all: not transient, so the run stops before its first call."""
+
+
+PROBE_TIMEOUT_S = 10.0  # at most: api.timeout_s when shorter
 
 
 class CallStats:
@@ -94,6 +107,18 @@ def _retry_cause(err: Exception) -> str | None:
     return None
 
 
+def _unreachable_reason(err: openai.APIConnectionError, timeout_s: float) -> str:
+    """What the connection error says, as "connection refused" or "name or service not known"."""
+    if isinstance(err, openai.APITimeoutError):
+        return f"no answer within {timeout_s:g}s"
+    cause = err
+    while cause is not None:  # openai's error <- httpx's <- httpcore's <- the socket's OSError
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    return "connection failed"
+
+
 def _rejects_response_format(err: openai.APIStatusError) -> bool:
     """A 400 / 422 that names ``response_format`` or its schema: no structured output here."""
     text = f"{err.message} {err.body}".lower()
@@ -105,7 +130,8 @@ class ChatClient:
     """One endpoint + model; ``ask`` returns an :class:`Outcome` with the parsed answer.
 
     One client serves all the threads of a stage, so what it learns about the endpoint (whether
-    it takes ``response_format``) holds for the whole stage.
+    it takes ``response_format``) holds for the whole stage. Making one checks that the endpoint
+    can be reached (:class:`EndpointUnreachable` if not).
     """
 
     def __init__(self, api: ApiConfig, base_url: str | None, model: str, stats: CallStats, stage: str):
@@ -114,6 +140,20 @@ class ChatClient:
                                     timeout=api.timeout_s, max_retries=0)
         self.structured: bool | None = None  # does the endpoint take response_format? None: not known yet
         self._structured_lock = threading.RLock()
+        self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        """Raise :class:`EndpointUnreachable` if ``GET /models`` gets no HTTP answer at all."""
+        timeout = min(self.api.timeout_s, PROBE_TIMEOUT_S)
+        try:
+            self.client.with_options(timeout=timeout).models.list()
+        except openai.APIConnectionError as err:
+            url = masked(str(self.client.base_url).rstrip("/"))
+            raise EndpointUnreachable(
+                f"the {self.stage} stage's endpoint {url} cannot be reached ({_unreachable_reason(err, timeout)}); "
+                f"start the server or set api.base_url (or {self.stage}.base_url)") from None
+        except (openai.APIError, ValueError):  # an answer, even an error or a body that is not JSON: reachable
+            pass
 
     def _complete(self, messages: list[dict], **params) -> tuple[str, dict, bool]:
         """``(text, token usage, cut)``: ``cut`` when the reply stopped at ``max_tokens``."""

@@ -164,6 +164,11 @@ def _check(cfg) -> None:
         raise ConfigError("questions.per_segment must be >= 1 and questions.types non-empty")
 
 
+def masked(text: str) -> str:
+    """``text`` with any ``user:password@`` in a URL masked."""
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+
+
 def to_dict(cfg) -> dict:
     """The resolved config for the manifest, with any ``user:password@`` in a URL masked."""
     def mask(value):
@@ -171,7 +176,7 @@ def to_dict(cfg) -> dict:
             return {k: mask(v) for k, v in value.items()}
         if isinstance(value, list):
             return [mask(v) for v in value]
-        return re.sub(r"(://)[^/@\s]+@", r"\1***@", value) if isinstance(value, str) else value
+        return masked(value) if isinstance(value, str) else value
     return mask(OmegaConf.to_container(cfg, resolve=True))
 
 

@@ -1,6 +1,8 @@
 """Helpers shared by the data_gen tests: config for the synthetic world, a run, its outputs."""
 
+import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 from data_gen.config import load_config
 from data_gen.pipeline import Pipeline
@@ -13,6 +15,14 @@ OUTPUTS = ("preferences.jsonl", "filtered_out.jsonl", "skipped.jsonl", "failures
 def config(videos, out, server, *overrides):
     return load_config(str(CONFIG), [f"videos={videos}", f"output_dir={out}", f"api.base_url={server.base_url}",
                                      "api.timeout_s=1.0", "api.backoff_s=0.01", *overrides])
+
+
+def unreachable():
+    """A stand-in server at a local port nothing listens on (bound, read, closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return SimpleNamespace(base_url=f"http://127.0.0.1:{port}/v1")
 
 
 def run(videos, out, server, *overrides, **kwargs):

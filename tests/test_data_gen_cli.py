@@ -9,7 +9,7 @@ import pytest
 from data_gen.importers import import_file
 from tpo.data.records import read_records
 
-from data_gen_support import CONFIG
+from data_gen_support import CONFIG, unreachable
 
 
 def _dg(*args, cwd=None):
@@ -91,3 +91,13 @@ def test_cli_refuses_the_openai_endpoint_without_a_key(raw_videos, tmp_path):
     env_free = ["api.base_url=null", "api.api_key_env=TPO_TEST_NO_SUCH_KEY"]
     done = _dg("run", "--config", CONFIG, f"videos={raw_videos}", f"output_dir={tmp_path}", *env_free, "--no-progress")
     assert done.returncode == 2 and "TPO_TEST_NO_SUCH_KEY is not set" in done.stderr
+
+
+def test_cli_stops_with_one_line_when_nothing_listens_at_the_endpoint(raw_videos, tmp_path):
+    url = unreachable().base_url
+    done = _dg("run", "--config", CONFIG, f"videos={raw_videos}", f"output_dir={tmp_path}", f"api.base_url={url}",
+               "--no-progress")
+    assert done.returncode == 2, done.stdout[-2000:]
+    assert done.stderr.splitlines() == [f"error: the caption stage's endpoint {url} cannot be reached (connection "
+                                        "refused); start the server or set api.base_url (or caption.base_url)"]
+    assert not (tmp_path / "preferences.jsonl").exists()

@@ -1,12 +1,14 @@
 """The API client against a real local HTTP server: every fault kind recovered or recorded."""
 
+import socket
 import time
 from string import Template
 from types import SimpleNamespace
 
 import pytest
 
-from data_gen.client import CallStats, ChatClient, FatalApiError, TransientFailure, parse_text, retry_after_seconds
+from data_gen.client import (CallStats, ChatClient, EndpointUnreachable, FatalApiError, TransientFailure, parse_text,
+                             retry_after_seconds)
 from data_gen.config import ApiConfig, QuestionConfig, prompt_template
 from data_gen.postfilter import parse_verdict
 from data_gen.questions import parse_questions
@@ -125,3 +127,13 @@ def test_verdicts_are_validated():
         parse_verdict('{"keep": "yes"}')
     with pytest.raises(ValueError, match="empty"):
         parse_text("   ")
+
+
+def test_an_endpoint_that_never_answers_is_unreachable():
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        server = SimpleNamespace(base_url=f"http://127.0.0.1:{silent.getsockname()[1]}/v1")
+        with pytest.raises(EndpointUnreachable, match=rf"questions stage's endpoint {server.base_url} cannot be "
+                                                      r"reached \(no answer within 0.5s\)"):
+            _client(server)

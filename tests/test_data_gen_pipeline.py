@@ -12,10 +12,11 @@ from data_gen.pipeline import Pipeline
 from data_gen.scripted_server import ScriptedServer, write_questions
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.data.records import read_records
+from tpo.errors import TPOError
 from tpo.module import TPOModule
 from tpo.synthetic.world import render_frames, random_events, write_video
 
-from data_gen_support import config, items, outputs, run
+from data_gen_support import config, items, outputs, run, unreachable
 
 SECRET = "sk-test-7f3a9c-never-write-me"
 
@@ -257,3 +258,30 @@ def test_an_api_answer_cut_at_max_tokens_is_truncated(raw_videos, scripted_serve
     pairs = manifest["counts"]["pairs"]
     assert pairs["dropped_truncated"] > 0 and pairs["kept"] == 0
     assert pairs["dropped_truncated"] + pairs["identical_answers"] == pairs["candidates"]
+
+
+@pytest.mark.parametrize("stage, change", [("caption", "caption.max_tokens=100"),
+                                           ("questions", "questions.per_segment=1"),
+                                           ("answer", "answer.backend=openai answer.model=scripted-vlm"),
+                                           ("postfilter", "postfilter.max_tokens=200")])
+def test_an_unreachable_endpoint_stops_the_stage_that_needs_it(reference_run, raw_videos, scripted_server, tmp_path,
+                                                               stage, change):
+    """The stage whose items must be made again checks its endpoint first; the stages before it are cached
+    and check nothing. The run stops with one message, and the last complete run's files stand."""
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run[0], out)
+    before = outputs(out)
+    url = unreachable().base_url
+    with pytest.raises(TPOError) as stopped:
+        run(raw_videos, out, scripted_server, *change.split(), f"{stage}.base_url={url}")
+    assert str(stopped.value) == (f"the {stage} stage's endpoint {url} cannot be reached (connection refused); "
+                                  f"start the server or set api.base_url (or {stage}.base_url)")
+    assert sum(scripted_server.served.values()) == 0 and outputs(out) == before
+
+
+def test_local_answers_and_cached_stages_need_no_endpoint(reference_run, raw_videos, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(reference_run[0], out)
+    _, manifest = run(raw_videos, out, unreachable(), "answer.max_new_tokens=8", "postfilter.enabled=false")
+    computed = items(manifest, "computed")
+    assert computed["answer"] == 32 and computed["caption"] == computed["questions"] == 0
