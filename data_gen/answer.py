@@ -18,7 +18,7 @@ from data_gen.index import Video
 from data_gen.items import SIDES, Question, answer_id
 from data_gen.runner import Job, StageRunner
 from tpo.data.frames import Clip, VideoInfo, VideoReadError, clip_of
-from tpo.models.served import timing, video_messages
+from tpo.models.served import extra_body, video_messages
 
 # In the cache key: 2 since answers are {text, truncated}.
 ANSWER_FORMAT = 2
@@ -101,9 +101,10 @@ class ApiAnswerer:
             clip = request.clip()
         except VideoReadError as err:
             return Outcome(False, reason=str(err))
+        body = extra_body(clip, self.cfg.family, {"enable_thinking": self.cfg.thinking})
         return self.client.ask(video_messages(request.question, clip, self.cfg.time_instruction), parse_text,
                                mark_truncated=True, max_tokens=self.cfg.max_new_tokens,
-                               temperature=self.cfg.temperature, extra_body=timing(clip))
+                               temperature=self.cfg.temperature, extra_body=body)
 
 
 def run_answers(jobs: list[Job], cfg: AnswerConfig, api: ApiConfig, stats: CallStats, runner: StageRunner) -> None:

@@ -78,7 +78,7 @@ class AnswerConfig:
 
     backend: str = "local"  # local (model adapters, batched generate) | openai (e.g. a vLLM server)
     model: str = MISSING  # local: checkpoint path (or builtin:tiny-<family>); openai: served model name
-    family: str | None = None  # local backend: the adapter family (see tpo.models.FAMILIES)
+    family: str | None = None  # the adapter family (tpo.models.FAMILIES); openai: whose frame times to send
     base_url: str | None = "${api.base_url}"
     max_new_tokens: int = 256
     truncated: str = "drop"  # an answer cut at max_new_tokens: drop its pair (counted) | keep (no end token)
