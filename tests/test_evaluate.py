@@ -171,3 +171,32 @@ def test_niah_grid_and_heatmap(tmp_path):
 def test_option_text_matches_without_its_final_period():
     assert extract_choice("Basketball", ["Football.", "Basketball."]) == 1
     assert extract_choice("basketball.", ["Football.", "Basketball."]) == 1
+
+
+def _unreadable(tmp_path, benchmark):
+    """--data that cannot be read as the benchmark's annotations: a folder, or a file of other bytes."""
+    if benchmark == "mlvu":  # a folder is what MLVU expects: one of its task files is not text
+        (tmp_path / "json").mkdir()
+        (tmp_path / "json" / "1_plotQA.json").write_bytes(b"\xff\xfe\x00binary")
+        return tmp_path / "json", tmp_path / "json" / "1_plotQA.json"
+    if benchmark == "videomme-parquet":
+        (tmp_path / "test-00000-of-00001.parquet").write_bytes(b"not parquet")
+        return tmp_path / "test-00000-of-00001.parquet", tmp_path / "test-00000-of-00001.parquet"
+    if benchmark == "longvideobench-binary":
+        (tmp_path / "lvb_val.json").write_bytes(b"\xff\xfe\x00binary")
+        return tmp_path / "lvb_val.json", tmp_path / "lvb_val.json"
+    (tmp_path / "videomme").mkdir()
+    return tmp_path / "videomme", tmp_path / "videomme"
+
+
+@pytest.mark.parametrize("case", ["videomme", "longvideobench", "jsonl", "mlvu", "videomme-parquet",
+                                  "longvideobench-binary"])
+def test_unreadable_data_is_one_error_line(tmp_path, capsys, case):
+    from tpo.evaluate.__main__ import main
+
+    data, named = _unreadable(tmp_path, case)
+    argv = ["mcq", "--benchmark", case.split("-")[0], "--data", str(data), "--model", "builtin:tiny-llava_onevision",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert line.startswith("error: ") and str(named) in line and "expected" in line

@@ -14,6 +14,13 @@ from tpo.evaluate.lmms_eval import FRAME_RULES, LMMS_EVAL_VERSION, VARIANTS
 from tpo.evaluate.protocol import PROTOCOLS, Protocol
 
 DTYPES = ("bfloat16", "float16", "float32")
+FAILING_SHARE = 0.5  # a run in which more than this share of the items errored fails
+RERUNS = ("Rerunning into the same --out resumes: answered items are kept and items that errored (a video or "
+          "subtitle file missing or unreadable) are asked again. The settings that change the answers (model, "
+          "data, videos and subtitle folders, frames, protocol, ...) must stay the same while answered "
+          "predictions are kept. Exit status: 0; 2 with one 'error:' line for a mistake in the input, and for a "
+          f"run in which more than {FAILING_SHARE:.0%} of the items errored (its summary and predictions are "
+          "written, and the line names the most common error).")
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +36,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", help="adapter family (default: from the checkpoint); with --backend openai, "
                                          "whose lmms-eval frame positions to use (one of %s; default: LLaVA's)"
                                          % ", ".join(FRAME_RULES))
-    parser.add_argument("--out", required=True, help="folder for predictions.jsonl and summary.json")
+    parser.add_argument("--out", required=True,
+                        help="folder for predictions.jsonl and summary.json; a rerun into it resumes (see below)")
     parser.add_argument("--num-frames", type=int, default=NUM_FRAMES)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int,
@@ -78,16 +86,18 @@ def _answerer(args, device: str):
     return make_answerer(args.scoring, adapter, model, processor, args.max_new_tokens)
 
 
-def _same_settings(out: Path, settings: dict, write: bool) -> None:
-    """Refuse to resume into predictions made with other settings (they would be mixed silently)."""
+def _same_settings(out: Path, settings: dict, answered: int, write: bool) -> None:
+    """Refuse to resume into answered predictions made with other settings (they would be mixed
+    silently). Errored predictions are all asked again, so new settings may replace theirs."""
     path = out / "settings.json"
-    if path.exists():
+    if path.exists() and answered:
         before = json.loads(path.read_text())
         changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        written = [p.name for p in (out / "predictions.jsonl", *out.glob("predictions.rank*.jsonl")) if p.exists()]
-        if changed and written:
+        if changed:
+            written = [p.name for p in (out / "predictions.jsonl", *out.glob("predictions.rank*.jsonl"))
+                       if p.exists()]
             diff = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-            raise TPOError(f"{out} holds predictions made with other settings ({diff}); "
+            raise TPOError(f"{out} holds {answered} answered prediction(s) made with other settings ({diff}); "
                            f"use another --out, or delete {', '.join(written)} to start over")
     if write:
         path.write_text(json.dumps(settings, indent=2) + "\n")
@@ -127,13 +137,36 @@ def _check_backend(args) -> None:
         raise TPOError("--scoring likelihood needs the model's weights: use --backend local")
 
 
+def _input_settings(benchmark: str, data: str, videos: str | None, subtitles: str | None) -> dict:
+    """What the model is shown: the annotations, and the folders of videos and subtitles as absolute
+    paths (a resume from another working directory names the same folders)."""
+    from tpo.evaluate.benchmarks import video_folder
+
+    recorded = {"data": str(data), "videos": str(video_folder(data, videos).resolve())}
+    if benchmark == "videomme":
+        recorded.update(subtitles=subtitles is not None,
+                        subtitle_folder=str(Path(subtitles).resolve()) if subtitles else None)
+    return recorded
+
+
+def _check_errors(summary: dict, rows: list[dict], items: list) -> None:
+    """Fail a run in which more than ``FAILING_SHARE`` of the items errored, naming the most common error."""
+    from tpo.evaluate.mcq import most_common_error
+
+    if summary["errors"] > FAILING_SHARE * summary["items"]:
+        example, count = most_common_error(rows, items)
+        raise TPOError(f"{summary['errors']} of {summary['items']} items errored; the most common error "
+                       f"({count} of them): {example}. Fix it and rerun into the same --out: errored items are "
+                       "retried")
+
+
 def _evaluate(args, benchmark: str, data: str, videos: str | None,
               subtitles: str | None = None) -> tuple[dict, Path] | None:
     """Answer the benchmark (this process's share of it, under torchrun or srun); on rank 0, merge
     every rank's predictions and return ``(summary, predictions file)`` (other ranks: ``None``)."""
     from tpo.evaluate import ranks as launch
     from tpo.evaluate.benchmarks import load_benchmark
-    from tpo.evaluate.mcq import evaluate, format_table, read_predictions, summarize
+    from tpo.evaluate.mcq import evaluate, format_table, is_answered, read_predictions, summarize
     from tpo.evaluate.model import trained_time_instruction
 
     _check_backend(args)
@@ -148,14 +181,15 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     if args.time_instruction is None:  # resolved here, so the recorded settings say what was used
         args.time_instruction = args.backend == "local" and trained_time_instruction(args.model)
     protocol = _protocol(args, benchmark)
-    settings = {"benchmark": benchmark, "data": str(data), "model": args.model, "backend": args.backend,
+    settings = {"benchmark": benchmark, **_input_settings(benchmark, data, videos, subtitles),
+                "model": args.model, "backend": args.backend,
                 **({"base_url": args.base_url} if args.backend == "openai" else {}), "num_frames": args.num_frames,
                 "scoring": args.scoring, "time_instruction": args.time_instruction, "dtype": args.dtype,
                 "max_new_tokens": args.max_new_tokens if args.scoring == "generate" else None,
-                **({"subtitles": subtitles is not None} if benchmark == "videomme" else {}), **protocol.settings()}
-    _same_settings(out, settings, write=ranks.is_main)
+                **protocol.settings()}
+    done = {item_id for item_id, row in launch.all_done(out).items() if is_answered(row)}
+    _same_settings(out, settings, len(done), write=ranks.is_main)
     items = loaded.items[: args.limit] if args.limit else loaded.items
-    done = launch.all_done(out)
     mine = [i for i in ranks.share(items) if i.id not in done]
     device = launch.start(ranks, args.device)
     try:
@@ -170,13 +204,15 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
         return None
     predictions = launch.merge(out, [i.id for i in items])
     merged = read_predictions(predictions)
-    summary = summarize([merged[i.id] for i in items if i.id in merged])
+    rows = [merged[i.id] for i in items if i.id in merged]
+    summary = summarize(rows)
     summary.update({**settings, "malformed_items": len(loaded.bad), "processes": ranks.world,
                     "video_backend": backend_name()})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     title = f"{benchmark}{_setting(benchmark, subtitles)} — {args.model} ({args.scoring}, protocol {protocol.name})"
     print(format_table(summary, title))
     print(f"predictions: {predictions}\nsummary:     {out / 'summary.json'}")
+    _check_errors(summary, rows, items)
     return summary, predictions
 
 
@@ -209,7 +245,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tpo.evaluate") ->
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    mcq = commands.add_parser("mcq", help="multiple-choice accuracy on a benchmark")
+    mcq = commands.add_parser("mcq", help="multiple-choice accuracy on a benchmark", epilog=RERUNS)
     mcq.add_argument("--benchmark", required=True, choices=["videomme", "longvideobench", "mlvu", "jsonl"])
     mcq.add_argument("--data", required=True, help="annotation file (MLVU: the json/ folder)")
     mcq.add_argument("--videos", help="video folder (default: beside --data)")
@@ -228,7 +264,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m tpo.evaluate") ->
     make.add_argument("--size", type=int, default=96, help="frame size in pixels")
     make.set_defaults(fn=_niah_make)
 
-    niah = commands.add_parser("niah", help="NIAH accuracy grid and heatmap")
+    niah = commands.add_parser("niah", help="NIAH accuracy grid and heatmap", epilog=RERUNS)
     niah.add_argument("--data", required=True, help="folder written by niah-make (or its niah.jsonl)")
     _model_args(niah)
     niah.set_defaults(fn=_niah)

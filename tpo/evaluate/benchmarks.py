@@ -27,6 +27,10 @@ from pathlib import Path
 from tpo.errors import TPOError
 
 LETTERS = string.ascii_uppercase
+EXPECTED = {"videomme": "Video-MME's videomme/test-00000-of-00001.parquet, or its rows as a JSON list",
+            "longvideobench": "LongVideoBench's lvb_val.json",
+            "mlvu": "MLVU's json/ folder of task JSON files, or one of them",
+            "jsonl": "a JSONL file of items, one per line"}
 _LABEL = re.compile(r"^\s*\(?([A-Z])[.):]\s+")
 
 
@@ -103,23 +107,37 @@ def _item(source: str, where: str, raw: dict, loaded: Loaded, **fields) -> None:
         loaded.bad.append(BadItem(source, where, reason))
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:  # a folder, no permission, ...
+        raise TPOError(f"cannot read {path} ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise TPOError(f"cannot read {path} (not UTF-8 text: {err.reason} at byte {err.start})") from None
+
+
 def _read_json_list(path: Path) -> list:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
         raise TPOError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
     if not isinstance(rows, list):
-        raise TPOError(f"{path}: expected a JSON list of items")
+        raise TPOError(f"{path}: not a JSON list of items")
     return rows
 
 
-def load_videomme(path: Path, videos: Path, subtitles: Path | None = None) -> Loaded:
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _read_parquet(path: Path) -> list:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-        rows = pq.read_table(path).to_pylist()
-    else:
-        rows = _read_json_list(path)
+    try:
+        return pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as err:
+        raise TPOError(f"cannot read {path} as Parquet ({err})") from None
+
+
+def load_videomme(path: Path, videos: Path, subtitles: Path | None = None) -> Loaded:
+    rows = _read_parquet(path) if path.suffix == ".parquet" else _read_json_list(path)
     loaded = Loaded()
     for i, row in enumerate(rows):
         _item(str(path), str(i), row, loaded, id=lambda r: str(r["question_id"]),
@@ -157,7 +175,7 @@ def load_mlvu(path: Path, videos: Path) -> Loaded:
 
 def load_jsonl(path: Path, videos: Path) -> Loaded:
     loaded = Loaded()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -176,10 +194,17 @@ def load_jsonl(path: Path, videos: Path) -> Loaded:
 LOADERS = {"videomme": load_videomme, "longvideobench": load_longvideobench, "mlvu": load_mlvu, "jsonl": load_jsonl}
 
 
+def video_folder(path: str | Path, videos: str | Path | None = None) -> Path:
+    """Where the items' videos are read from: ``videos``, by default the annotations' folder."""
+    path = Path(path)
+    return Path(videos) if videos else (path if path.is_dir() else path.parent)
+
+
 def load_benchmark(name: str, path: str | Path, videos: str | Path | None = None,
                    subtitles: str | Path | None = None) -> Loaded:
     """Items of benchmark ``name`` from ``path``; videos under ``videos`` (default: beside ``path``);
-    Video-MME's subtitle files under ``subtitles`` (default: none, the "w/o subs" setting)."""
+    Video-MME's subtitle files under ``subtitles`` (default: none, the "w/o subs" setting).
+    Annotations that cannot be read are a :class:`TPOError` saying what was expected."""
     if name not in LOADERS:
         raise TPOError(f"unknown benchmark {name!r}; choose from {list(LOADERS)}")
     path = Path(path)
@@ -192,7 +217,10 @@ def load_benchmark(name: str, path: str | Path, videos: str | Path | None = None
         if not Path(subtitles).is_dir():
             raise TPOError(f"videomme subtitle folder not found: {subtitles}")
         extra["subtitles"] = Path(subtitles)
-    loaded = LOADERS[name](path, Path(videos) if videos else (path if path.is_dir() else path.parent), **extra)
+    try:
+        loaded = LOADERS[name](path, video_folder(path, videos), **extra)
+    except TPOError as err:
+        raise TPOError(f"{err}; expected {EXPECTED[name]}") from None
     ids = [item.id for item in loaded.items]
     if len(ids) != len(set(ids)):
         duplicate = next(i for i in ids if ids.count(i) > 1)

@@ -66,6 +66,33 @@ def _answer_group(answerer: Answerer | OptionScorer, group: list[tuple[MCQItem, 
     return [_prediction(item, protocol, reply) for item, reply in zip(items, answerer(clips, prompts))]
 
 
+def is_answered(row: dict) -> bool:
+    """Whether a saved prediction stands; one whose video or subtitles could not be read is retried."""
+    return row.get("error") is None
+
+
+def write_predictions(path: Path, rows) -> None:
+    """Replace ``path`` with ``rows``, whole or not at all (a run killed meanwhile keeps the old file)."""
+    partial = path.with_suffix(".jsonl.writing")
+    partial.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    partial.replace(path)
+
+
+def most_common_error(rows: list[dict], items: list[MCQItem]) -> tuple[str, int]:
+    """The error most items share, as the first of them saw it, and how many share it. Messages are
+    compared with each item's own video and subtitle paths left out."""
+    paths = {item.id: [str(p) for p in (item.video, item.subtitles) if p] for item in items}
+    seen: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        if not is_answered(row):
+            kind = row["error"]
+            for p in paths.get(row["id"], ()):
+                kind = kind.replace(p, "<path>")
+            seen[kind].append(row["error"])
+    examples = max(seen.values(), key=len)
+    return examples[0], len(examples)
+
+
 def read_predictions(path: Path) -> dict[str, dict]:
     """Predictions already written (a killed run's last partial line is ignored)."""
     if not path.exists():
@@ -83,18 +110,22 @@ def read_predictions(path: Path) -> dict[str, dict]:
 def evaluate(items: list[MCQItem], answerer: Answerer | OptionScorer, num_frames: int = NUM_FRAMES, batch_size: int = 4,
              predictions_path: str | Path | None = None, limit: int | None = None,
              progress: bool = True, protocol: Protocol | None = None, prefetch: int = 1) -> dict:
-    """Answer ``items[:limit]`` (skipping those already in ``predictions_path``); return the summary.
+    """Answer ``items[:limit]`` (skipping those answered in ``predictions_path``); return the summary.
 
     ``answerer`` generates replies (read for an option) or, an :class:`OptionScorer`, scores the
     options. ``protocol`` (default: ours, ``Protocol()``) places the frames, writes the prompts and
     reads the replies; prompts are built after the clip is read (subtitles depend on its timing).
     A missing or unreadable video or subtitle file is recorded as that item's ``error`` and
-    counted, not fatal. The next ``prefetch`` batches decode while the model answers one.
+    counted, not fatal, and retried by the next call with the same ``predictions_path`` (its row
+    replaced). The next ``prefetch`` batches decode while the model answers one.
     """
     protocol = protocol or Protocol()
     items = items[:limit] if limit is not None else items
     path = Path(predictions_path) if predictions_path else None
-    done = read_predictions(path) if path else {}
+    saved = read_predictions(path) if path else {}
+    done = {item_id: row for item_id, row in saved.items() if is_answered(row)}
+    if len(done) < len(saved):
+        write_predictions(path, done.values())  # the errored items' rows make way for their retries
     todo = sorted((i for i in items if i.id not in done), key=lambda i: len(i.frame_indices or ()) or num_frames)
     batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
     results = dict(done)

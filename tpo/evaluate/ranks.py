@@ -3,8 +3,8 @@
 Each rank answers a disjoint share of the items (every N-th, in the benchmark's order) into its own
 ``predictions.rank<r>.jsonl``. When all ranks are done, rank 0 merges every prediction into
 ``predictions.jsonl`` (in the benchmark's order), deletes the rank files and writes the summary. A
-rank counts as done every item already in ``predictions.jsonl`` or in any rank file, so a killed
-run resumes with any number of processes.
+rank counts as done every item answered in ``predictions.jsonl`` or in any rank file, so a killed
+run resumes with any number of processes; items that errored are asked again.
 
 The launcher is read as Lightning reads it (``TorchElasticEnvironment`` for torchrun,
 ``SLURMEnvironment`` for ``srun``); the ranks meet over a gloo process group, which needs no GPU.
@@ -12,7 +12,6 @@ The launcher is read as Lightning reads it (``TorchElasticEnvironment`` for torc
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from tpo.errors import TPOError
-from tpo.evaluate.mcq import read_predictions
+from tpo.evaluate.mcq import is_answered, read_predictions, write_predictions
 
 
 @dataclass(frozen=True)
@@ -92,10 +91,13 @@ def rank_file(out: Path, ranks: Ranks) -> Path:
 
 
 def all_done(out: Path) -> dict[str, dict]:
-    """Every prediction written so far, by the merged file and by any rank of any earlier run."""
+    """Every prediction written so far, by the merged file and by any rank of any earlier run. An
+    answered item's row wins over its errors, which another rank of another run may have saved."""
     done = read_predictions(out / "predictions.jsonl")
     for path in sorted(out.glob("predictions.rank*.jsonl")):
-        done.update(read_predictions(path))
+        for item_id, row in read_predictions(path).items():
+            if item_id not in done or not is_answered(done[item_id]):
+                done[item_id] = row
     return done
 
 
@@ -106,9 +108,7 @@ def merge(out: Path, order: list[str]) -> Path:
     position = {item_id: i for i, item_id in enumerate(order)}
     rows = sorted(done.values(), key=lambda row: position.get(row["id"], len(position)))
     merged = out / "predictions.jsonl"
-    partial = merged.with_suffix(".jsonl.merging")
-    partial.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    partial.replace(merged)
+    write_predictions(merged, rows)
     for path in out.glob("predictions.rank*.jsonl"):
         path.unlink()
     return merged
