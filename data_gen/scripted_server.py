@@ -407,6 +407,7 @@ class ScriptedServer:
         status, headers, body = self._respond(request)
         with self._lock:
             self.requests.append({"model": request.get("model"), "prompt": prompt_text(request),
+                                  "max_tokens": request.get("max_tokens"),
                                   "response_format": request.get("response_format"), "status": status,
                                   "mm_processor_kwargs": request.get("mm_processor_kwargs"),
                                   "media_io_kwargs": request.get("media_io_kwargs"),

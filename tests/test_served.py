@@ -67,7 +67,12 @@ def test_evaluate_against_a_served_model(raw_videos, scripted_server, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["backend"] == "openai" and summary["accuracy"] == 1.0 and summary["scored"] == len(rows)
     sent = scripted_server.requests[logged:]
+    # the frame check asks for the prompt length of the clip and of the clip less two frames, once
+    probes = [r for r in sent if r["max_tokens"] == 1]
+    assert sorted(r["video_frames"] for r in probes) == [[2], [4]]
+    sent = [r for r in sent if r["max_tokens"] != 1]
     assert len(sent) == len(rows) and all(r["video_frames"] == [4] for r in sent)
+    assert all(r["chat_template_kwargs"] == {"enable_thinking": False} for r in sent)
     fps = {r["mm_processor_kwargs"]["fps"] for r in sent}
     assert fps == {4.0}  # every second frame of an 8 fps video
     videos = [r["media_io_kwargs"]["video"] for r in sent]

@@ -33,6 +33,9 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="--backend openai: the server's URL, e.g. http://localhost:8000/v1 "
                                            "(API key from $OPENAI_API_KEY, if it needs one)")
     parser.add_argument("--concurrency", type=int, default=8, help="--backend openai: requests in flight")
+    parser.add_argument("--thinking", action="store_true",
+                        help="--backend openai: the chat template's reasoning mode, as the model was trained "
+                             "(model.thinking; with --backend local the trained setting is read from the model)")
     parser.add_argument("--family", help="adapter family (default: from the checkpoint); with --backend openai, "
                                          "whose lmms-eval frame positions to use (one of %s; default: LLaVA's)"
                                          % ", ".join(FRAME_RULES))
@@ -76,7 +79,7 @@ def _answerer(args, device: str):
         from tpo.evaluate.served import ServedAnswerer
 
         return ServedAnswerer(args.base_url, args.model, args.max_new_tokens, args.time_instruction,
-                              args.concurrency)
+                              args.concurrency, family=args.family, thinking=args.thinking)
     import torch
 
     from tpo.evaluate.model import load_for_eval, make_answerer

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from dataclasses import replace
 from typing import Callable
 
@@ -164,8 +165,13 @@ class FrameCheck:
     def __init__(self, server: str, prompt_tokens: Callable[[Clip], int]):
         self.server, self.prompt_tokens = server, prompt_tokens
         self.checked: set[int] = set()
+        self.lock = threading.Lock()  # requests run concurrently: one check per frame count
 
     def __call__(self, clip: Clip) -> None:
+        with self.lock:
+            self._check(clip)
+
+    def _check(self, clip: Clip) -> None:
         count = len(clip)
         if count < 3 or count in self.checked:
             return
