@@ -28,12 +28,13 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from toy.base import ToyBaseConfig, recipe_name  # noqa: E402
 from toy.readout import MOMENT_KINDS, readout  # noqa: E402
 from toy.reproduction import CALIBRATION_SEEDS, PipelineRun, toy_setting  # noqa: E402
 from tpo.clean_exit import run_and_exit  # noqa: E402
@@ -111,15 +112,21 @@ def lr_points(run: PipelineRun, seed: int, share: float) -> dict:
     return points
 
 
-def _result_path(results: Path, stage: str, seed: int, share: float) -> Path:
-    return results / stage / f"seed-{seed}-share-{share}.json"
+def _result_path(results: Path, stage: str, seed: int, share: float, base: ToyBaseConfig) -> Path:
+    """The base stage's points live in their recipe's folder (``recipe-<name>``, with its ``recipe.json``)."""
+    folder = results / stage / (f"recipe-{recipe_name(base)}" if stage == "base" else "")
+    return folder / f"seed-{seed}-share-{share}.json"
+
+
+def _recipe_dir(args) -> Path:
+    return args.results / "base" / f"recipe-{recipe_name(args.base)}"
 
 
 def _run_workers(args, stage: str, share: float) -> list[dict]:
     """The stage's result at ``share`` (the base's, or every calibration seed's learning rates),
     computing the missing ones in parallel worker processes."""
     seeds = (BASE_SEED,) if stage == "base" else CALIBRATION_SEEDS
-    paths = {seed: _result_path(args.results, stage, seed, share) for seed in seeds}
+    paths = {seed: _result_path(args.results, stage, seed, share, args.base) for seed in seeds}
     missing = [seed for seed, path in paths.items() if not path.exists()]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen([sys.executable, __file__, "--worker", stage, "--seed", str(seed), "--share",
@@ -159,13 +166,13 @@ def stage_base(args) -> dict:
                         "min_window_kind": MIN_WINDOW_KIND, "min_order": MIN_ORDER, "bisections": BISECTIONS,
                         "base_seed": BASE_SEED},
                "tried": [{"share": s, "mean": m, "per_seed": p} for s, p, m in rows], "chosen": chosen}
-    (args.results / "base.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _recipe_dir(args).joinpath("base.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"chosen long_moment_share={chosen}")
     return summary
 
 
 def stage_lr(args) -> dict:
-    share = args.share if args.share is not None else json.loads((args.results / "base.json").read_text())["chosen"]
+    share = args.share if args.share is not None else json.loads(_recipe_dir(args).joinpath("base.json").read_text())["chosen"]
     if share is None:
         raise SystemExit("error: the base stage chose no share; there is no base to tune the learning rate on")
     points = _run_workers(args, "lr", share)
@@ -200,11 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     run = toy_setting(args.quick, args.out)
     if args.worker:
         point = (base_point if args.worker == "base" else lr_points)(run, args.seed, args.share)
-        path = _result_path(args.results, args.worker, args.seed, args.share)
+        path = _result_path(args.results, args.worker, args.seed, args.share, run.base)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(point, indent=2) + "\n")
         return 0
     args.results.mkdir(parents=True, exist_ok=True)
+    args.base = run.base
+    _recipe_dir(args).mkdir(parents=True, exist_ok=True)
+    recipe = {k: v for k, v in asdict(run.base).items() if k != "long_moment_share"}
+    _recipe_dir(args).joinpath("recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     if args.stage in ("base", "all"):
         stage_base(args)
     if args.stage in ("lr", "all"):

@@ -303,3 +303,22 @@ def test_reply_form_tells_answers_from_descriptions():
     for q in [q for q, _ in moment_questions(events, rng)] + clip_questions(events, rng):
         assert is_reply(answer_text(q))
     assert not is_reply(describe(events[:2])) and not is_reply("The blue square moves left, then the.")
+
+
+def test_the_shipped_base_is_checked_against_its_sums_and_used_for_its_own_recipe(tmp_path, monkeypatch):
+    import dataclasses
+
+    import toy.base as base
+
+    trained = tmp_path / "trained"
+    trained.mkdir()
+    cfg = base.ToyBaseConfig(num_clips=4, steps=2)
+    (trained / "toy_base.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    (trained / "model.safetensors").write_bytes(b"weights")
+    monkeypatch.setattr(base, "SHIPPED", tmp_path / "shipped")
+    shipped = base.ship(trained)
+    assert sorted(p.name for p in shipped.iterdir()) == ["SHA256SUMS", "model.safetensors", "toy_base.json"]
+    assert base.toy_base_path(cfg) == shipped  # its own recipe: loaded, not trained
+    (shipped / "model.safetensors").write_bytes(b"changed")
+    with pytest.raises(SystemExit, match="does not match its sha256"):
+        base.toy_base_path(cfg)

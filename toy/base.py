@@ -2,24 +2,23 @@
 
 Supervised fine-tuning makes it a competent base with the weakness the paper's method targets. It
 is trained *mostly on short clips*: one to four objects shown as densely as a long clip's
-(``FRAMES_PER_OBJECT`` frames each), described ("Describe the video.") and asked about (which way
-an object moves; with three or four objects, what appears right after / right before another,
-the clip's other objects being the first distractors, so the direction matters). A
-``long_share`` of its clips are long ones (eight objects in 32 frames), described and asked about
-as a whole (first, last, how many move the first one's way), with only a ``long_moment_share`` of
-their moment questions kept: the share that makes the base *partly* grounded on long clips, as
-real video-LMMs are. It is chosen once, by a rule fixed before any TPO run
-(``benchmarks/toy_calibration.py``). Shown frames without the moment asked about, the base still
-answers in the question's form, about some other moment.
+(``FRAMES_PER_OBJECT`` frames each), described ("Describe the video.") and, with three or four
+objects, asked what appears right after / right before another (the clip's other objects being the
+first distractors, so the direction matters). A ``long_share`` of its clips are long ones (eight
+objects in 32 frames), described and asked about as a whole (first, last); only in the last
+``share_steps`` are a ``long_moment_share`` of their moment questions trained on: the share that
+makes the base *partly* grounded on long clips, as real video-LMMs are. It is chosen once, by a
+rule fixed before any TPO run (``benchmarks/toy_calibration.py``); every share's base branches from
+one common run (:mod:`toy.base_checkpoints`).
 
 The loss is ``transformers``' token mean, so the descriptions (many tokens) carry most of the
-gradient: describing the clip is what teaches the model to read the video at all, and answers in
-the descriptions' words reuse it. (Weighting every answer equally, or packing a clip's questions
-into one conversation, left 192-wide bases that never read the video in 800–1,000 steps.)
+gradient: describing the clip is what teaches the model to read the video at all.
 
-``toy_base_path(cfg)`` builds it once (deterministic for a machine and thread count, about 13 min
-on one core) and caches it under ``$TPO_CACHE`` like the other built-in models. ``cfg.seed`` draws
-both the clips and the initial weights: each seed of the reproduction has its own base.
+There is one base for every seed of the reproduction, as the paper has one LongVA: trained once
+(``python -m toy.base --out DIR --ship``, about 25 min on one core, resumable) and committed in
+``SHIPPED`` with its recipe, training log and sha256 sums. ``toy_base_path(cfg)`` returns it when
+``cfg`` is its recipe, and otherwise trains the base of ``cfg`` once and caches it under
+``$TPO_CACHE`` (deterministic for a machine and thread count).
 """
 
 from __future__ import annotations
@@ -212,12 +211,16 @@ def toy_base_path(cfg: ToyBaseConfig = ToyBaseConfig()) -> Path:
     run, whose checkpoints are cached beside it."""
     if shipped_config() == asdict(cfg):
         return shipped_base()
-    common = {k: v for k, v in asdict(cfg).items() if k != "long_moment_share"}
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    recipe = hashlib.sha256(json.dumps(common, sort_keys=True).encode()).hexdigest()[:10]
-    checkpoints = cache_dir() / f"toy-base-v{_VERSION}-{recipe}.checkpoints"
+    checkpoints = cache_dir() / f"toy-base-v{_VERSION}-{recipe_name(cfg)}.checkpoints"
     return build_once(cache_dir() / f"toy-base-v{_VERSION}-{digest}",
                       lambda tmp: train_toy_base(tmp, cfg, checkpoints), "config.json")
+
+
+def recipe_name(cfg: ToyBaseConfig) -> str:
+    """A short name of ``cfg`` without its share: every share's base of one recipe has it."""
+    common = {k: v for k, v in asdict(cfg).items() if k != "long_moment_share"}
+    return hashlib.sha256(json.dumps(common, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def shipped_config() -> dict | None:
