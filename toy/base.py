@@ -28,7 +28,7 @@ import json
 import random
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -164,14 +164,21 @@ def _batch(rows: list[dict], pad_id: int) -> dict:
     return {**batch["inputs"], "labels": batch["labels"]}
 
 
-def train_toy_base(out: Path, cfg: ToyBaseConfig, checkpoints: Path | None = None, every: int = 200) -> Path:
+def encode_clips(cfg: ToyBaseConfig) -> list[dict]:
+    """The recipe's SFT rows (the same for every share: the share only filters them)."""
+    _, processor = build_toy_model(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _encode_clips(cfg, get_adapter(FAMILY), processor, Path(tmp))
+
+
+def train_toy_base(out: Path, cfg: ToyBaseConfig, checkpoints: Path | None = None, every: int = 200,
+                   rows: list[dict] | None = None) -> Path:
     """Train the base into ``out``. With ``checkpoints``, the state is saved every ``every`` steps
     and training resumes from the newest checkpoint it finds there (:mod:`toy.base_checkpoints`):
-    an interrupted base, or another share's base after the branch step, goes on from it."""
-    adapter = get_adapter(FAMILY)
+    an interrupted base, or another share's base after the branch step, goes on from it. ``rows``:
+    the recipe's :func:`encode_clips`, when several shares are trained in one process."""
     model, processor = build_toy_model(cfg)
-    with tempfile.TemporaryDirectory() as tmp:
-        rows = _encode_clips(cfg, adapter, processor, Path(tmp))
+    rows = encode_clips(cfg) if rows is None else rows
     pad_id = pad_token_id(processor)
     gen = torch.Generator().manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
@@ -205,16 +212,22 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig, checkpoints: Path | None = Non
     return out
 
 
-def toy_base_path(cfg: ToyBaseConfig = ToyBaseConfig()) -> Path:
+def toy_base_path(cfg: ToyBaseConfig = ToyBaseConfig(), rows: list[dict] | None = None) -> Path:
     """The toy base model for ``cfg``: the committed one (``SHIPPED``) if it was trained with ``cfg``,
     else trained on first use and cached. Every share's base of one recipe branches from one common
-    run, whose checkpoints are cached beside it."""
+    run, whose checkpoints are cached beside it (``rows``: see :func:`train_toy_base`)."""
     if shipped_config() == asdict(cfg):
         return shipped_base()
     digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
     checkpoints = cache_dir() / f"toy-base-v{_VERSION}-{recipe_name(cfg)}.checkpoints"
     return build_once(cache_dir() / f"toy-base-v{_VERSION}-{digest}",
-                      lambda tmp: train_toy_base(tmp, cfg, checkpoints), "config.json")
+                      lambda tmp: train_toy_base(tmp, cfg, checkpoints, rows=rows), "config.json")
+
+
+def cached_shares(cfg: ToyBaseConfig, shares: list[float]) -> list[Path]:
+    """The cached base of every share of ``cfg``'s recipe, the clips encoded once for all of them."""
+    rows = encode_clips(cfg)
+    return [toy_base_path(replace(cfg, long_moment_share=share), rows) for share in shares]
 
 
 def recipe_name(cfg: ToyBaseConfig) -> str:
@@ -255,16 +268,25 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, required=True, help="where the trained base is saved")
+    parser.add_argument("--out", type=Path, help="where the trained base is saved (not with --shares)")
     parser.add_argument("--checkpoints", type=Path, default=None,
                         help="checkpoint directory, resumed from if it holds checkpoints (default OUT.checkpoints)")
     parser.add_argument("--every", type=int, default=200, help="steps between checkpoints")
     parser.add_argument("--ship", action="store_true", help=f"then copy it into {SHIPPED} with its sha256 sums")
+    parser.add_argument("--shares", type=float, nargs="+", default=None,
+                        help="instead: build the cached base of each of these shares (what the calibration loads), "
+                             "branching from the recipe's cached common checkpoint, the clips encoded once")
     for f in fields(ToyBaseConfig):
         parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     args = parser.parse_args(argv)
     cfg = ToyBaseConfig(**{f.name: getattr(args, f.name) for f in fields(ToyBaseConfig)})
     torch.set_num_threads(1)  # deterministic for a machine; the other core stays free
+    if args.shares:
+        for path in cached_shares(cfg, args.shares):
+            print(f"toy base: {path}")
+        return 0
+    if args.out is None:
+        parser.error("--out is required (or --shares)")
     checkpoints = args.checkpoints or args.out.with_name(args.out.name + ".checkpoints")
     args.out.mkdir(parents=True, exist_ok=True)
     train_toy_base(args.out, cfg, checkpoints, args.every)
