@@ -76,7 +76,7 @@ def test_unknown_family_in_config_is_a_clear_error(tmp_path, pref_file):
 @pytest.mark.parametrize("setting,value,message", [
     ("--model.beta", "-1", "greater than or equal to 0"), ("--model.alpha", "-0.5", "greater than or equal to 0"),
     ("--data.val_fraction", "1.5", "less than or equal to 1"), ("--data.batch_size", "0", "greater than 0"),
-    ("--model.dtype", "float8", "float32"),
+    ("--model.dtype", "float8", "float32"), ("--progress.every_n_steps", "-1", "greater than or equal to 0"),
 ])
 def test_out_of_range_settings_stop_before_anything_loads(tmp_path, capsys, setting, value, message):
     from tpo.cli import main

@@ -21,6 +21,7 @@ from tpo.data.decoders import backend_name
 from tpo.errors import ConfigError, TPOError
 from tpo.export import HFExport
 from tpo.module import TPOModule
+from tpo.progress import ProgressLog, global_batch
 from tpo.throughput import ThroughputLogger
 
 
@@ -35,6 +36,7 @@ class TPOCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
+        parser.add_lightning_class_args(ProgressLog, "progress")  # after throughput: it reads its pairs/s
         # validate and precompute-ref run under torch.inference_mode otherwise (except on gloo), and a
         # sharded (FSDP2) model's all-gather then fails on inference tensors
         parser.set_defaults({"trainer.inference_mode": False})
@@ -54,7 +56,9 @@ class TPOCLI(LightningCLI):
         val = {k: round(float(v), 4) for k, v in trainer.callback_metrics.items()
                if k in ("val/loss", "val/rewards/accuracy", "val/rewards/margin")}
         lora = f"  LoRA: {self.model.lora_summary}\n" if self.model.lora_summary else ""
+        pairs, made_of = global_batch(trainer)
         print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s on {trainer.world_size} process(es)\n"
+              f"  global batch: {pairs} pairs = {made_of}\n"
               f"  last epoch (train mean): {train}\n  validation: {val}\n"
               f"  skipped optimizer steps (non-finite gradient norm): {self.model.skipped_steps}\n"
               f"  video backend: {backend_name()}\n"
