@@ -7,6 +7,7 @@ import pytest
 
 from tpo.data.datamodule import SKIPPED_FILE, PreferenceDataModule
 from tpo.data.records import BadRecordsError, read_records
+from tpo.errors import ConfigError
 from tpo.module import TPOModule
 from tpo.models import get_adapter
 
@@ -56,8 +57,9 @@ def test_bad_record_is_reported_with_file_and_line(case, pref_file, tmp_path, vi
     assert f"{path}:3" in str(err.value) and message in str(err.value)
 
 
-def _datamodule(path, pref_file, on_bad_record):
-    dm = PreferenceDataModule(path=str(path), video_root=str(pref_file.parent), on_bad_record=on_bad_record)
+def _datamodule(path, pref_file, on_bad_record, **settings):
+    dm = PreferenceDataModule(path=str(path), video_root=str(pref_file.parent), on_bad_record=on_bad_record,
+                              **settings)
     dm.connect(TPOModule("builtin:tiny-llava_onevision", "llava_onevision"))
     return dm
 
@@ -77,6 +79,22 @@ def test_skip_mode_drops_bad_records_and_writes_them_next_to_the_logs(pref_file,
     skipped = [json.loads(line) for line in (tmp_path / "run" / "lightning_logs" / "version_0" / SKIPPED_FILE).open()]
     assert [s["line"] for s in skipped] == [2, 5]
     assert "beyond" in skipped[0]["reason"] and "missing field 'question'" in skipped[1]["reason"]
+
+
+def _three_irrelevant(records, _):
+    irrelevant = [r for r in records if r["manipulation"] == "irrelevant"][:3]
+    records[:] = [r for r in records if r["manipulation"] == "incomplete" or r in irrelevant]
+
+
+def test_a_mix_the_data_cannot_meet_is_the_closest_or_in_exact_mode_an_error_naming_the_way_out(pref_file, tmp_path):
+    path = _corrupt(pref_file, tmp_path, _three_irrelevant)  # 3 irrelevant, 16 incomplete
+    closest = _datamodule(path, pref_file, "error", irrelevant_fraction=0.5, max_pairs=10_000)
+    closest.setup("fit")
+    assert len(closest.train_set) == 19 and (closest.selection.irrelevant, closest.selection.incomplete) == (3, 16)
+    exact = _datamodule(path, pref_file, "error", irrelevant_fraction=0.5, selection="exact")
+    with pytest.raises(ConfigError, match=r"needs 10 irrelevant pairs; only 3 are available \(data\.selection is "
+                                          r"exact; set --data\.selection closest .*--data\.irrelevant_fraction null"):
+        exact.setup("fit")
 
 
 def test_unknown_family_lists_the_supported_ones():

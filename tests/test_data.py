@@ -1,15 +1,20 @@
 import json
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
 from tpo.two_pass import two_pass_collate
-from tpo.data.datamodule import PreferenceDataModule, select_pairs, split_by_video
+from tpo.data.datamodule import PairSelection, PreferenceDataModule, select_pairs, split_by_video
 from tpo.data.frames import read_frames, uniform_frame_indices
 from tpo.data.records import SCHEMA_VERSION, PreferenceRecord, RecordError, read_records
 from tpo.models import IGNORE_INDEX, get_adapter
 from tpo.module import TPOModule
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_uniform_frame_indices():
@@ -45,12 +50,73 @@ def test_mix_ratio_and_size_are_config_changes(pref_file, fraction, size):
         assert counts["incomplete"] == size - round(size * fraction)
 
 
-def test_mix_ratio_beyond_what_the_data_holds_is_an_error(pref_file):
+def _unbalanced(records, irrelevant=3):
+    """All the incomplete pairs and only ``irrelevant`` irrelevant ones."""
+    kept = [r for r in records if r.manipulation == "irrelevant"][:irrelevant]
+    return sorted(kept + [r for r in records if r.manipulation == "incomplete"], key=lambda r: r.line)
+
+
+def test_max_pairs_is_a_cap_a_smaller_dataset_trains_on_all_its_pairs(pref_file):
     records, _ = read_records(pref_file)
-    with pytest.raises(ValueError, match="needs 20 irrelevant pairs; only 16"):
-        select_pairs(records, 1.0, 20, seed=0)
+    for fraction in (None, 0.5):
+        chosen = select_pairs(records, fraction, 10_000, seed=0)  # the 7B recipes' max_pairs
+        assert sorted(r.id for r in chosen) == sorted(r.id for r in records)
+    selection = PairSelection.of(chosen, len(records), 10_000, 0.5)
+    assert str(selection) == ("32 of 32 available (max_pairs 10000); 16 irrelevant + 16 incomplete = "
+                              "irrelevant fraction 0.5")
+
+
+def test_a_mix_the_data_cannot_meet_uses_the_closest_and_says_so(pref_file):
+    records = _unbalanced(read_records(pref_file)[0])  # 3 irrelevant, 16 incomplete
+    chosen = select_pairs(records, 0.5, None, seed=1)
+    assert len(chosen) == 19 and Counter(r.manipulation for r in chosen)["irrelevant"] == 3  # every pair is used
+    selection = PairSelection.of(chosen, len(records), None, 0.5)
+    assert selection.off_mix and selection.metrics()["data/irrelevant_fraction"] == 3 / 19
+    assert str(selection) == "19 of 19 available; 3 irrelevant + 16 incomplete = irrelevant fraction 0.158 (asked 0.5)"
+    capped = Counter(r.manipulation for r in select_pairs(records, 0.5, 8, seed=1))
+    assert capped == {"irrelevant": 3, "incomplete": 5}  # 4:4 asked: all 3 irrelevant, the rest incomplete
+    assert Counter(r.manipulation for r in select_pairs(records, 1.0, 5, seed=1)) == {"irrelevant": 3, "incomplete": 2}
+
+
+def test_where_the_data_allows_the_ask_closest_and_exact_pick_the_same_pairs(pref_file):
+    records = _unbalanced(read_records(pref_file)[0])
+    for fraction, size in ((0.5, 6), (0.2, 15), (0.0, 16), (None, 19)):
+        assert (select_pairs(records, fraction, size, seed=2)
+                == select_pairs(records, fraction, size, seed=2, selection="exact"))
+
+
+def test_exact_selection_refuses_what_the_data_cannot_meet_and_names_the_way_out(pref_file):
+    records, _ = read_records(pref_file)
+    with pytest.raises(ValueError, match=r"needs 20 irrelevant pairs; only 16 .*--data\.selection closest"):
+        select_pairs(records, 1.0, 20, seed=0, selection="exact")
+    with pytest.raises(ValueError, match=r"max_pairs=40 but only 32 .*--data\.selection closest"):
+        select_pairs(records, None, 40, seed=0, selection="exact")
     with pytest.raises(ValueError, match="max_pairs must be at least 1, got 0"):  # not a silent run of 0 steps
         select_pairs(records, None, 0, seed=0)
+
+
+def test_the_fit_summary_and_the_logs_give_the_pairs_and_mix_used(pref_file, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    records, _ = read_records(pref_file)
+    path = tmp_path / "prefs.jsonl"
+    lines = pref_file.read_text().splitlines()
+    path.write_text("".join(lines[r.line - 1] + "\n" for r in _unbalanced(records)))
+    root = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tpo", "fit", "--config", str(REPO / "lightning_configs/demo.yaml"),  # 0.5 asked
+           "--trainer.default_root_dir", str(root), "--data.path", str(path), "--data.video_root",
+           str(pref_file.parent), "--data.val_fraction", "0", "--data.max_pairs", "10000",
+           "--trainer.max_steps", "1", "--trainer.enable_progress_bar", "false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert ("  training pairs: 19 of 19 available (max_pairs 10000); 3 irrelevant + 16 incomplete = "
+            "irrelevant fraction 0.158 (asked 0.5)") in done.stdout.splitlines()
+    assert "training on the closest mix the data allows" in done.stderr
+    events = EventAccumulator(str(root / "lightning_logs" / "version_0"))
+    events.Reload()
+    logged = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("data/")}
+    assert logged == pytest.approx({"data/pairs": 19, "data/available_pairs": 19, "data/irrelevant_pairs": 3,
+                                    "data/incomplete_pairs": 16, "data/irrelevant_fraction": 3 / 19})
 
 
 def test_collated_labels_cover_response_tokens_only(pref_file):

@@ -59,6 +59,7 @@ class TPOCLI(LightningCLI):
         pairs, made_of = global_batch(trainer)
         print(f"\nTPO fit done in {time.perf_counter() - self._started:.0f}s on {trainer.world_size} process(es)\n"
               f"  global batch: {pairs} pairs = {made_of}\n"
+              f"  training pairs: {self.datamodule.selection}\n"
               f"  last epoch (train mean): {train}\n  validation: {val}\n"
               f"  skipped optimizer steps (non-finite gradient norm): {self.model.skipped_steps}\n"
               f"  video backend: {backend_name()}\n"

@@ -7,10 +7,13 @@ import json
 import logging
 import math
 import random
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import Dataset
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
@@ -72,35 +75,110 @@ def split_by_video(records: list[PreferenceRecord], val_fraction: float,
             [r for r in records if str(r.video_path) in held_out])
 
 
-def select_pairs(records: list[PreferenceRecord], irrelevant_fraction: float | None, max_pairs: int | None,
-                 seed: int) -> list[PreferenceRecord]:
-    """The training subset: ``max_pairs`` pairs with ``irrelevant_fraction`` of them *irrelevant*.
+Selection = Literal["closest", "exact"]
 
+
+def select_pairs(records: list[PreferenceRecord], irrelevant_fraction: float | None, max_pairs: int | None,
+                 seed: int, selection: Selection = "closest") -> list[PreferenceRecord]:
+    """The training subset: at most ``max_pairs`` pairs, ``irrelevant_fraction`` of them *irrelevant*.
+
+    ``closest`` trains on ``size = min(max_pairs, len(records))`` pairs, ``round(size * irrelevant_fraction)``
+    of them irrelevant where each kind has enough pairs; otherwise on all pairs of the scarcer kind and the
+    other kind filling the rest (the mix nearest the asked one at that size). ``exact`` takes ``max_pairs``
+    pairs at that mix or raises. Where the data allows the asked ones, both modes pick the same pairs.
     The paper's mix-ratio (10:0 ... 0:10) and dataset-size ablations are these two settings.
     """
     rng = random.Random(seed)
-    size = len(records) if max_pairs is None else max_pairs
-    if size < 1:
-        raise ConfigError(f"max_pairs must be at least 1, got {max_pairs}")
-    if size > len(records):
-        raise ConfigError(f"max_pairs={max_pairs} but only {len(records)} training pairs are available")
+    size = _training_size(len(records), max_pairs, selection)
     if irrelevant_fraction is None:
         return sorted(rng.sample(records, size), key=lambda r: r.line)
+    pools = _manipulation_pools(records, irrelevant_fraction)
+    n_irrelevant = _irrelevant_count(size, irrelevant_fraction, pools, selection)
+    chosen = rng.sample(pools["irrelevant"], n_irrelevant) + rng.sample(pools["incomplete"], size - n_irrelevant)
+    return sorted(chosen, key=lambda r: r.line)
+
+
+def _training_size(available: int, max_pairs: int | None, selection: Selection) -> int:
+    if max_pairs is None:
+        return available
+    if max_pairs < 1:
+        raise ConfigError(f"max_pairs must be at least 1, got {max_pairs}")
+    if max_pairs > available and selection == "exact":
+        raise ConfigError(f"max_pairs={max_pairs} but only {available} training pairs are available "
+                          f"(data.selection is exact; set --data.selection closest to train on all {available})")
+    return min(max_pairs, available)
+
+
+def _manipulation_pools(records: list[PreferenceRecord],
+                        irrelevant_fraction: float) -> dict[str, list[PreferenceRecord]]:
     if not 0.0 <= irrelevant_fraction <= 1.0:
         raise ConfigError(f"irrelevant_fraction must lie in [0, 1], got {irrelevant_fraction}")
     pools = {m: [r for r in records if r.manipulation == m] for m in ("irrelevant", "incomplete")}
     unlabeled = [r for r in records if r.manipulation not in pools]
     if unlabeled:
         raise ConfigError(f"irrelevant_fraction needs every record's 'manipulation'; line {unlabeled[0].line} "
-                         f"(id {unlabeled[0].id!r}) and {len(unlabeled) - 1} more have none")
+                          f"(id {unlabeled[0].id!r}) and {len(unlabeled) - 1} more have none; set "
+                          "--data.irrelevant_fraction null to keep the file's mix")
+    return pools
+
+
+def _irrelevant_count(size: int, irrelevant_fraction: float, pools: dict[str, list], selection: Selection) -> int:
     want = {"irrelevant": round(size * irrelevant_fraction)}
     want["incomplete"] = size - want["irrelevant"]
-    for kind, n in want.items():
-        if n > len(pools[kind]):
-            raise ConfigError(f"irrelevant_fraction={irrelevant_fraction} with {size} pairs needs {n} {kind} "
-                             f"pairs; only {len(pools[kind])} are available")
-    chosen = rng.sample(pools["irrelevant"], want["irrelevant"]) + rng.sample(pools["incomplete"], want["incomplete"])
-    return sorted(chosen, key=lambda r: r.line)
+    if selection == "exact":
+        for kind, n in want.items():
+            if n > len(pools[kind]):
+                raise ConfigError(f"irrelevant_fraction={irrelevant_fraction} with {size} pairs needs {n} {kind} "
+                                  f"pairs; only {len(pools[kind])} are available (data.selection is exact; set "
+                                  "--data.selection closest for the closest mix the data allows, or "
+                                  "--data.irrelevant_fraction null for the file's own mix)")
+    # the asked count, clamped to what each pool holds (size <= both pools together: the clamp is consistent)
+    return min(max(want["irrelevant"], size - len(pools["incomplete"])), len(pools["irrelevant"]))
+
+
+@dataclass(frozen=True)
+class PairSelection:
+    """The training pairs used, beside the ``max_pairs`` and ``irrelevant_fraction`` asked for."""
+
+    pairs: int
+    available: int
+    irrelevant: int
+    incomplete: int
+    max_pairs: int | None = None
+    irrelevant_fraction: float | None = None
+
+    @classmethod
+    def of(cls, chosen: list[PreferenceRecord], available: int, max_pairs: int | None,
+           irrelevant_fraction: float | None) -> "PairSelection":
+        kinds = Counter(r.manipulation for r in chosen)
+        return cls(len(chosen), available, kinds["irrelevant"], kinds["incomplete"], max_pairs, irrelevant_fraction)
+
+    @property
+    def fraction(self) -> float | None:
+        """The share of irrelevant pairs; ``None`` when some pair has no ``manipulation``."""
+        labeled = self.irrelevant + self.incomplete
+        return self.irrelevant / labeled if labeled and labeled == self.pairs else None
+
+    @property
+    def off_mix(self) -> bool:
+        """The mix is not the asked one (to the nearest pair): the data holds too few of one kind."""
+        return self.irrelevant_fraction is not None and self.irrelevant != round(self.pairs * self.irrelevant_fraction)
+
+    def metrics(self) -> dict[str, float]:
+        counts = {"data/pairs": self.pairs, "data/available_pairs": self.available,
+                  "data/irrelevant_pairs": self.irrelevant, "data/incomplete_pairs": self.incomplete}
+        return counts if self.fraction is None else {**counts, "data/irrelevant_fraction": self.fraction}
+
+    def __str__(self) -> str:
+        text = f"{self.pairs} of {self.available} available"
+        if self.max_pairs is not None and self.max_pairs != self.pairs:
+            text += f" (max_pairs {self.max_pairs})"
+        if self.fraction is not None:
+            text += (f"; {self.irrelevant} irrelevant + {self.incomplete} incomplete = irrelevant fraction "
+                     f"{self.fraction:.3g}")
+            if self.irrelevant_fraction is not None and self.fraction != self.irrelevant_fraction:
+                text += f" (asked {self.irrelevant_fraction:g})"
+        return text
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -114,7 +192,12 @@ class PreferenceDataModule(L.LightningDataModule):
         batch_size: preference pairs per device per step.
         irrelevant_fraction: share of *irrelevant* pairs in the training set (0.5 = the paper's 5:5);
             ``None`` keeps the file's own mix.
-        max_pairs: training-set size (``None``: all pairs).
+        max_pairs: at most this many training pairs (``None``: all).
+        selection: how ``max_pairs`` and ``irrelevant_fraction`` meet the data. ``closest``: every training
+            pair up to ``max_pairs``, at the asked mix where each kind has enough pairs, else at the nearest
+            one (all of the scarcer kind, the other filling the rest). ``exact``: exactly ``max_pairs``
+            pairs with ``round(max_pairs * irrelevant_fraction)`` irrelevant ones, or the run stops (for
+            ablations). The pairs and mix used are in the fit summary and logged as ``data/*`` scalars.
         val_fraction: share of videos held out for validation.
         on_bad_record: ``error`` stops before training with every problem listed; ``skip`` drops the
             bad records, logs the count per reason and writes them to ``skipped_records.jsonl``.
@@ -126,7 +209,7 @@ class PreferenceDataModule(L.LightningDataModule):
     def __init__(
         self, path: str, video_root: str | None = None, batch_size: PositiveInt = 1, num_workers: NonNegativeInt = 0,
         irrelevant_fraction: Fraction | None = None, max_pairs: PositiveInt | None = None,
-        val_fraction: Fraction = 0.0, seed: int = 0,
+        selection: Selection = "closest", val_fraction: Fraction = 0.0, seed: int = 0,
         on_bad_record: Literal["error", "skip"] = "error",
     ):
         super().__init__()
@@ -135,6 +218,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_set: PreferenceDataset | None = None
         self.val_set: PreferenceDataset | None = None
         self.skipped: list = []
+        self.selection: PairSelection | None = None
 
     def connect(self, module) -> None:
         """Encode batches with ``module``'s adapter and processor, in its layout (under a Trainer, :meth:`setup`
@@ -162,13 +246,25 @@ class PreferenceDataModule(L.LightningDataModule):
         if on_rank_zero:
             warn_if_prompted_otherwise(path, time_instruction)
         train, val = split_by_video(records, h.val_fraction, h.seed)
-        self.train_set = PreferenceDataset(select_pairs(train, h.irrelevant_fraction, h.max_pairs, h.seed))
+        chosen = select_pairs(train, h.irrelevant_fraction, h.max_pairs, h.seed, h.selection)
+        self.selection = PairSelection.of(chosen, len(train), h.max_pairs, h.irrelevant_fraction)
+        self.train_set = PreferenceDataset(chosen)
         self.val_set = PreferenceDataset(val) if val else None
         log.info("preference pairs: %d train, %d validation", len(self.train_set), len(val))
+        if on_rank_zero and self.selection.off_mix:
+            log.warning("training on the closest mix the data allows: %s", self.selection)
+        self._log_selection()
 
     def all_records(self) -> list[PreferenceRecord]:
         """The training and validation records (what reference log-probs are needed for)."""
         return self.train_set.records + (self.val_set.records if self.val_set is not None else [])
+
+    def _log_selection(self) -> None:
+        """The pairs and mix used, as ``data/*`` scalars at step 0 of a fit (loggers write from rank 0 only)."""
+        if self.trainer is None or self.trainer.state.fn != TrainerFn.FITTING:
+            return
+        for logger in self.trainer.loggers:
+            logger.log_metrics(self.selection.metrics(), step=0)
 
     def _report_skipped(self, bad) -> None:
         self.skipped = bad
