@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCH_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
 
 
-def _items(videos: Path, path: Path) -> Path:
+def write_items(videos: Path, path: Path) -> Path:
     clips = sorted(videos.glob("*.mp4"))
     rows = [{"id": f"q{i}", "video": clips[i % len(clips)].name, "question": f"Question {i}: which shape is first?",
              "options": ["a red square", "a blue circle", "a green star"], "answer": i % 3,
@@ -24,7 +24,8 @@ def _items(videos: Path, path: Path) -> Path:
     return path
 
 
-def _evaluate(data: Path, videos: Path, out: Path, processes: int, *extra: str) -> subprocess.CompletedProcess:
+def evaluate_in_processes(data: Path, videos: Path, out: Path, processes: int,
+                          *extra: str) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "tpo.evaluate"] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
         "-m", "tpo.evaluate"]
@@ -43,13 +44,13 @@ def _rows(out: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_processes_predict_what_one_does_and_resume(raw_videos, tmp_path):
-    data = _items(raw_videos, tmp_path / "items.jsonl")
-    one = _evaluate(data, raw_videos, tmp_path / "one", 1)
+    data = write_items(raw_videos, tmp_path / "items.jsonl")
+    one = evaluate_in_processes(data, raw_videos, tmp_path / "one", 1)
     assert one.returncode == 0, one.stderr[-3000:]
-    partial = _evaluate(data, raw_videos, tmp_path / "two", 2, "--limit", "3")
+    partial = evaluate_in_processes(data, raw_videos, tmp_path / "two", 2, "--limit", "3")
     assert partial.returncode == 0, partial.stderr[-3000:]
     assert [r["id"] for r in _rows(tmp_path / "two")] == ["q0", "q1", "q2"]
-    two = _evaluate(data, raw_videos, tmp_path / "two", 2)
+    two = evaluate_in_processes(data, raw_videos, tmp_path / "two", 2)
     assert two.returncode == 0, two.stderr[-3000:]
     assert _rows(tmp_path / "two") == _rows(tmp_path / "one")  # same rows, in the benchmark's order
     assert not list((tmp_path / "two").glob("predictions.rank*"))

@@ -137,14 +137,14 @@ def test_an_answer_in_any_rank_file_replaces_an_error(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_fail_on_a_wrong_video_folder_and_their_rerun_retries_every_item(raw_videos, tmp_path):
-    from test_evaluate_ranks import _evaluate, _items
+    from test_evaluate_ranks import evaluate_in_processes, write_items
 
-    data, out = _items(raw_videos, tmp_path / "items.jsonl"), tmp_path / "out"
-    failed = _evaluate(data, tmp_path / "wrong", out, 2)
+    data, out = write_items(raw_videos, tmp_path / "items.jsonl"), tmp_path / "out"
+    failed = evaluate_in_processes(data, tmp_path / "wrong", out, 2)
     assert failed.returncode != 0  # rank 0's status 2; torchrun reports any failed rank as its own 1
     assert failed.stderr.count("error: 7 of 7 items errored") == 1 and "video not found" in failed.stderr
     assert json.loads((out / "summary.json").read_text())["errors"] == 7 and not list(out.glob("predictions.rank*"))
-    fixed = _evaluate(data, raw_videos, out, 2)
+    fixed = evaluate_in_processes(data, raw_videos, out, 2)
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["errors"] == 0 and summary["scored"] == 7 and summary["processes"] == 2
