@@ -322,3 +322,15 @@ def test_the_shipped_base_is_checked_against_its_sums_and_used_for_its_own_recip
     (shipped / "model.safetensors").write_bytes(b"changed")
     with pytest.raises(SystemExit, match="does not match its sha256"):
         base.toy_base_path(cfg)
+
+
+def test_the_committed_base_loads_and_is_the_default_recipes():
+    import torch
+
+    from toy.base import SHIPPED, ToyBaseConfig, shipped_config, toy_base_path
+    from tpo.models import get_adapter
+
+    assert toy_base_path(ToyBaseConfig()) == SHIPPED  # the tests and the reproduction load it, never train it
+    assert shipped_config()["hidden_size"] == 192
+    model, _ = get_adapter("llava_onevision").load(str(SHIPPED), torch.float32)
+    assert sum(p.numel() for p in model.parameters()) > 1_000_000
