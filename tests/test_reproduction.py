@@ -11,7 +11,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from toy.base import shipped_base, shipped_config
+from toy.base import ToyBaseConfig, recipe_name, shipped_base, shipped_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARE = (shipped_config() or {}).get("long_moment_share")
@@ -70,7 +70,8 @@ def test_toy_calibration_worker_writes_one_seed_point(toy_out):
                            "--seed", "0", "--share", str(SHARE), "--out", str(toy_out)], capture_output=True, text=True,
                           timeout=900, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-3000:]
-    point = json.loads((toy_out / "calibration" / "base" / f"seed-0-share-{SHARE}.json").read_text())
+    recipe = toy_out / "calibration" / "base" / f"recipe-{recipe_name(ToyBaseConfig())}"
+    point = json.loads((recipe / f"seed-0-share-{SHARE}.json").read_text())
     assert point["seed"] == 0 and point["share"] == SHARE and point["base_model"] == str(shipped_base())
     assert all(0.0 <= point[k] <= 1.0 for k in ("moment", "window", "window_after", "window_before", "order",
                                                  "after_floor"))
