@@ -1,16 +1,37 @@
 import os
 import tempfile
+from pathlib import Path
 
 # Every test shares one cache of built-in assets, separate from the user's ~/.cache/tpo.
 os.environ.setdefault("TPO_CACHE", os.path.join(tempfile.gettempdir(), "tpo-test-cache"))
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import yaml  # noqa: E402
 
 from tpo.synthetic import write_preference_dataset  # noqa: E402
 from tpo.synthetic.tiny_models import BUILDERS  # noqa: E402
 
 FAMILIES = sorted(BUILDERS)
+REPO = Path(__file__).resolve().parents[1]
+# where the shipped recipes write (runs/demo, ...), relative to the working directory
+RECIPE_ROOTS = sorted({yaml.safe_load(p.read_text())["trainer"].get("default_root_dir") or "lightning_logs"
+                       for p in (REPO / "lightning_configs").glob("*.yaml")})
+
+
+def _files(folder: Path) -> set[Path]:
+    return set(folder.rglob("*")) if folder.is_dir() else set()
+
+
+@pytest.fixture(autouse=True)
+def _nothing_written_into_the_recipes_folders():
+    """No test writes into the clone's ``runs/demo`` (or another recipe's default_root_dir): a test runs
+    tpo with ``--trainer.default_root_dir`` or in its tmp_path."""
+    folders = {base / root for base in (REPO, Path.cwd()) for root in RECIPE_ROOTS}
+    before = {folder: _files(folder) for folder in folders}
+    yield
+    written = sorted(str(path) for folder in folders for path in _files(folder) - before[folder])
+    assert not written, f"the test wrote into a recipe's default_root_dir: {written[:3]}"
 
 
 def random_clip(rng, frames=8, seconds=60.0, fps=25.0, size=64):

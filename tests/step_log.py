@@ -107,3 +107,15 @@ class InferenceModeLog(L.Callback):
 
     def on_predict_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
         self._log("predict")
+
+
+class Slow(L.Callback):
+    """Sleeps ``seconds`` after every training step, so that a test can signal a run between its steps."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        time.sleep(self.seconds)

@@ -1,6 +1,7 @@
 """`tpo fit --config demo.yaml` end to end: everything a run writes lands under default_root_dir."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,20 +74,96 @@ def test_unknown_family_in_config_is_a_clear_error(tmp_path, pref_file):
     assert "Traceback" not in done.stderr
 
 
-@pytest.mark.parametrize("setting,value,message", [
-    ("--model.beta", "-1", "greater than or equal to 0"), ("--model.alpha", "-0.5", "greater than or equal to 0"),
-    ("--data.val_fraction", "1.5", "less than or equal to 1"), ("--data.batch_size", "0", "greater than 0"),
-    ("--model.dtype", "float8", "float32"), ("--progress.every_n_steps", "-1", "greater than or equal to 0"),
-])
-def test_out_of_range_settings_stop_before_anything_loads(tmp_path, capsys, setting, value, message):
+def _refused(tmp_path, capsys, *settings: str, command: str = "fit") -> str:
+    """What ``tpo <command> --config demo.yaml <settings>`` prints when parsing refuses them (in this process:
+    parsing fails before anything is built)."""
     from tpo.cli import main
 
-    with pytest.raises(SystemExit) as stopped:  # in this process: parsing fails before anything is built
-        main(["fit", "--config", str(REPO / "lightning_configs/demo.yaml"), "--trainer.default_root_dir",
-              str(tmp_path), setting, value])
-    err = capsys.readouterr().err
-    assert stopped.value.code == 2 and f'Parser key "{setting[2:]}"' in err and message in err
-    assert not (tmp_path / "lightning_logs").exists()
+    with pytest.raises(SystemExit) as stopped:
+        main([command, "--config", str(REPO / "lightning_configs/demo.yaml"), "--trainer.default_root_dir",
+              str(tmp_path), *settings])
+    assert stopped.value.code == 2 and not (tmp_path / "lightning_logs").exists()
+    return capsys.readouterr().err
+
+
+@pytest.mark.parametrize("setting,value,line", [
+    ("--model.beta", "-1", "--model.beta -1: must be >= 0"),
+    ("--model.alpha", "-0.5", "--model.alpha -0.5: must be >= 0"),
+    ("--data.val_fraction", "1.5", "--data.val_fraction 1.5: must be <= 1"),
+    ("--data.batch_size", "0", "--data.batch_size 0: must be > 0"),
+    ("--data.max_pairs", "0", "--data.max_pairs 0: must be > 0"),  # an Optional range
+    ("--data.batch_size", "1.5", "--data.batch_size 1.5: must be a valid integer"),
+    ("--trainer.max_epochs", "many", "--trainer.max_epochs many: must be an integer"),
+    ("--model.dtype", "float8", "--model.dtype float8: must be one of float32, bfloat16, float16"),
+    ("--progress.every_n_steps", "-1", "--progress.every_n_steps -1: must be >= 0"),
+])
+def test_an_out_of_range_setting_is_one_line_with_its_range(tmp_path, capsys, setting, value, line):
+    assert _refused(tmp_path, capsys, setting, value) == f"error: {line}\n"  # no usage, no pydantic report
+
+
+@pytest.mark.parametrize("command", ["fit", "validate", "precompute-ref"])
+@pytest.mark.parametrize("settings,line", [
+    (["--model.bta", "0.1"], "unknown setting --model.bta; did you mean --model.beta?"),
+    (["--trainer.devcies=2"], "unknown setting --trainer.devcies; did you mean --trainer.devices?"),
+    (["--modle.beta", "0.1"], "unknown setting --modle.beta; did you mean --model.beta?"),
+    (["--data.bsz", "2"], "unknown setting --data.bsz; see --help"),  # nothing close enough to suggest
+])
+def test_a_misspelled_setting_is_one_line_with_the_closest_one(tmp_path, capsys, command, settings, line):
+    assert _refused(tmp_path, capsys, *settings, command=command) == f"error: {line}\n"
+
+
+def test_a_misspelled_key_in_a_config_file_is_one_line_with_the_closest_one(tmp_path, capsys):
+    (tmp_path / "typo.yaml").write_text("model:\n  bta: 0.1\n")
+    err = _refused(tmp_path, capsys, "--config", str(tmp_path / "typo.yaml"))
+    assert err == "error: unknown setting model.bta; did you mean model.beta?\n"
+
+
+def _option_help(help_text: str, option: str) -> str:
+    """The text ``--help`` gives ``option`` (the option and its metavar left out)."""
+    lines = iter(help_text.splitlines())
+    first = next(line for line in lines if line.strip().split(" ")[0] == option)
+    text = re.split(r"\s{2,}", first.strip(), maxsplit=1)[1:]
+    for line in lines:
+        if not re.match(r"\s{3,}\S", line):
+            break
+        text.append(line.strip())
+    return " ".join(text)
+
+
+def test_help_gives_every_setting_its_own_text_without_rst_markup(capsys):
+    from tpo.cli import main
+    from tpo.evaluate.__main__ import main as evaluate
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["fit", "--help"])
+    fit = capsys.readouterr().out
+    assert stopped.value.code == 0 and "``" not in fit
+    assert _option_help(fit, "--model.alpha").startswith("weight α of the SFT term")
+    assert "alpha" not in _option_help(fit, "--model.beta")
+    for option in ("--model.lr", "--model.weight_decay", "--model.warmup_ratio", "--data.num_workers", "--data.seed"):
+        assert not _option_help(fit, option).startswith("(type:"), option
+    with pytest.raises(SystemExit) as stopped:
+        evaluate(["niah-make", "--help"], prog="tpo evaluate")
+    niah_make = capsys.readouterr().out
+    assert stopped.value.code == 0
+    for option in ("--out", "--depths", "--per-cell", "--seed"):
+        assert _option_help(niah_make, option), option
+
+
+def test_a_run_prints_no_lightning_tips_nor_its_deprecation_warnings(tmp_path, pref_file):
+    """Lightning's "Tip" lines (litlogger; litmodels without a ModelCheckpoint of one's own) and the
+    FutureWarning of its _pytree.py are not for a tpo user to act on."""
+    config = yaml.safe_load((REPO / "lightning_configs/demo.yaml").read_text())
+    config["trainer"].pop("callbacks", None)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "tpo", "fit", "--config", str(tmp_path / "config.yaml"), "--trainer.default_root_dir",
+           str(tmp_path), "--data.path", str(pref_file), "--data.val_fraction", "0.25", "--trainer.max_steps", "1",
+           "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "TPO fit done" in done.stdout
+    assert "Tip:" not in output and "LeafSpec" not in output and "deprecated" not in output, output[-3000:]
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (REPO / "lightning_configs").glob("*.yaml")))

@@ -12,7 +12,7 @@ from tpo.data.frames import read_frames
 from tpo.evaluate.answers import extract_choice, mcq_prompt
 from tpo.evaluate.benchmarks import MCQItem, load_benchmark
 from tpo.evaluate.mcq import evaluate, read_predictions
-from tpo.evaluate.niah import make_niah, niah_grid, plot_heatmap, render_needle
+from tpo.evaluate.niah import make_niah, niah_grid, niah_table, plot_heatmap, render_needle
 
 OPTIONS = ["a red square", "a blue circle", "red", "nothing happens"]
 
@@ -166,6 +166,36 @@ def test_niah_grid_and_heatmap(tmp_path):
     assert grid == {"lengths": [8, 16], "depths": [0.0, 1.0], "accuracy": [[1.0, 0.5], [1.0, 0.5]]}
     png = plot_heatmap(grid, tmp_path / "heat.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000
+
+
+def test_niah_table_is_the_heatmap_as_text():
+    preds = [{"id": f"{n}-{d}-{k}", "error": None, "correct": d == 0.0 or k == 0, "meta": {"length": n, "depth": d}}
+             for n in (32, 8, 16) for d in (0.0, 1.0) for k in range(2)]
+    preds.append({"id": "lost", "error": "video not found", "correct": False, "meta": {"length": 8, "depth": 0.0}})
+    table = niah_table(preds, {"errors": 1, "unparsed": 0}, "NIAH — some-model")
+    assert table.splitlines() == [
+        "NIAH — some-model",
+        "accuracy (%) by haystack length (frames) and needle depth",
+        " frames     0%   100%    all",
+        "      8  100.0   50.0   75.0",
+        "     16  100.0   50.0   75.0",
+        "     32  100.0   50.0   75.0",
+        "    all  100.0   50.0   75.0",
+        "12 items scored; errors (missing/unreadable video): 1; unparsed replies: 0",
+    ]
+
+
+def test_niah_command_prints_lengths_as_numbers_not_as_benchmark_categories(tmp_path, capsys):
+    from tpo.evaluate.__main__ import main
+
+    make_niah(tmp_path / "niah", lengths=(8, 16), depths=(0.0, 1.0), per_cell=1, size=64)
+    assert main(["niah", "--data", str(tmp_path / "niah"), "--model", "builtin:tiny-llava_onevision",
+                 "--out", str(tmp_path / "out"), "--max-new-tokens", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    title = out.index("NIAH — builtin:tiny-llava_onevision (generate, protocol tpo)")
+    assert out[title + 2].split() == ["frames", "0%", "100%", "all"]
+    assert [line.split()[0] for line in out[title + 3:title + 6]] == ["8", "16", "all"]
+    assert not any(line.startswith("jsonl —") or "category" in line for line in out)
 
 
 def test_option_text_matches_without_its_final_period():

@@ -110,11 +110,12 @@ def test_first_step_rewards_are_zero(tmp_path, pref_file, precision, reference):
 
 def test_precompute_ref_command(tmp_path, pref_file):
     cmd = [sys.executable, "-m", "tpo", "precompute-ref", "--config", str(REPO / "lightning_configs/demo.yaml"),
-           "--data.path", str(pref_file), "--model.reference_logps", str(tmp_path / "ref.json")]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+           "--trainer.default_root_dir", str(tmp_path), "--data.path", str(pref_file),
+           "--model.reference_logps", str(tmp_path / "ref.json")]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "records written" in done.stdout and (tmp_path / "ref.json").exists()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0 and "records checked" in done.stdout
 
 

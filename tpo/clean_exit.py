@@ -19,11 +19,14 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from typing import Callable, NoReturn
 
 INTERRUPTED = 130  # the shell's status for Ctrl-C (128 + SIGINT)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what a scheduler (SLURM) sends before it kills a job
 
 
 def exit_status(err: SystemExit) -> int:
@@ -50,6 +53,50 @@ def flush_and_exit(status: int) -> NoReturn:
         except (OSError, ValueError):  # closed or gone (a pipe whose reader left)
             pass
     os._exit(status)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM for a program that can stop cleanly at safe points (``tpo fit`` between steps).
+
+    Inside ``with StopSignals() as signals:`` a signal stops the program at once (``KeyboardInterrupt``), unless
+    ``signals.deferred`` is on: then the first one only sets ``signals.received``, for the program to stop at its
+    next safe point, and a second one stops it at once. Either way the program should end with
+    ``signals.status``: 128 + the signal, the status a shell gives a process that signal ended (130, 143).
+    """
+
+    def __init__(self):
+        self.received: int | None = None
+        self.deferred = False
+        self._pid = os.getpid()
+        self._previous: dict[int, object] = {}
+
+    @property
+    def status(self) -> int | None:
+        return None if self.received is None else 128 + self.received
+
+    def install(self) -> None:
+        """(Re)install the handlers: a library (Lightning) may have put its own in front of them."""
+        if threading.current_thread() is threading.main_thread():  # the only thread that may set handlers
+            for signum in STOP_SIGNALS:
+                self._previous.setdefault(signum, signal.signal(signum, self._handle))
+
+    def _handle(self, signum: int, frame) -> None:
+        if os.getpid() != self._pid:  # a forked DataLoader worker: the training process decides when to stop
+            return
+        first = self.received is None
+        if first:
+            self.received = signum
+        if not (first and self.deferred):
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "StopSignals":
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
 
 
 def run_and_exit(main: Callable[[], int | None]) -> NoReturn:

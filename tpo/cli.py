@@ -5,17 +5,31 @@ evaluator and to data_gen (which registers itself as a ``tpo.commands`` entry po
 from __future__ import annotations
 
 import contextlib
+import difflib
+import logging
+import os
+import re
+import shlex
+import signal
 import sys
 import time
 import warnings
+from argparse import ArgumentError
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import NoReturn
 
+import lightning as L
+import torch
+from jsonargparse import ArgumentParser, DefaultHelpFormatter
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from pydantic import ValidationError
 
 from tpo import reference
-from tpo.clean_exit import run_and_exit
+from tpo.clean_exit import StopSignals, run_and_exit
 from tpo.data.datamodule import PreferenceDataModule
 from tpo.data.decoders import backend_name
 from tpo.errors import ConfigError, TPOError
@@ -33,6 +47,16 @@ class TPOCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {k: v for k, v in LightningCLI.subcommands().items() if k in ("fit", "validate")}
 
+    def init_parser(self, **kwargs):
+        # exit_on_error=False: a refused setting raises, for parse_arguments to say it in one line
+        return super().init_parser(exit_on_error=False, formatter_class=PlainHelpFormatter, **kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise ConfigError(refused_setting(err, setting_names(parser))) from None
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(HFExport, "export")
         parser.add_lightning_class_args(ThroughputLogger, "throughput")
@@ -40,6 +64,21 @@ class TPOCLI(LightningCLI):
         # validate and precompute-ref run under torch.inference_mode otherwise (except on gloo), and a
         # sharded (FSDP2) model's all-gather then fails on inference tensors
         parser.set_defaults({"trainer.inference_mode": False})
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        if self.subcommand == "fit" and (logger := self._logger_of_resumed_run()) is not None:
+            kwargs["logger"] = logger
+        return super().instantiate_trainer(**kwargs)
+
+    def _logger_of_resumed_run(self) -> TensorBoardLogger | None:
+        """``fit --ckpt_path <root>/lightning_logs/version_N/checkpoints/X`` logs into version_N again, so that
+        a run's curves and checkpoints stay in one folder (the default logger would start version_N+1)."""
+        config = self.config.fit
+        run, root = run_of_checkpoint(config.ckpt_path), Path(config.trainer.default_root_dir or os.getcwd())
+        if config.trainer.logger not in (None, True) or not run or run.parent != (root / "lightning_logs").resolve():
+            return None  # a logger of one's own, or a checkpoint of another root: a new version
+        warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")  # the run's own
+        return TensorBoardLogger(root, version=run.name)
 
     def before_fit(self) -> None:
         self._started = time.perf_counter()
@@ -66,6 +105,128 @@ class TPOCLI(LightningCLI):
               f"  pair layout: {self.model.layout_description}\n{lora}"
               f"  logs:       {log_dir}\n  checkpoint: {checkpoint or '(none)'}\n"
               f"  export:     {export or '(none)'}")
+
+
+def run_of_checkpoint(ckpt_path: str | None) -> Path | None:
+    """The run folder of a checkpoint ``<run>/checkpoints/<file>``; None for any other path or value."""
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path).absolute()  # not resolved: last.ckpt may link to a checkpoint of the same folder
+    return path.parent.parent.resolve() if path.parent.name == "checkpoints" else None
+
+
+def resume_command(argv: list[str], checkpoint: str) -> str:
+    """The shell command that runs ``tpo <argv>`` again from ``checkpoint`` (any earlier ``--ckpt_path`` dropped)."""
+    program = "tpo" if Path(sys.argv[0]).name == "tpo" else "python -m tpo"
+    args, skip = [], False
+    for arg in argv:
+        if not skip and arg != "--ckpt_path" and not arg.startswith("--ckpt_path="):
+            args.append(arg)
+        skip = arg == "--ckpt_path"
+    return f"{program} {shlex.join([*args, '--ckpt_path', checkpoint])}"
+
+
+def last_checkpoint(ckpt: ModelCheckpoint) -> str:
+    return ckpt.format_checkpoint_name({}, ckpt.CHECKPOINT_NAME_LAST)
+
+
+def link(trainer: L.Trainer, target: str, path: str) -> None:
+    """``path`` becomes a link to the checkpoint ``target`` (rank 0 writes it, every rank waits for it)."""
+    if trainer.is_global_zero:
+        os.symlink(os.path.relpath(target, os.path.dirname(path)), f"{path}.tmp")
+        os.replace(f"{path}.tmp", path)
+    trainer.strategy.barrier()
+
+
+def keep_earlier_checkpoints(ckpt: ModelCheckpoint, resumed: str) -> None:
+    """A resumed session's ModelCheckpoint deletes or overwrites no file of the earlier sessions.
+
+    Lightning reloads the top-k bookkeeping of the run it resumes and deletes those files as the new session's
+    replace them. With ``save_last="link"``, a session that saved nothing yet writes its last checkpoint into
+    last.ckpt, through the link, over the checkpoint it links to: here last.ckpt stays a link, relinked in place.
+    Any other last.ckpt is left alone (Lightning writes last-v1.ckpt beside it).
+    """
+    ckpt.best_k_models, ckpt.kth_best_model_path, ckpt.best_model_path, ckpt.best_model_score = {}, "", "", None
+    last = last_checkpoint(ckpt)
+    if ckpt.save_last == "link" and os.path.islink(last):
+        ckpt.last_model_path = last
+        # internal: what last.ckpt links to until this session saves; Lightning writes last.ckpt when it is empty
+        ckpt._last_checkpoint_saved = os.path.realpath(resumed)
+    else:
+        ckpt.last_model_path = ""
+
+
+class ResumableRun(L.Callback):
+    """A fit that stops and goes on over several sessions.
+
+    SIGINT (Ctrl-C) and SIGTERM (a scheduler's stop) stop training after the current optimizer step on every
+    rank: the run saves ``<run>/checkpoints/epoch=E-step=S-interrupted.ckpt`` (and links last.ckpt to it, with
+    ``save_last="link"``), prints the command that resumes from it, and exits 128 + the signal (130, 143).
+    Before training starts and after it ends, and at a second signal, the run stops at once, with the same
+    status and no checkpoint.
+
+    A resumed session deletes no checkpoint of an earlier one (:func:`keep_earlier_checkpoints`).
+    """
+
+    def __init__(self, argv: list[str], signals: StopSignals):
+        self.argv, self.signals = argv, signals
+        self.step = 0
+        self.saved: str | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.ckpt_path is not None:
+            for ckpt in trainer.checkpoint_callbacks:
+                if isinstance(ckpt, ModelCheckpoint):
+                    keep_earlier_checkpoints(ckpt, trainer.ckpt_path)
+        self.step = trainer.global_step
+        self.signals.install()  # in front of Lightning's SIGTERM handler, which stops without a checkpoint
+        self.signals.deferred = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:  # between the batches of one accumulated step
+            return
+        self.step = trainer.global_step
+        received = torch.tensor([self.signals.received or 0], device=trainer.strategy.root_device)
+        signum = int(trainer.strategy.reduce(received, reduce_op="max"))  # a signal to any rank stops them all
+        if signum:
+            self.signals.received = signum
+            self.saved = self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> str:
+        """Here, where ModelCheckpoint saves too, Lightning resumes at the next batch."""
+        ckpt = trainer.checkpoint_callback
+        folder = ckpt.dirpath if isinstance(ckpt, ModelCheckpoint) else os.path.join(trainer.log_dir, "checkpoints")
+        path = os.path.join(folder, f"epoch={trainer.current_epoch}-step={trainer.global_step}-interrupted.ckpt")
+        trainer.save_checkpoint(path, weights_only=False)
+        if isinstance(ckpt, ModelCheckpoint) and ckpt.save_last == "link":
+            last = last_checkpoint(ckpt)
+            if os.path.islink(last) or not os.path.exists(last):
+                link(trainer, path, last)
+        return path
+
+    # Lightning logs a step's metrics after on_train_batch_end: the run stops at whichever hook comes next
+    def on_train_batch_start(self, trainer: L.Trainer, *_) -> None:
+        self._exit(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, *_) -> None:
+        self._exit(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *_) -> None:
+        self._exit(trainer)
+
+    def _exit(self, trainer: L.Trainer) -> None:
+        if self.saved is None:
+            return
+        if trainer.is_global_zero:
+            print(f"{signal.Signals(self.signals.received).name}: stopped after step {trainer.global_step}; "
+                  f"to resume: {resume_command(self.argv, self.saved)}", file=sys.stderr, flush=True)
+        raise SystemExit(self.signals.status)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module) -> None:
+        self.signals.deferred = False
+
+    def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        self.signals.deferred = False
 
 
 @contextlib.contextmanager
@@ -125,6 +286,81 @@ def plugin_commands() -> dict:
     return {ep.name: ep for ep in entry_points(group="tpo.commands")}
 
 
+class PlainHelpFormatter(DefaultHelpFormatter):
+    """``--help`` text without reStructuredText's double backticks (ours and Lightning's docstrings)."""
+
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")
+
+
+def setting_names(parser: ArgumentParser) -> list[str]:
+    """The keys (``model.beta``) a parser and its subcommands' parsers accept."""
+    names = set()
+    for action in parser._actions:  # internal (argparse): no public list of a parser's options
+        names.update(s[2:] for s in action.option_strings if s.startswith("--"))
+        if isinstance(action.choices, dict):  # the subcommands' parsers
+            names.update(n for sub in action.choices.values() if isinstance(sub, ArgumentParser)
+                         for n in setting_names(sub))
+    return sorted(names)
+
+
+def closest_setting(key: str, names: list[str]) -> str | None:
+    """The valid key ``key`` most likely misspells: among its group's keys when the group exists
+    (``model.bta``: ``model.beta``), else among all."""
+    group, _, leaf = key.rpartition(".")
+    siblings = {n.rpartition(".")[2]: n for n in names if n.rpartition(".")[0] == group}
+    if group and siblings:
+        match = difflib.get_close_matches(leaf, siblings, n=1)
+        return siblings[match[0]] if match else None
+    match = difflib.get_close_matches(key, names, n=1)
+    return match[0] if match else None
+
+
+def unknown_setting(key: str, names: list[str], dashes: str = "--") -> str:
+    match = closest_setting(key, names)
+    return f"unknown setting {dashes}{key}" + (f"; did you mean {dashes}{match}?" if match else "; see --help")
+
+
+BOUNDS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def requirement(cause: BaseException) -> tuple[str | None, str]:
+    """``(value given, what it must be)`` from the innermost error of a refused value."""
+    if isinstance(cause, ValidationError):  # a range of tpo/settings.py, checked by pydantic
+        error = cause.errors()[0]
+        bound = next(((op, v) for op, v in error.get("ctx", {}).items() if op in BOUNDS), None)
+        if bound:
+            return str(error["input"]), f"must be {BOUNDS[bound[0]]} {bound[1]:g}"
+        return str(error["input"]), re.sub("^Input should", "must", error["msg"].split(",")[0])
+    first = str(cause).splitlines()[0]
+    value = re.search(r"\. Got value: (.*)$", first)
+    if choices := re.match(r"Expected a typing\.Literal\[(.*)\]", first):
+        return value and value[1], f"must be one of {choices[1].replace(chr(39), '')}"
+    if kind := re.match(r"Expected a <class '(\w+)'>", first):
+        return value and value[1], f"must be {TYPE_NAMES.get(kind[1], kind[1])}"
+    return value and value[1], first[: value.start()] if value else first
+
+
+def refused_setting(err: ArgumentError, names: list[str]) -> str:
+    """One line for what jsonargparse refused, instead of the usage and its (pydantic's) report: an
+    unknown key with the closest valid one, or a setting, its value and what it must be."""
+    message = str(err)
+    if message.startswith("unrecognized arguments: "):
+        keys = [a.split("=")[0].lstrip("-") for a in message.split()[2:] if a.startswith("--")]
+        return "; ".join(unknown_setting(key, names) for key in keys) if keys else message
+    if option := re.search(r"does not accept option '([^']+)'", message):  # a key in a config file
+        return unknown_setting(option[1], names, dashes="")
+    cause = err
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    key = re.match(r'Parser key "([^"]+)":', message)
+    if key is None:
+        return " ".join(message.split())
+    value, must = requirement(cause)
+    return f"--{key[1]}{'' if value is None else ' ' + value}: {must}"
+
+
 def main(args: list[str] | None = None) -> int | None:
     """``tpo <command> ...`` in this process. Mistakes in the input (bad records, a stale reference file,
     a wrong setting) print as one ``error:`` line (from rank 0) and exit with status 2; anything else
@@ -151,22 +387,45 @@ def main(args: list[str] | None = None) -> int | None:
     return train(argv)
 
 
-def train(argv: list[str]) -> None:
-    """``fit``, ``validate`` and ``precompute-ref``, on as many processes as the config's trainer starts."""
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip:")
+
+
+def quiet_libraries() -> None:
+    """Silence what our libraries print that a user of tpo cannot act on (in every process: each rank runs it)."""
+    # Lightning's tips advertise its cloud packages: litlogger when a Trainer starts, litmodels without a
+    # ModelCheckpoint of one's own
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_not_a_tip)
+    # lightning/pytorch/utilities/_pytree.py builds torch's deprecated LeafSpec (Lightning 2.6.6 on torch 2.14)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning)
     # torchdata's StatefulDataLoader calls a deprecated torch function at every iterator (torchdata 0.11)
     warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
-    try:
-        if argv[0] == "precompute-ref":
-            precompute_reference(argv[1:])
-        else:
-            with _our_args():
-                TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=argv)
-        close_process_group()
-    except TPOError as err:
-        if rank_zero_only.rank == 0:
-            print(f"error: {err}", file=sys.stderr)
-        close_process_group(wait_for_peers=False)  # the other ranks stopped on the same error, or were stopped
-        raise SystemExit(2) from None
+
+
+def train(argv: list[str]) -> None:
+    """``fit``, ``validate`` and ``precompute-ref``, on as many processes as the config's trainer starts."""
+    quiet_libraries()
+    with StopSignals() as signals:
+        try:
+            if argv[0] == "precompute-ref":
+                precompute_reference(argv[1:])
+            else:
+                with _our_args():
+                    TPOCLI(TPOModule, PreferenceDataModule, save_config_kwargs={"overwrite": True}, args=argv,
+                           trainer_defaults={"callbacks": [ResumableRun(argv, signals)]})
+            close_process_group()
+        except TPOError as err:
+            if rank_zero_only.rank == 0:
+                print(f"error: {err}", file=sys.stderr)
+            close_process_group(wait_for_peers=False)  # the other ranks stopped on the same error, or were stopped
+            raise SystemExit(2) from None
+        except (KeyboardInterrupt, SystemExit):
+            if signals.status is None:
+                raise
+            close_process_group(wait_for_peers=False)
+            raise SystemExit(signals.status) from None  # not the 1 Lightning gives a KeyboardInterrupt
 
 
 def run() -> NoReturn:

@@ -39,9 +39,11 @@ class TPOModule(L.LightningModule):
         model_path: checkpoint directory or hub id (``builtin:tiny-<family>`` for the tiny models).
         family: model family (see ``tpo.models.FAMILIES``).
         beta: DPO temperature β (0: SFT on the chosen answers alone, the DPO term has no gradient).
-            alpha: weight α of the SFT term (mean NLL per chosen token).
+        alpha: weight α of the SFT term (mean NLL per chosen token).
         loss_type: ``sigmoid`` (DPO, default), ``ipo`` or ``hinge``.
-        lr, weight_decay, warmup_ratio: AdamW with a cosine schedule after linear warm-up.
+        lr: AdamW's peak learning rate: a linear warm-up from 0 to it, then a cosine decay to 0.
+        weight_decay: AdamW's weight decay.
+        warmup_ratio: share of the optimizer steps spent in the warm-up.
         trainable: parts that learn: any of ``vision_tower``, ``projector``, ``language_model``.
         dtype: dtype the weights are loaded in (``float32``, ``bfloat16``, ``float16``). With
             ``trainer.precision: bf16-mixed`` keep ``float32``: those are the master weights.

@@ -188,8 +188,8 @@ class PreferenceDataModule(L.LightningDataModule):
         path: the ``preferences.jsonl`` file (or ``builtin:demo``).
         video_root: directory record ``video`` paths are relative to (default: the ``video_root`` of a
             ``manifest.json`` beside the file, as data_gen writes it, else the file's directory).
-        model_path, family: the model whose processor encodes the batches (linked from ``model.*``).
         batch_size: preference pairs per device per step.
+        num_workers: DataLoader worker processes decoding videos (0: in the training process).
         irrelevant_fraction: share of *irrelevant* pairs in the training set (0.5 = the paper's 5:5);
             ``None`` keeps the file's own mix.
         max_pairs: at most this many training pairs (``None``: all).
@@ -199,6 +199,7 @@ class PreferenceDataModule(L.LightningDataModule):
             pairs with ``round(max_pairs * irrelevant_fraction)`` irrelevant ones, or the run stops (for
             ablations). The pairs and mix used are in the fit summary and logged as ``data/*`` scalars.
         val_fraction: share of videos held out for validation.
+        seed: seed of the validation split, of the training pairs' selection and of their order.
         on_bad_record: ``error`` stops before training with every problem listed; ``skip`` drops the
             bad records, logs the count per reason and writes them to ``skipped_records.jsonl``.
 

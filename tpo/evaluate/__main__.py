@@ -163,14 +163,15 @@ def _check_errors(summary: dict, rows: list[dict], items: list) -> None:
                        "retried")
 
 
-def _evaluate(args, benchmark: str, data: str, videos: str | None,
-              subtitles: str | None = None) -> tuple[dict, Path] | None:
+def _evaluate(args, benchmark: str, data: str, videos: str | None, subtitles: str | None = None,
+              niah: bool = False) -> tuple[dict, Path] | None:
     """Answer the benchmark (this process's share of it, under torchrun or srun); on rank 0, merge
     every rank's predictions and return ``(summary, predictions file)`` (other ranks: ``None``)."""
     from tpo.evaluate import ranks as launch
     from tpo.evaluate.benchmarks import load_benchmark
     from tpo.evaluate.mcq import evaluate, format_table, is_answered, read_predictions, summarize
     from tpo.evaluate.model import trained_time_instruction
+    from tpo.evaluate.niah import niah_table
 
     _check_backend(args)
     ranks = launch.from_launcher()
@@ -212,8 +213,9 @@ def _evaluate(args, benchmark: str, data: str, videos: str | None,
     summary.update({**settings, "malformed_items": len(loaded.bad), "processes": ranks.world,
                     "video_backend": backend_name()})
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    title = f"{benchmark}{_setting(benchmark, subtitles)} — {args.model} ({args.scoring}, protocol {protocol.name})"
-    print(format_table(summary, title))
+    name = "NIAH" if niah else f"{benchmark}{_setting(benchmark, subtitles)}"
+    title = f"{name} — {args.model} ({args.scoring}, protocol {protocol.name})"
+    print(niah_table(rows, summary, title) if niah else format_table(summary, title))
     print(f"predictions: {predictions}\nsummary:     {out / 'summary.json'}")
     _check_errors(summary, rows, items)
     return summary, predictions
@@ -235,7 +237,7 @@ def _niah(args) -> None:
     from tpo.evaluate.niah import niah_grid, plot_heatmap
 
     data = Path(args.data)
-    result = _evaluate(args, "jsonl", str(data / "niah.jsonl" if data.is_dir() else data), None)
+    result = _evaluate(args, "jsonl", str(data / "niah.jsonl" if data.is_dir() else data), None, niah=True)
     if result is None:  # not rank 0
         return
     _, predictions = result
@@ -259,11 +261,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m tpo.evaluate") ->
     mcq.set_defaults(fn=_mcq)
 
     make = commands.add_parser("niah-make", help="write needle-in-a-haystack videos and questions")
-    make.add_argument("--out", required=True)
+    make.add_argument("--out", required=True, help="folder for videos/ and niah.jsonl")
     make.add_argument("--lengths", type=int, nargs="+", default=[8, 16, 32], help="haystack lengths in frames")
-    make.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    make.add_argument("--per-cell", type=int, default=2)
-    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                      help="where the needle frame is, from 0 (the first frame) to 1 (the last)")
+    make.add_argument("--per-cell", type=int, default=2,
+                      help="haystacks (each with its own needle and question) per length and depth")
+    make.add_argument("--seed", type=int, default=0, help="seed of the haystacks, needles and questions")
     make.add_argument("--size", type=int, default=96, help="frame size in pixels")
     make.set_defaults(fn=_niah_make)
 

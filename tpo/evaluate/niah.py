@@ -92,6 +92,30 @@ def niah_grid(predictions: list[dict]) -> dict:
     return {"lengths": lengths, "depths": depths, "accuracy": grid}
 
 
+def _percent(rows: list[dict]) -> str:
+    return f"{100 * sum(r['correct'] for r in rows) / len(rows):>7.1f}" if rows else f"{'-':>7}"
+
+
+def niah_table(predictions: list[dict], summary: dict, title: str) -> str:
+    """The heatmap as text: accuracy (%) per haystack length (rows, shortest first) and needle depth
+    (columns), each length's and each depth's over all its items, and the items that errored."""
+    answered = [r for r in predictions if r.get("error") is None and "meta" in r]
+    grid = niah_grid(answered)
+
+    def cell(length=None, depth=None) -> str:
+        return _percent([r for r in answered if length in (None, r["meta"]["length"])
+                         and depth in (None, r["meta"]["depth"])])
+
+    lines = [title, "accuracy (%) by haystack length (frames) and needle depth",
+             f"{'frames':>7}" + "".join(f"{f'{100 * d:.0f}%':>7}" for d in grid["depths"]) + f"{'all':>7}"]
+    for length in grid["lengths"]:
+        lines.append(f"{length:>7}" + "".join(cell(length, d) for d in grid["depths"]) + cell(length))
+    lines.append(f"{'all':>7}" + "".join(cell(depth=d) for d in grid["depths"]) + cell())
+    lines.append(f"{len(answered)} items scored; errors (missing/unreadable video): {summary['errors']}; "
+                 f"unparsed replies: {summary['unparsed']}")
+    return "\n".join(lines)
+
+
 def plot_heatmap(grid: dict, path: str | Path, title: str = "Needle in a video haystack") -> Path:
     """Accuracy per (haystack length, needle depth), red (0) to green (1), like the paper's Fig. 5."""
     import matplotlib
