@@ -296,7 +296,7 @@ class PlainHelpFormatter(DefaultHelpFormatter):
 def setting_names(parser: ArgumentParser) -> list[str]:
     """The keys (``model.beta``) a parser and its subcommands' parsers accept."""
     names = set()
-    for action in parser._actions:  # internal (argparse): no public list of a parser's options
+    for action in parser._actions:  # internal: argparse has no public list of a parser's options
         names.update(s[2:] for s in action.option_strings if s.startswith("--"))
         if isinstance(action.choices, dict):  # the subcommands' parsers
             names.update(n for sub in action.choices.values() if isinstance(sub, ArgumentParser)
