@@ -51,7 +51,8 @@ class TPOModule(L.LightningModule):
             (``tpo/reference.py``). Set, no reference model is loaded: the file is read at the start of
             fit/validate. ``None``: a live frozen reference model.
         lora: train LoRA adapters on every linear layer of the language model's blocks instead of full
-            weights (``trainable`` is then ignored); the reference is the same model with its adapters disabled, so there is no copy.
+            weights (``trainable`` is then ignored); the reference is the same model with its adapters
+            disabled, so there is no copy.
         time_instruction: LLaVA-Video's sentence on the frames' times before every question (the
             prompt LLaVA-Video was trained with); the batches are encoded with this module's adapter.
         thinking: the chat template's reasoning mode (``enable_thinking``). Off (default): a hybrid

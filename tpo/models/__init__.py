@@ -64,4 +64,5 @@ def get_adapter(family: str, time_instruction: bool = False, thinking: bool = Fa
     return replace(FAMILIES[family], time_instruction=time_instruction, thinking=thinking)
 
 
-__all__ = ["FAMILIES", "IGNORE_INDEX", "PARTS", "UNUSED", "ModelAdapter", "PromptEncoding", "get_adapter", "pad_token_id"]
+__all__ = ["FAMILIES", "IGNORE_INDEX", "PARTS", "UNUSED", "ModelAdapter", "PromptEncoding", "get_adapter",
+           "pad_token_id"]
