@@ -169,7 +169,7 @@ def test_a_signal_stops_a_fit_after_a_step_with_a_checkpoint_and_the_command_tha
 
 
 def test_the_resume_command_replaces_an_earlier_checkpoint(monkeypatch):
-    from tpo.cli import resume_command
+    from tpo.resume import resume_command
 
     monkeypatch.setattr(sys, "argv", ["/venv/bin/tpo"])
     argv = ["fit", "--config", "my run.yaml", "--ckpt_path", "a.ckpt", "--ckpt_path=b.ckpt", "--model.beta", "0.2"]
