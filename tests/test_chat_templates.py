@@ -1,8 +1,9 @@
 """Prompts end where the chat template ends them, and answers end with the template's end-of-turn token.
 
-The tiny models carry templates in the style of each family's release: Qwen3.5's generation prompt
-opens a reasoning block, GLM-4.1V's assistant turn ends with ``<|user|>`` (its eos is
-``<|endoftext|>``), and Gemma 4's with ``<turn|>`` while its tokenizer's eos is ``<eos>``.
+The tiny models carry each family's released chat template (``tpo/synthetic/chat_templates``, sources in
+its SOURCES.json): Qwen3.5's generation prompt opens a reasoning block, GLM-4.1V's assistant turn ends
+with ``<|user|>`` (its eos is ``<|endoftext|>``), Gemma 4's with ``<turn|>`` while its tokenizer's eos is
+``<eos>``, and LLaVA-NeXT-Video's with nothing (its eos ``</s>`` ends it).
 """
 
 from dataclasses import replace
@@ -12,6 +13,7 @@ import torch
 
 from tpo.models import FAMILIES, get_adapter
 from tpo.models.adapter import IGNORE_INDEX, end_of_turn_ids, ends_in_open_think
+from tpo.synthetic.tiny_builders import chat_template
 from tpo.synthetic.tiny_models import build_tiny
 from tpo.two_pass import labelled_row
 
@@ -20,6 +22,26 @@ END_OF_TURN = {"qwen2_vl": "<|im_end|>", "qwen2_5_vl": "<|im_end|>", "qwen3_vl":
                "longva": "<|im_end|>", "glm4v": "<|user|>", "gemma4": "<turn|>", "llava_next_video": "</s>"}
 ASSISTANT_HEADER = {"glm4v": "<|assistant|>\n", "gemma4": "<|turn>model\n", "llava_next_video": "ASSISTANT:",
                     "qwen3_5": "<|im_start|>assistant\n<think>\n\n</think>\n\n"}
+
+_QWEN_VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+_QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+# What each released template renders for one question (a user turn with a video and "What happens?", the
+# generation prompt, thinking off), written out from the released templates (see chat_templates/SOURCES.json):
+# Qwen2/2.5-VL add a default system turn, LLaVA-OneVision's -hf template writes "user " and no newline after
+# <|im_end|>, Gemma 4 starts with <bos> and sets the video off by blank lines, and LongVA's is tpo.convert's.
+RELEASED_PROMPT = {
+    "qwen2_vl": f"{_QWEN_SYSTEM}<|im_start|>user\n{_QWEN_VIDEO}What happens?<|im_end|>\n<|im_start|>assistant\n",
+    "qwen2_5_vl": f"{_QWEN_SYSTEM}<|im_start|>user\n{_QWEN_VIDEO}What happens?<|im_end|>\n<|im_start|>assistant\n",
+    "qwen3_vl": f"<|im_start|>user\n{_QWEN_VIDEO}What happens?<|im_end|>\n<|im_start|>assistant\n",
+    "qwen3_5": f"<|im_start|>user\n{_QWEN_VIDEO}What happens?<|im_end|>\n<|im_start|>assistant\n"
+               "<think>\n\n</think>\n\n",
+    "llava_onevision": "<|im_start|>user <video>\nWhat happens?<|im_end|><|im_start|>assistant\n",
+    "llava_next_video": "USER: <video>\nWhat happens? ASSISTANT:",
+    "internvl": "<|im_start|>user\n<video>\nWhat happens?<|im_end|>\n<|im_start|>assistant\n",
+    "glm4v": "[gMASK]<sop><|user|>\n<|begin_of_video|><|video|><|end_of_video|>What happens?<|assistant|>\n",
+    "gemma4": "<bos><|turn>user\n\n\n<|video|>\n\nWhat happens?<turn|>\n<|turn>model\n",
+    "longva": f"{_QWEN_SYSTEM}<|im_start|>user\n<video>\nWhat happens?<|im_end|>\n<|im_start|>assistant\n",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +54,26 @@ def _tokens(processor, ids):
 
 
 def test_every_family_is_covered():
-    assert set(END_OF_TURN) == set(FAMILIES)
+    assert set(END_OF_TURN) == set(FAMILIES) == set(RELEASED_PROMPT)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_prompt_is_what_the_released_template_renders(processors, family):
+    processor = processors[family]
+    assert processor.chat_template == chat_template(family)
+    assert get_adapter(family).prompt_text(processor, "What happens?") == RELEASED_PROMPT[family]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_special_token_of_the_prompt_is_one_special_token(processors, family):
+    """The tiny tokenizer has the released special tokens the template writes: each encodes to one id."""
+    tok = processors[family].tokenizer
+    text = RELEASED_PROMPT[family]
+    specials = [t for t in tok.all_special_tokens if t in text]
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    for token in specials:
+        assert tok.convert_tokens_to_ids(token) in ids, token
+    assert tok.decode(ids) == text
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -64,6 +105,19 @@ def test_the_end_of_turn_is_read_from_the_template_not_taken_to_be_eos(processor
     assert _tokens(glm, end_of_turn_ids(glm)) == ["<|user|>", "<|endoftext|>"]
 
 
+def test_a_template_that_closes_the_turn_with_nothing_ends_it_with_eos(processors):
+    """LLaVA-NeXT-Video's released template renders an assistant turn as 'ASSISTANT: answer ' running into
+    the next 'USER:': no token ends it, so the tokenizer's eos (</s>) does, in labels and in generation."""
+    processor = processors["llava_next_video"]
+    turns = [{"role": "user", "content": [{"type": "text", "text": "Q"}]},
+             {"role": "assistant", "content": [{"type": "text", "text": "A"}]},
+             {"role": "user", "content": [{"type": "text", "text": "Q"}]}]
+    assert processor.apply_chat_template(turns, tokenize=False) == "USER: Q ASSISTANT: A USER: Q "
+    assert _tokens(processor, end_of_turn_ids(processor)) == ["</s>"] == [processor.tokenizer.eos_token]
+    ids = get_adapter("llava_next_video").response_ids(processor, "The red square.")
+    assert _tokens(processor, ids[-1:]) == ["</s>"]
+
+
 def test_generation_stops_at_the_end_of_turn_token():
     from types import SimpleNamespace
 
@@ -86,8 +140,10 @@ def test_a_thinking_only_template_gets_its_reasoning_block_closed(processors):
     """Qwen3-VL-Thinking's template opens the block whatever ``enable_thinking`` says; thinking off
     closes it empty, as hybrid templates do, so the answer is a final answer."""
     processor = build_tiny("qwen3_vl")[1]
-    processor.chat_template = processor.chat_template.replace(
-        "<|im_start|>assistant\n{% endif %}", "<|im_start|>assistant\n<think>\n{% endif %}")
+    # Qwen3-VL-Thinking's generation prompt opens the block: '<|im_start|>assistant\n<think>\n'
+    prompt = "{{- '<|im_start|>assistant\\n' }}"
+    assert processor.chat_template.count(prompt) == 1
+    processor.chat_template = processor.chat_template.replace(prompt, "{{- '<|im_start|>assistant\\n<think>\\n' }}")
     text = get_adapter("qwen3_vl").prompt_text(processor, "Q?")
     assert text.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n")
     assert replace(get_adapter("qwen3_vl"), thinking=True).prompt_text(processor, "Q?").endswith("<think>\n")

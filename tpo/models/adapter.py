@@ -59,8 +59,10 @@ def end_of_turn_ids(processor) -> list[int]:
 
     Read off the template itself: an assistant turn is rendered between two user turns, and the
     first special token after its content is the end of the turn (``<|im_end|>`` for ChatML,
-    ``<|user|>`` for GLM-4.1V, ``<turn|>`` for Gemma 4, ``</s>`` for Vicuna), not taken to be
-    ``eos_token``. A template that renders no assistant turn falls back to the eos token.
+    ``<|user|>`` for GLM-4.1V, ``<turn|>`` for Gemma 4), not taken to be ``eos_token``. A template
+    that closes the turn with no special token (LLaVA-NeXT-Video's ``ASSISTANT: answer `` runs into
+    the next ``USER:``) or renders no assistant turn leaves the eos token alone to end it
+    (``</s>``, where Vicuna's training ends a turn and LLaVA-NeXT-Video's generation stops).
     """
     try:
         return _END_OF_TURN[processor]

@@ -2,10 +2,13 @@
 
 Each returns ``(model, processor)`` made only from ``transformers`` config classes, a byte-level BPE
 tokenizer trained here with ``tokenizers`` and the family's real processor classes, so every code path
-that loads a real checkpoint runs unchanged on them.
+that loads a real checkpoint runs unchanged on them. The processor carries the released checkpoint's
+chat template (:func:`chat_template`), and the tokenizer has every special token that template writes.
 """
 
 from __future__ import annotations
+
+from importlib import resources
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -17,32 +20,23 @@ PATCH = 8
 
 _QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-# Chat templates in the style of each family's released template (ours, simplified).
-_CHATML_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% for c in m['content'] %}{% if c['type'] == 'video' %}{{ VIDEO }}{% elif c['type'] == 'image' %}{{ IMAGE }}{% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# Qwen3.5's generation prompt opens a reasoning block; with enable_thinking=False it is closed empty
-# (as issue 32 reads the released Qwen3.5 template; the rest is ChatML as above).
-_QWEN3_5_TEMPLATE = _CHATML_TEMPLATE.replace(
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% if enable_thinking is defined and not enable_thinking %}"
-    "<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}{% endif %}")
-_VICUNA_TEMPLATE = (
-    "{% for m in messages %}{% if m['role'] == 'user' %}USER: "
-    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<video>\n{% elif c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} "
-    "{% else %}ASSISTANT: {% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}</s>"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+
+def chat_template(family: str) -> str:
+    """The chat template of ``family``'s released checkpoint, as the tiny model carries it:
+    ``chat_templates/<family>.jinja`` (where each was copied from: ``chat_templates/SOURCES.json``).
+    LongVA's is :data:`tpo.convert.CHAT_TEMPLATE`, the one ``tpo convert longva`` writes."""
+    if family == "longva":
+        from tpo.convert import CHAT_TEMPLATE
+
+        return CHAT_TEMPLATE
+    return (resources.files("tpo.synthetic") / "chat_templates" / f"{family}.jinja").read_text(encoding="utf-8")
 
 
 def build_tokenizer(specials: list[str], eos: str, pad: str, extra: dict[str, str],
-                    corpus: list[str] = CORPUS) -> PreTrainedTokenizerFast:
+                    corpus: list[str] = CORPUS, bos: str | None = None) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``corpus`` (the synthetic world's sentences by default);
-    any text still encodes."""
+    any text still encodes. ``specials`` are the released tokenizer's special tokens the chat template
+    writes, each one token."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -50,7 +44,8 @@ def build_tokenizer(specials: list[str], eos: str, pad: str, extra: dict[str, st
         vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
     tok.train_from_iterator(corpus, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, extra_special_tokens=extra)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=eos, pad_token=pad, bos_token=bos,
+                                   extra_special_tokens=extra)
 
 
 def _text_config_kwargs(vocab_size: int) -> dict:
@@ -82,7 +77,7 @@ def build_llava_onevision(corpus: list[str] = CORPUS, text: dict | None = None, 
         image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]]),
         video_processor=LlavaOnevisionVideoProcessor(size=size),
         tokenizer=tok, num_image_tokens=(FRAME_SIZE // PATCH) ** 2, vision_feature_select_strategy="full",
-        chat_template=_CHATML_TEMPLATE.replace("{{ VIDEO }}", "<video>\n").replace("{{ IMAGE }}", "<image>\n"),
+        chat_template=chat_template("llava_onevision"),
     )
     return LlavaOnevisionForConditionalGeneration(config), processor
 
@@ -111,13 +106,12 @@ def _mrope_parameters(text: dict, ratio: tuple[int, int, int], partial_rotary_fa
     return params if partial_rotary_factor == 1.0 else {**params, "partial_rotary_factor": partial_rotary_factor}
 
 
-def _qwen_processor(processor_class, video_processor, tok, chat_template: str = _CHATML_TEMPLATE):
+def _qwen_processor(processor_class, video_processor, tok, family: str):
     from transformers import Qwen2VLImageProcessor
 
-    template = chat_template.replace("{{ VIDEO }}", "<|vision_start|><|video_pad|><|vision_end|>")
     return processor_class(
         image_processor=Qwen2VLImageProcessor(**_QWEN_PATCHES), video_processor=video_processor, tokenizer=tok,
-        chat_template=template.replace("{{ IMAGE }}", "<|vision_start|><|image_pad|><|vision_end|>"),
+        chat_template=chat_template(family),
     )
 
 
@@ -142,7 +136,7 @@ def _build_qwen_vl(version: str):
     config = Config(text_config=dict(**text, rope_parameters=_mrope_parameters(text, (2, 3, 3))),
                     vision_config=vision, **ids)
     video = Qwen2VLVideoProcessor(**_QWEN_PATCHES, cap_pixels_per_frame=True)
-    return Model(config), _qwen_processor(Processor, video, tok)
+    return Model(config), _qwen_processor(Processor, video, tok, "qwen2_vl" if version == "2" else "qwen2_5_vl")
 
 
 def build_qwen2_vl():
@@ -166,21 +160,13 @@ def build_qwen3_vl():
                   num_position_embeddings=(FRAME_SIZE // PATCH) ** 2, deepstack_visual_indexes=[0])
     config = Qwen3VLConfig(text_config=text, vision_config=vision, **ids)
     video = Qwen3VLVideoProcessor(**_QWEN_PATCHES, cap_pixels_per_frame=True)
-    return Qwen3VLForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok)
+    return Qwen3VLForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok, "qwen3_vl")
 
 
 _GLM_SPECIALS = ["<|endoftext|>", "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 _GLM_VISION_TOKENS = {"image_start_token_id": "<|begin_of_image|>", "image_end_token_id": "<|end_of_image|>",
                       "video_start_token_id": "<|begin_of_video|>", "video_end_token_id": "<|end_of_video|>",
                       "image_token_id": "<|image|>", "video_token_id": "<|video|>"}
-# GLM-4.1V's template (simplified): no system turn, no thinking metadata.
-_GLM_TEMPLATE = (
-    "[gMASK]<sop>{% for m in messages %}<|{{ m['role'] }}|>\n"
-    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<|begin_of_video|><|video|><|end_of_video|>"
-    "{% elif c['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>{% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 
 
 def build_glm4v():
@@ -204,7 +190,8 @@ def build_glm4v():
     budget = {"shortest_edge": FRAME_SIZE * FRAME_SIZE, "longest_edge": 8 * FRAME_SIZE * FRAME_SIZE}
     processor = Glm4vProcessor(
         image_processor=Glm4vImageProcessor(size=budget, **patches),
-        video_processor=Glm4vVideoProcessor(size=budget, **patches), tokenizer=tok, chat_template=_GLM_TEMPLATE,
+        video_processor=Glm4vVideoProcessor(size=budget, **patches), tokenizer=tok,
+        chat_template=chat_template("glm4v"),
     )
     return Glm4vForConditionalGeneration(config), processor
 
@@ -226,7 +213,7 @@ def build_qwen3_5():
                   num_position_embeddings=(FRAME_SIZE // PATCH) ** 2)
     config = Qwen3_5Config(text_config=text, vision_config=vision, **ids)
     video = Qwen3VLVideoProcessor(**_QWEN_PATCHES, cap_pixels_per_frame=True)
-    return Qwen3_5ForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok, _QWEN3_5_TEMPLATE)
+    return Qwen3_5ForConditionalGeneration(config), _qwen_processor(Qwen3VLProcessor, video, tok, "qwen3_5")
 
 
 def build_llava_next_video():
@@ -250,7 +237,8 @@ def build_llava_next_video():
     processor = LlavaNextVideoProcessor(
         image_processor=LlavaNextImageProcessor(size=resize, crop_size=crop, image_grid_pinpoints=[[FRAME_SIZE, FRAME_SIZE]]),
         video_processor=LlavaNextVideoVideoProcessor(size=resize, crop_size=crop),
-        tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default", chat_template=_VICUNA_TEMPLATE,
+        tokenizer=tok, patch_size=PATCH, vision_feature_select_strategy="default",
+        chat_template=chat_template("llava_next_video"),
     )
     return LlavaNextVideoForConditionalGeneration(config), processor
 
@@ -280,7 +268,7 @@ def build_internvl():
     processor = InternVLProcessor(
         image_processor=GotOcr2ImageProcessor(size=size, crop_to_patches=False),
         video_processor=InternVLVideoProcessor(size=size), tokenizer=tok, image_seq_length=tokens_per_frame,
-        chat_template=_CHATML_TEMPLATE.replace("{{ VIDEO }}", "<video>\n").replace("{{ IMAGE }}", "<IMG_CONTEXT>\n"),
+        chat_template=chat_template("internvl"),
     )
     return InternVLForConditionalGeneration(config), processor
 
@@ -290,12 +278,10 @@ _GEMMA4_TOKENS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_toke
 # The config's name for each token's id (the audio ones only name tokens: the tiny model has no audio tower).
 _GEMMA4_IDS = {"image_token": "image_token_id", "boi_token": "boi_token_id", "eoi_token": "eoi_token_id",
                "audio_token": "audio_token_id", "boa_token": "boa_token_id", "eoa_token": "eoa_token_index"}
-_GEMMA4_TEMPLATE = (
-    "<bos>{% for m in messages %}<|turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
-    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<|video|>{% elif c['type'] == 'image' %}<|image|>{% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<turn|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}"
-)
+# The other special tokens Gemma 4's chat template writes: turns, the thinking switch and thought channel,
+# tool declarations, calls and responses, and the string escape.
+_GEMMA4_TEMPLATE_TOKENS = ["<|turn>", "<turn|>", "<|think|>", "<|channel>", "<channel|>", "<|tool>", "<tool|>",
+                           "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>", '<|"|>']
 
 
 def build_gemma4():
@@ -309,8 +295,8 @@ def build_gemma4():
     )
 
     # eos <eos>, as in the releases whose turn ends with another token (<turn|>): the chat template says which
-    tok = build_tokenizer(["<pad>", "<eos>", "<bos>", "<|turn>", "<turn|>", *_GEMMA4_TOKENS.values(), "<|video|>"],
-                          "<eos>", "<pad>", _GEMMA4_TOKENS)
+    tok = build_tokenizer(["<pad>", "<eos>", "<bos>", *_GEMMA4_TEMPLATE_TOKENS, *_GEMMA4_TOKENS.values(), "<|video|>"],
+                          "<eos>", "<pad>", _GEMMA4_TOKENS, bos="<bos>")
     ids = {name: tok.convert_tokens_to_ids(_GEMMA4_TOKENS[key]) for key, name in _GEMMA4_IDS.items()}
     text = dict(**_text_config_kwargs(len(tok)), head_dim=32, global_head_dim=32, sliding_window=16,
                 layer_types=["sliding_attention", "full_attention"],
@@ -326,7 +312,7 @@ def build_gemma4():
     patches = dict(patch_size=PATCH, pooling_kernel_size=2, max_soft_tokens=70)
     processor = Gemma4Processor(
         feature_extractor=Gemma4AudioFeatureExtractor(), image_processor=Gemma4ImageProcessor(**patches),
-        tokenizer=tok, video_processor=Gemma4VideoProcessor(**patches), chat_template=_GEMMA4_TEMPLATE,
+        tokenizer=tok, video_processor=Gemma4VideoProcessor(**patches), chat_template=chat_template("gemma4"),
     )
     return Gemma4ForConditionalGeneration(config), processor
 
@@ -336,7 +322,6 @@ def build_longva():
     preprocessing (shortest-edge resize, center crop) and LongVA's own chat template."""
     from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaOnevisionVideoProcessor, Qwen2Config
 
-    from tpo.convert import CHAT_TEMPLATE
     from tpo.models.longva import LongvaConfig, LongvaForConditionalGeneration, LongvaProcessor
 
     tok = build_tokenizer(_QWEN_SPECIALS + ["<image>", "<video>"], "<|im_end|>", "<|endoftext|>",
@@ -353,7 +338,7 @@ def build_longva():
         image_processor=CLIPImageProcessor(size=resize, crop_size=crop),
         video_processor=LlavaOnevisionVideoProcessor(size=resize, crop_size=crop, do_center_crop=True),
         tokenizer=tok, num_image_tokens=(FRAME_SIZE // PATCH) ** 2, vision_feature_select_strategy="default",
-        chat_template=CHAT_TEMPLATE,
+        chat_template=chat_template("longva"),
     )
     return LongvaForConditionalGeneration(config), processor
 

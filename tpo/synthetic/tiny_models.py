@@ -16,7 +16,7 @@ from filelock import FileLock
 
 from tpo.synthetic.tiny_builders import BUILDERS
 
-_BUILD_VERSION = "4"  # bump when a builder changes, so cached copies are rebuilt
+_BUILD_VERSION = "5"  # bump when a builder or a chat template changes, so cached copies are rebuilt
 
 
 def cache_dir() -> Path:
