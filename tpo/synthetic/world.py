@@ -101,14 +101,22 @@ def random_events(rng: random.Random, count: int, colours=tuple(COLOURS), shape_
 
 def write_clips(root: str | Path, num_videos: int, events_per_video: int = 4, frames_per_event: int = 16,
                 seed: int = 0, size: int = 64) -> list[Path]:
-    """Raw clips (no records) for the data pipeline: ``root/clip_<i>.mp4``, one event per segment."""
+    """Raw clips for the data pipeline, ``root/clip_<i>.mp4`` (one event per segment), and a
+    multiple-choice benchmark about them, ``root/mcq.jsonl`` (``tpo evaluate mcq --benchmark jsonl``):
+    what happens in each part of each clip, the clip's events as the options."""
     rng = random.Random(seed)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    paths = []
+    paths, items = [], []
     for v in range(num_videos):
+        events = random_events(rng, events_per_video)
         paths.append(root / f"clip_{v:04d}.mp4")
-        write_video(paths[-1], render_frames(random_events(rng, events_per_video), frames_per_event, size))
+        write_video(paths[-1], render_frames(events, frames_per_event, size))
+        options = [_sentence([e]) for e in events]
+        items += [{"id": f"clip_{v:04d}_{i}", "video": paths[-1].name, "options": options, "answer": i,
+                   "question": f"What happens in the {ORDINALS[i]} part of the video?", "category": "part"}
+                  for i in range(len(events))]
+    (root / "mcq.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     return paths
 
 
