@@ -131,3 +131,20 @@ def model_utils_module(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def api_module(name: str):
+    """``lmms_eval/api/<name>.py``, loaded from its file (``reasoning.py`` needs only ``typing``)."""
+    spec = importlib.util.spec_from_file_location(f"lmms_eval_api_{name}", ROOT / "api" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cli_default(flag: str):
+    """The default of a command-line option of ``python -m lmms_eval`` (``lmms_eval/__main__.py``)."""
+    for node in ast.walk(ast.parse((ROOT / "__main__.py").read_text())):
+        if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument" and node.args
+                and isinstance(node.args[0], ast.Constant) and node.args[0].value == flag):
+            return next(ast.literal_eval(k.value) for k in node.keywords if k.arg == "default")
+    raise LookupError(f"{flag} not in lmms_eval/__main__.py")

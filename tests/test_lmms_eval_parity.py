@@ -2,17 +2,20 @@
 prompts, subtitle lines, extracted letters and frame indices."""
 
 import importlib.metadata
+import json
 import random
 from functools import partial
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from lmms_eval_code import (base_names, init_defaults, method_names, method_strings, model_method, model_utils_module,
-                             registered_class, task_kwargs, task_module)
+from lmms_eval_code import (api_module, base_names, cli_default, init_defaults, method_names, method_strings,
+                             model_method, model_utils_module, registered_class, task_kwargs, task_module)
 
 from tpo.data.frames import read_clip, read_frames, uniform_frame_indices, video_info
 from tpo.evaluate import lmms_eval as ours
+from tpo.evaluate.benchmarks import LETTERS, MCQItem, load_benchmark
+from tpo.evaluate.protocol import Protocol, strip_reasoning
 from tpo.models.adapter import time_instruction
 from tpo.synthetic.world import random_events, render_frames, write_video
 
@@ -114,6 +117,87 @@ def test_mlvu_prompt():
     assert ours.mlvu_prompt(question, options) == mlvu.mlvu_doc_to_text(doc, task_kwargs("mlvu/mlvu_dev.yaml", "default"))
 
 
+# ---- what the annotation files give, as lmms-eval's tasks pass it -----------------------------------
+
+# spaces around the question and options, labels that are not exactly "X. ", texts that begin like a
+# label, an empty option: lmms-eval's doc_to_text passes every one through as the file has it
+ODD_QUESTION = "  Who wrote the book shown at the start?  "
+ODD_OPTIONS = ["J. K. Rowling", "(B) shape of the moon", "A: the crowd cheers", "", "  spaced out "]
+
+
+@pytest.mark.parametrize("variant", ours.VARIANTS)
+def test_videomme_prompts_keep_the_datasets_texts(tmp_path, variant):
+    videomme = task_module("videomme")
+    row = {"question_id": "q", "videoID": "v", "question": ODD_QUESTION, "answer": "A",
+           "options": ["A.  J. K. Rowling ", "B. (B) shape of the moon", "C.A: the crowd cheers", "D. "]}
+    (tmp_path / "videomme.json").write_text(json.dumps([row]))
+    loaded = load_benchmark("videomme", tmp_path / "videomme.json")
+    assert not loaded.bad
+    expected = videomme.videomme_doc_to_text(row, task_kwargs("videomme/videomme.yaml", variant))
+    assert Protocol("lmms-eval", "videomme", variant=variant).prompt(loaded.items[0], None) == expected
+
+
+def test_longvideobench_and_mlvu_prompts_keep_the_files_texts(tmp_path):
+    lvb, mlvu = task_module("longvideobench"), task_module("mlvu")
+    (tmp_path / "lvb_val.json").write_text(json.dumps([
+        {"id": "1", "video_path": "v.mp4", "question": ODD_QUESTION, "candidates": ODD_OPTIONS, "correct_choice": 0,
+         "duration_group": 15, "question_category": "TOS"}]))
+    (tmp_path / "1_plotQA.json").write_text(json.dumps([
+        {"video": "v.mp4", "question": ODD_QUESTION, "candidates": ODD_OPTIONS[:4], "answer": ODD_OPTIONS[0],
+         "question_type": "plotQA"}]))
+    loaded = load_benchmark("longvideobench", tmp_path / "lvb_val.json")
+    assert not loaded.bad and loaded.items[0].options[0] == "J. K. Rowling"
+    doc = {"question": ODD_QUESTION, **{f"option{i}": option for i, option in enumerate(ODD_OPTIONS)}}
+    expected = lvb.longvideobench_doc_to_text(doc, task_kwargs("longvideobench/longvideobench_val_v.yaml", "default"))
+    assert Protocol("lmms-eval", "longvideobench").prompt(loaded.items[0], None) == expected
+    loaded = load_benchmark("mlvu", tmp_path / "1_plotQA.json")
+    assert not loaded.bad and loaded.items[0].options[:3] == ["J. K. Rowling", "(B) shape of the moon",
+                                                              "A: the crowd cheers"]
+    doc = {"question": ODD_QUESTION + "\n" + "\n".join(f"({'ABCD'[i]}) {o}" for i, o in enumerate(ODD_OPTIONS[:4]))}
+    expected = mlvu.mlvu_doc_to_text(doc, task_kwargs("mlvu/mlvu_dev.yaml", "default"))
+    assert Protocol("lmms-eval", "mlvu").prompt(loaded.items[0], None) == expected
+
+
+def test_mlvu_gold_is_the_candidate_whose_text_is_the_answer(tmp_path):
+    """lmms-eval compares with the letter its Hugging Face copy of MLVU-dev stores; the MLVU json files
+    give the correct candidate's text, which is matched as text (MLVU's ``qa_template``: the candidate
+    equal to ``answer``), never read as a letter."""
+    (tmp_path / "3_count.json").write_text(json.dumps([
+        {"video": "v.mp4", "question": "Which?", "candidates": ["B", "A", "C", "D"], "answer": "A",
+         "question_type": "count"},
+        {"video": "w.mp4", "question": "Which?", "candidates": ["x", "y"], "answer": "B", "question_type": "count"}]))
+    loaded = load_benchmark("mlvu", tmp_path / "3_count.json")
+    assert [item.answer for item in loaded.items] == [1]
+    assert [b.item for b in loaded.bad] == ["1"] and "no candidate is 'B'" in loaded.bad[0].reason
+
+
+# ---- reasoning blocks -------------------------------------------------------------------------------
+
+def _tagged_replies(count: int = 4000) -> list[str]:
+    pieces = ["<think>", "</think>", "<analysis>", "</analysis>", "A", " (B) ", "The answer is C.", "\n", "maybe D",
+              " "]
+    rng = random.Random(33)
+    made = ["<think>x</think>B<think>y", "</think>A<think>", "<think>a<think>b</think>C</think>D",
+            "<analysis><think>A</analysis>B</think>C", "</analysis>A</think>B", "<think>B"]
+    return made + ["".join(rng.choice(pieces) for _ in range(rng.randint(0, 9))) for _ in range(count)]
+
+
+def test_reasoning_blocks_are_stripped_as_lmms_eval_strips_them():
+    """lmms-eval's evaluator runs every reply through ``api/reasoning.py``'s ``strip_reasoning_tags``
+    with the CLI's default ``--reasoning_tags`` before ``process_results``."""
+    strip = api_module("reasoning").strip_reasoning_tags
+    tags = json.loads(cli_default("--reasoning_tags"))
+    videomme = task_module("videomme")
+    doc = {"question_id": "q", "duration": "short", "domain": "Knowledge", "sub_category": "Astronomy",
+           "task_type": "Counting Problem", "answer": "A", "videoID": "v", "question": "?"}
+    item, protocol = MCQItem("q", None, "?", ["a", "b", "c", "d"], 0), Protocol("lmms-eval", "videomme")
+    for reply in _tagged_replies():
+        assert strip_reasoning(reply) == strip(reply, tags), reply
+        expected = videomme.videomme_process_results(doc, [strip(reply, tags)])["videomme_perception_score"]
+        choice = protocol.read(reply, item).choice
+        assert ("" if choice is None else LETTERS[choice]) == expected["pred_answer"], reply
+
+
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     """Videos of 37, 300 and 1,201 frames (8 fps): shorter than, and many times, the frame counts."""
@@ -159,6 +243,33 @@ def test_qwen_frames(videos, monkeypatch, count):
         _, at_2fps = fetch_video({"type": "video", "video": str(path)}, return_video_metadata=True)  # qwen2_vl's call
         keep = np.unique(np.linspace(0, len(at_2fps["frames_indices"]) - 1, count, dtype=int))
         assert [int(at_2fps["frames_indices"][i]) for i in keep] == ours.qwen2_vl_frames(info.num_frames, info.fps, count)
+
+
+@pytest.mark.parametrize("count", [7, 9, 11, 15, 32, 64])
+def test_qwen3_vl_frames(videos, monkeypatch, count):
+    """``qwen3_vl`` (chat) sends qwen_vl_utils ``nframes=max_num_frames`` uncapped: it rounds ``k / 2``
+    half to even (8 for 7, 8 for 9, 12 for 11, 16 for 15) and refuses a count above the video's
+    frames, where tpo shows them all, rounded down to even (a documented difference)."""
+    from qwen_vl_utils.vision_process import fetch_video, smart_nframes
+
+    monkeypatch.setenv("FORCE_QWENVL_VIDEO_READER", "decord")
+    assert registered_class("qwen3_vl") == ("chat/qwen3_vl.py", "Qwen3_VL")
+    assert "_build_video_kwargs" not in method_names("chat/qwen3_vl.py", "Qwen3_VL")
+    settings = {**init_defaults("simple/qwen3_vl.py", "Qwen3_VL"), "max_num_frames": count}
+    video_kwargs = model_method("simple/qwen3_vl.py", "Qwen3_VL", "_build_video_kwargs")(SimpleNamespace(**settings))
+    assert video_kwargs["nframes"] == count
+    rule = ours.FRAME_RULES["qwen3_vl"]
+    for path in videos:
+        info = video_info(path)
+        indices = ours.frame_indices(rule, info.num_frames, info.fps, count)
+        element = {"type": "video", "video": str(path), **video_kwargs}
+        if round(count / 2) * 2 > info.num_frames:  # (each of qwen_vl_utils' readers asks smart_nframes)
+            with pytest.raises(ValueError, match="nframes should in interval"):
+                smart_nframes(element, total_frames=info.num_frames, video_fps=info.fps)
+            assert len(indices) == info.num_frames // 2 * 2 and indices == ours.qwen_frames(info.num_frames, count)
+            continue
+        _, metadata = fetch_video(element, image_patch_size=16, return_video_metadata=True)
+        assert [int(i) for i in metadata["frames_indices"]] == indices
 
 
 # ---- the families whose lmms-eval classes have a rule of their own ---------------------------------

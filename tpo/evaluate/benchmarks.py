@@ -7,13 +7,19 @@
 - ``longvideobench``: ``lvb_val.json``: ``video_path``, ``question``, ``candidates``,
   ``correct_choice`` (index), ``duration_group``, ``question_category``.
 - ``mlvu``: the ``MLVU/json/`` folder (one JSON per task: ``video``, ``question``,
-  ``candidates``, ``answer`` = the correct candidate's text, ``question_type``); videos
-  ``<videos>/<task file stem>/<video>``.
+  ``candidates``, ``answer`` = the correct candidate's text, matched as text, never read as a
+  letter, ``question_type``); videos ``<videos>/<task file stem>/<video>``.
 - ``jsonl``: ours, one object per line: ``video``, ``question``, ``options`` (texts),
   ``answer`` (letter, index or option text), optional ``id``, ``category``, ``duration``,
   ``frame_indices`` (frames to show instead of uniform sampling), ``meta`` (kept in predictions).
 
-A malformed item is reported (file, item, reason) and left out; the rest load.
+A malformed item is reported (file, item, reason) and left out; the rest load. The three
+benchmarks' items also keep their question and options exactly as the file gives them
+(``source_question``, ``source_options``), which ``--protocol lmms-eval`` prompts, as lmms-eval's
+tasks do: spaces, an empty option, and a text that begins like a label ("J. K. Rowling") included.
+``question`` and ``options`` are tidied for ``--protocol tpo``: spaces stripped, and Video-MME's
+(and ``jsonl``'s) ``"A. "`` labels removed; LongVideoBench's and MLVU's candidates have no labels,
+so nothing is removed from them.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ class MCQItem:
     frame_indices: list[int] | None = None  # None: uniform sampling
     meta: dict = field(default_factory=dict)  # passed through to the predictions (e.g. NIAH depth)
     subtitles: Path | None = None  # the .srt whose lines at the shown frames go in the prompt (may not exist)
+    source_question: str | None = None  # as the annotation file gives it (None: as ``question``)
+    source_options: list[str] | None = None  # as the file gives them (Video-MME's with their labels)
 
     @property
     def answer_letter(self) -> str:
@@ -90,17 +98,36 @@ def answer_index(answer, options: list[str]) -> int:
     return index
 
 
-def _item(source: str, where: str, raw: dict, loaded: Loaded, **fields) -> None:
-    """Build one item from ``fields`` (callables of ``raw``), recording a bad item on error."""
+def answer_by_text(answer, candidates: list) -> int:
+    """MLVU's gold option: the candidate equal to ``answer`` (the last, as MLVU's own
+    ``qa_template`` finds it), compared as given; a one-letter answer is a text too."""
+    matches = [i for i, candidate in enumerate(candidates) if candidate == answer]
+    if not matches:
+        raise ValueError(f"answer {answer!r} is not a letter (MLVU's answer is the correct candidate's text), "
+                         f"and no candidate is {answer!r}")
+    return matches[-1]
+
+
+def _item(source: str, where: str, raw: dict, loaded: Loaded, *, labelled: bool = True, as_given: bool = False,
+          by_text: bool = False, **fields) -> None:
+    """Build one item from ``fields`` (callables of ``raw``), recording a bad item on error.
+    ``labelled``: options may start with an ``"A. "`` label, removed from ``options``; ``as_given``: a
+    benchmark's file, whose texts lmms-eval prompts as they are (kept as ``source_*``; an empty
+    option or question is kept, not refused); ``by_text``: the answer is the correct option's text."""
     try:
         values = {k: f(raw) for k, f in fields.items()}
-        options = [strip_label(str(o)) for o in values.pop("options")]
-        if len(options) < 2 or not all(options):
+        given = list(values.pop("options"))
+        options = [strip_label(str(o)) if labelled else str(o).strip() for o in given]
+        if len(options) < 2 or not (as_given or all(options)):
             raise ValueError("needs at least two non-empty options")
-        question = str(values.pop("question")).strip()
-        if not question:
+        source_question = str(values.pop("question"))
+        question = source_question.strip()
+        if not (question or as_given):
             raise ValueError("empty question")
-        answer = answer_index(values.pop("answer"), options)
+        answer = values.pop("answer")
+        answer = answer_by_text(answer, given) if by_text else answer_index(answer, options)
+        if as_given:
+            values.update(source_question=source_question, source_options=[str(o) for o in given])
         loaded.items.append(MCQItem(question=question, options=options, answer=answer, **values))
     except (KeyError, TypeError, ValueError) as err:
         reason = f"missing field {err}" if isinstance(err, KeyError) else str(err)
@@ -140,7 +167,7 @@ def load_videomme(path: Path, videos: Path, subtitles: Path | None = None) -> Lo
     rows = _read_parquet(path) if path.suffix == ".parquet" else _read_json_list(path)
     loaded = Loaded()
     for i, row in enumerate(rows):
-        _item(str(path), str(i), row, loaded, id=lambda r: str(r["question_id"]),
+        _item(str(path), str(i), row, loaded, as_given=True, id=lambda r: str(r["question_id"]),
               video=lambda r: videos / f"{r['videoID']}.mp4", question=lambda r: r["question"],
               options=lambda r: list(r["options"]), answer=lambda r: r["answer"],
               category=lambda r: r.get("task_type", ""), duration=lambda r: r.get("duration", ""),
@@ -151,7 +178,8 @@ def load_videomme(path: Path, videos: Path, subtitles: Path | None = None) -> Lo
 def load_longvideobench(path: Path, videos: Path) -> Loaded:
     loaded = Loaded()
     for i, row in enumerate(_read_json_list(path)):
-        _item(str(path), str(i), row, loaded, id=lambda r: str(r["id"]), video=lambda r: videos / r["video_path"],
+        _item(str(path), str(i), row, loaded, labelled=False, as_given=True, id=lambda r: str(r["id"]),
+              video=lambda r: videos / r["video_path"],
               question=lambda r: r["question"], options=lambda r: list(r["candidates"]),
               answer=lambda r: int(r["correct_choice"]), category=lambda r: r.get("question_category", ""),
               duration=lambda r: str(r.get("duration_group", "")))
@@ -166,7 +194,8 @@ def load_mlvu(path: Path, videos: Path) -> Loaded:
     loaded = Loaded()
     for file in files:
         for i, row in enumerate(_read_json_list(file)):
-            _item(str(file), str(i), row, loaded, id=lambda r, f=file, i=i: f"{f.stem}/{i}",
+            _item(str(file), str(i), row, loaded, labelled=False, as_given=True, by_text=True,
+                  id=lambda r, f=file, i=i: f"{f.stem}/{i}",
                   video=lambda r, f=file: videos / f.stem / r["video"], question=lambda r: r["question"],
                   options=lambda r: list(r["candidates"]), answer=lambda r: r["answer"],
                   category=lambda r, f=file: r.get("question_type", f.stem), duration=lambda r: "")

@@ -16,8 +16,12 @@ Frames are the model class's, not the task's (``k``: the class's frame-count arg
   (``llava_capped``);
 - ``internvl_hf`` (InternVL3/3.5 ``-hf`` checkpoints): transformers' InternVL video processor with
   ``num_frames=k``, the centres of ``k`` equal segments (``segment_centres_capped``);
-- ``qwen2_5_vl`` and ``qwen3_vl``: qwen_vl_utils' ``nframes`` path, an even count ``min(k, T)``
-  at ``round(linspace(0, T - 1, n))`` (``qwen``);
+- ``qwen2_5_vl``: qwen_vl_utils' ``nframes`` path with ``min(k, T)`` rounded down to even, at
+  ``round(linspace(0, T - 1, n))`` (``qwen``);
+- ``qwen3_vl``: the same path with ``nframes=k`` uncapped, which qwen_vl_utils rounds to
+  ``round(k / 2) * 2`` (Python's ``round``, half to even: 8 frames for k = 7 and 9, 12 for 11); where
+  that exceeds ``T`` (or is 0) lmms-eval raises, and here ``T`` rounded down to even are shown
+  (``qwen3_vl``);
 - ``qwen3_5``: qwen_vl_utils' 2 fps path with ``max_frames=k`` (its default ``total_pixels`` turns
   ``nframes`` off), so fewer than ``k`` frames for a short video (``qwen_fps``);
 - ``qwen2_vl``: qwen_vl_utils' 2 fps path, then ``k`` of those by ``np.unique(linspace)`` (``qwen2_vl``);
@@ -59,28 +63,37 @@ def _labelled(options: list[str], style: str = "{}. {}") -> str:
     return "\n".join(style.format(_LETTERS[i], option) for i, option in enumerate(options))
 
 
-def videomme_prompt(question: str, options: list[str], variant: str = "default") -> str:
-    """``videomme``'s prompt (its options as the dataset writes them, ``A. ...``)."""
+def _videomme_options(options: list[str], labelled: bool) -> str:
+    return "\n".join(options) if labelled else _labelled(options)
+
+
+def videomme_prompt(question: str, options: list[str], variant: str = "default", labelled: bool = False) -> str:
+    """``videomme``'s prompt. ``options``: texts, labelled ``A. ...`` here; ``labelled``: the dataset's
+    own option lines (``"A. ..."``), passed through as they are, as lmms-eval does."""
+    lines = _videomme_options(options, labelled)
     if variant == "qwen3_vl":
-        return f"Question: {question}\nOptions:\n{_labelled(options)}\n{_VIDEOMME_POST['qwen3_vl']}"
-    return f"{_VIDEOMME_INTRO}\n{question}\n{_labelled(options)}\n{_VIDEOMME_POST[variant]}"
+        return f"Question: {question}\nOptions:\n{lines}\n{_VIDEOMME_POST['qwen3_vl']}"
+    return f"{_VIDEOMME_INTRO}\n{question}\n{lines}\n{_VIDEOMME_POST[variant]}"
 
 
-def videomme_subtitle_prompt(question: str, options: list[str], subtitles: str, variant: str = "default") -> str:
+def videomme_subtitle_prompt(question: str, options: list[str], subtitles: str, variant: str = "default",
+                             labelled: bool = False) -> str:
     """``videomme_w_subtitle``'s prompt: it always ends "The best answer is:" (its post prompt is unused)."""
     if variant == "qwen3_vl":
-        return _SUBTITLES_INTRO + subtitles + "\n" + videomme_prompt(question, options, "qwen3_vl")
-    return (f"{_SUBTITLES_INTRO}{subtitles}\n{_VIDEOMME_INTRO}\n{question}\n{_labelled(options)}\n"
+        return _SUBTITLES_INTRO + subtitles + "\n" + videomme_prompt(question, options, "qwen3_vl", labelled)
+    return (f"{_SUBTITLES_INTRO}{subtitles}\n{_VIDEOMME_INTRO}\n{question}\n{_videomme_options(options, labelled)}\n"
             f"The best answer is:")
 
 
 def longvideobench_prompt(question: str, options: list[str]) -> str:
+    """``longvideobench_val_v``'s prompt: the question and candidates as the file gives them."""
     return f"{question}\n{_labelled(options)}\n{_LVB_POST}"
 
 
 def mlvu_prompt(question: str, options: list[str]) -> str:
     """``mlvu_dev``'s prompt. Its Hugging Face copy's ``question`` holds the options as ``(A) ...``
-    lines under the question; the MLVU json files keep them apart, and this rebuilds that text."""
+    lines under the question; the MLVU json files keep them apart, and this rebuilds that text from
+    the question and candidates as the files give them."""
     return f"{question}\n{_labelled(options, '({}) {}')}{_MLVU_POST}"
 
 
@@ -125,6 +138,28 @@ def subtitle_lines(srt: Path, fps: float, total_frames: int, variant: str = "def
 
 
 # ---- reading replies -----------------------------------------------------------------------------
+
+# ``python -m lmms_eval``'s default ``--reasoning_tags``, which its evaluator strips from every reply
+REASONING_TAGS = (("<think>", "</think>"), ("<analysis>", "</analysis>"))
+
+
+def strip_reasoning_tags(reply: str, tags=REASONING_TAGS) -> str:
+    """lmms-eval's first step on a reply (``api/reasoning.py``'s ``strip_reasoning_tags``), for each
+    tag pair in turn: cut every block from the first opening tag to the next closing tag after it
+    (until an opening tag has no closing one after it); then, only if a closing tag remains and no
+    opening tag of that pair does (a template that opened the block in the prompt), keep what follows
+    the last closing tag. An unclosed opening tag stays, and so does anything around it."""
+    for start_tag, end_tag in tags:
+        while start_tag in reply and end_tag in reply:
+            start = reply.find(start_tag)
+            end = reply.find(end_tag, start)
+            if end == -1:
+                break
+            reply = reply[:start] + reply[end + len(end_tag):]
+        if end_tag in reply and start_tag not in reply:
+            reply = reply.rsplit(end_tag, 1)[-1]
+    return reply.strip()
+
 
 _ANSWER_PHRASES = (
     "the answer is", "answer is", "the correct answer is", "correct answer is", "the best answer is",
@@ -221,8 +256,17 @@ def _even_floor(value: float) -> int:
 
 
 def qwen_frames(total: int, count: int) -> list[int]:
-    """``qwen2_5_vl``/``qwen3_vl`` (qwen_vl_utils' ``nframes``): an even count, rounded positions."""
+    """``qwen2_5_vl`` (chat; qwen_vl_utils' ``nframes``): ``min(count, total)`` rounded down to even
+    (at least 2), at rounded positions."""
     return _qwen_linspace(total, max(2, min(count, total) // 2 * 2))
+
+
+def qwen3_vl_frames(total: int, count: int) -> list[int]:
+    """``qwen3_vl`` (chat): qwen_vl_utils' ``nframes=count`` uncapped, rounded to ``round(count / 2) * 2``
+    (Python's ``round``, half to even: 8 for 7 and for 9, 12 for 11, 16 for 15), at rounded positions.
+    lmms-eval raises where that count is above ``total`` or 0 (one short video ends its whole run);
+    here ``total`` rounded down to even (at least 2) are shown instead, as for ``qwen2_5_vl``."""
+    return _qwen_linspace(total, max(2, min(round(count / 2) * 2, total // 2 * 2)))
 
 
 def qwen_fps_frames(total: int, fps: float, most: int) -> list[int]:
@@ -247,6 +291,7 @@ _RULES = {
     "llava_capped": lambda total, fps, count: capped_llava_frames(total, count),
     "segment_centres_capped": lambda total, fps, count: segment_centre_frames(total, count),
     "qwen": lambda total, fps, count: qwen_frames(total, count),
+    "qwen3_vl": lambda total, fps, count: qwen3_vl_frames(total, count),
     "qwen_fps": qwen_fps_frames,
     "qwen2_vl": qwen2_vl_frames,
 }
@@ -254,7 +299,7 @@ RULES = tuple(_RULES)
 
 # family -> rule of the lmms-eval model class its checkpoints run with (see the module docstring)
 FRAME_RULES = {"llava_onevision": "llava", "llava_next_video": "llava", "qwen2_5_vl": "qwen",
-               "qwen3_vl": "qwen", "qwen2_vl": "qwen2_vl", "glm4v": "llava", "gemma4": "llava_capped",
+               "qwen3_vl": "qwen3_vl", "qwen2_vl": "qwen2_vl", "glm4v": "llava", "gemma4": "llava_capped",
                "qwen3_5": "qwen_fps", "internvl": "segment_centres_capped", "longva": "llava_capped"}
 
 

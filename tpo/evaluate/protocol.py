@@ -15,7 +15,6 @@ and the summary counts the items they read differently.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from tpo.data.frames import Clip, uniform_frame_indices
@@ -28,17 +27,13 @@ from tpo.evaluate.subtitles import SubtitleError, with_subtitles
 PROTOCOLS = ("lmms-eval", "tpo")
 LMMS_EVAL_BENCHMARKS = ("videomme", "longvideobench", "mlvu")
 TPO_MAX_NEW_TOKENS = 16
-_REASONING = re.compile(r"<(think|analysis)>.*?</\1>", re.DOTALL)
 
 
 def strip_reasoning(reply: str) -> str:
-    """lmms-eval's first step on a reply: drop ``<think>…</think>`` (and ``<analysis>``) blocks; a
-    lone closing tag keeps what follows the last one."""
-    reply = _REASONING.sub("", reply)
-    for tag in ("</think>", "</analysis>"):
-        if tag in reply:
-            reply = reply.rsplit(tag, 1)[1]
-    return reply.strip()
+    """lmms-eval's first step on a reply (:func:`tpo.evaluate.lmms_eval.strip_reasoning_tags`): its
+    ``<think>…</think>`` and ``<analysis>…</analysis>`` blocks cut; the text after the last closing
+    tag kept only where no opening tag of that kind remains."""
+    return lmms_eval.strip_reasoning_tags(reply)
 
 
 @dataclass(frozen=True)
@@ -91,17 +86,22 @@ class Protocol:
         return lmms_eval.frame_indices(self.frame_rule, total, fps, count)
 
     def prompt(self, item: MCQItem, clip: Clip) -> str:
+        """``tpo``: the item's tidied question and options; ``lmms-eval``: the question and options as
+        the annotation file gives them (``item.source_*``), which lmms-eval's tasks pass through."""
         if self.name == "tpo":
             prompt = mcq_prompt(item.question, item.options)
             return prompt if item.subtitles is None else with_subtitles(prompt, item.subtitles, clip.times)
+        question = item.question if item.source_question is None else item.source_question
+        given = item.source_options is not None
+        options = item.source_options if given else item.options
         if self.benchmark == "longvideobench":
-            return lmms_eval.longvideobench_prompt(item.question, item.options)
+            return lmms_eval.longvideobench_prompt(question, options)
         if self.benchmark == "mlvu":
-            return lmms_eval.mlvu_prompt(item.question, item.options)
-        if item.subtitles is None:
-            return lmms_eval.videomme_prompt(item.question, item.options, self.variant)
+            return lmms_eval.mlvu_prompt(question, options)
+        if item.subtitles is None:  # Video-MME's own options carry their labels ("A. ...")
+            return lmms_eval.videomme_prompt(question, options, self.variant, labelled=given)
         lines = _subtitle_lines(item, clip, self.variant)
-        return lmms_eval.videomme_subtitle_prompt(item.question, item.options, lines, self.variant)
+        return lmms_eval.videomme_subtitle_prompt(question, options, lines, self.variant, labelled=given)
 
     def read(self, reply: str, item: MCQItem, reading: str | None = None) -> Reading:
         """The option ``reply`` picks, read this protocol's way (or ``reading``'s)."""
