@@ -66,10 +66,31 @@ def _merge(args) -> None:
 
 
 def _import(args) -> None:
-    from data_gen.importers import import_file
+    official = args.format == "tpo-official"
+    given = [flag for flag, value, wanted in (("--num-frames", args.num_frames, False),
+                                              ("--video-fps", args.video_fps, True),
+                                              ("--frames-upbound", args.frames_upbound, True),
+                                              ("--columns", args.columns, True))
+             if value is not None and wanted != official]
+    if given:
+        raise TPOError("--format tpo-official samples frames by the authors' rule (--video-fps, --frames-upbound), "
+                       "not --num-frames" if official else
+                       f"{', '.join(given)}: only for --format tpo-official, not {args.format}")
+    if not official:
+        from data_gen.importers import import_file
 
-    written, skipped = import_file(args.format, args.input, args.videos, args.output, args.num_frames)
-    print(f"imported {written} records into {args.output} ({skipped} skipped, see skipped.jsonl)")
+        written, skipped = import_file(args.format, args.input, args.videos, args.output,
+                                       NUM_FRAMES if args.num_frames is None else args.num_frames)
+        print(f"imported {written} records into {args.output} ({skipped} skipped, see skipped.jsonl)")
+        return
+    from data_gen.import_tpo_official import FRAMES_UPBOUND, VIDEO_FPS, import_tpo_official
+
+    stats = import_tpo_official(args.input, args.videos, args.output,
+                                VIDEO_FPS if args.video_fps is None else args.video_fps,
+                                FRAMES_UPBOUND if args.frames_upbound is None else args.frames_upbound, args.columns)
+    kinds = ", ".join(f"{kind} {n}" for kind, n in stats["skipped_by_kind"].items())
+    print(f"imported {stats['records']['written']} of {stats['lines']} rows into {args.output} "
+          f"({stats['skipped']} skipped{': ' + kinds if kinds else ''}; see skipped.jsonl)")
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m data_gen") -> int:
@@ -92,11 +113,22 @@ def main(argv: list[str] | None = None, prog: str = "python -m data_gen") -> int
     merge.set_defaults(fn=_merge)
 
     imp = commands.add_parser("import", help="convert a public preference format into our records")
-    imp.add_argument("--format", required=True, choices=["llava-hound", "trl"])
-    imp.add_argument("--input", required=True, help="JSON or JSONL file")
+    imp.add_argument("--format", required=True, choices=["llava-hound", "trl", "tpo-official"],
+                     help="tpo-official: the TPO authors' release (ruili0/LongVA-TPO-10k), see "
+                          "docs/import-authors-data.md")
+    imp.add_argument("--input", required=True, help="JSON or JSONL file (tpo-official: also CSV)")
     imp.add_argument("--videos", required=True, help="folder the file's video paths are relative to")
     imp.add_argument("--output", required=True, help="dataset directory to write")
-    imp.add_argument("--num-frames", type=int, default=NUM_FRAMES)
+    imp.add_argument("--num-frames", type=int, default=None,
+                     help=f"uniform frames per record (llava-hound, trl; default {NUM_FRAMES})")
+    imp.add_argument("--video-fps", type=float, default=None,
+                     help="tpo-official: the authors' video_fps, every round(fps / video_fps)-th frame (default 1)")
+    imp.add_argument("--frames-upbound", type=int, default=None,
+                     help="tpo-official: the authors' frames_upbound, np.linspace over the video when the stride "
+                          "gives more frames (default 32, the paper's; 0: no bound)")
+    imp.add_argument("--columns", default=None, metavar="KEY=COLUMN,...",
+                     help="tpo-official: the file's names for the loader's keys prompt, answer, chosen, rejected, "
+                          "video (and id), e.g. chosen=preferred,rejected=dispreferred")
     imp.set_defaults(fn=_import)
 
     def parse_and_run():

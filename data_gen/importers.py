@@ -2,9 +2,11 @@
 
 - ``llava-hound``: LLaVA-Hound-DPO style ``{id, video, prompt, chosen, rejected}``;
 - ``trl``: TRL-style ``{prompt, chosen, rejected, videos}``, where prompt / answers may be
-  plain strings or conversational message lists.
+  plain strings or conversational message lists;
+- ``tpo-official``: the TPO authors' released data, in ``data_gen/import_tpo_official.py`` (its own
+  frame rule and header check; it writes its directory with :func:`write_dataset`).
 
-These formats carry no frame choice and no manipulation: records get ``num_frames`` uniform
+The first two carry no frame choice and no manipulation: records get ``num_frames`` uniform
 frames (``S_a = S_b`` = those frames) and no ``manipulation`` field. Lines that cannot be
 converted go to ``skipped.jsonl`` with the line number and the reason.
 """
@@ -60,7 +62,9 @@ def _find_video(root: Path, video: str) -> Path:
     raise ValueError(f"video not found: {path}")
 
 
-def _rows(path: Path):
+def json_rows(path: Path):
+    """``(line, row)`` of a JSON array (its element number) or a JSONL file; a line that is not JSON is
+    ``(line, ValueError)``."""
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
         try:
@@ -79,11 +83,11 @@ def _rows(path: Path):
 
 def import_file(fmt: str, input_path: str, videos: str, output: str, num_frames: int = NUM_FRAMES) -> tuple[int, int]:
     """Convert ``input_path``; returns ``(records written, lines skipped)``."""
-    source, root, out = Path(input_path), Path(videos), Path(output)
+    source, root = Path(input_path), Path(videos)
     if not source.is_file():
         raise TPOError(f"input file not found: {source}")
     records, skipped, seen = [], [], set()
-    for number, row in _rows(source):
+    for number, row in json_rows(source):
         try:
             if isinstance(row, Exception):
                 raise row
@@ -106,12 +110,24 @@ def import_file(fmt: str, input_path: str, videos: str, output: str, num_frames:
             continue
         seen.add(rid)
         records.append(record.to_json())
+    stats = write_dataset(output, root, source, fmt, records, skipped, {"num_frames": num_frames})
+    return stats["records"]["written"], stats["skipped"]
+
+
+def write_dataset(output: str | Path, root: Path, source: Path, fmt: str, records: list[dict], skipped: list[dict],
+                  manifest: dict | None = None, stats: dict | None = None) -> dict:
+    """The directory every importer writes: ``preferences.jsonl`` (sorted by id), ``skipped.jsonl``
+    (sorted by line), ``stats.json`` and ``manifest.json`` (whose ``video_root`` the records' ``video``
+    paths are relative to, as ``tpo fit --data.path OUT/preferences.jsonl`` reads it); returns the stats.
+    ``manifest`` and ``stats`` add keys of a format's own."""
+    out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     write_jsonl(out / "preferences.jsonl", records, "id")
     write_jsonl(out / "skipped.jsonl", skipped, "line")
-    stats = {"lines": len(records) + len(skipped), "records": {"written": len(records)}, "skipped": len(skipped)}
-    write_json(out / "stats.json", stats)
+    counts = {"lines": len(records) + len(skipped), "records": {"written": len(records)}, "skipped": len(skipped),
+              **(stats or {})}
+    write_json(out / "stats.json", counts)
     write_json(out / "manifest.json", {"schema_version": SCHEMA_VERSION, "video_root": str(root.resolve()),
                                        "imported_from": {"format": fmt, "file": str(source.resolve())},
-                                       "num_frames": num_frames, "counts": stats})
-    return len(records), len(skipped)
+                                       **(manifest or {}), "counts": counts})
+    return counts
