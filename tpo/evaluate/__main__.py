@@ -1,4 +1,5 @@
-"""``tpo evaluate mcq|niah-make|niah`` (or ``python -m tpo.evaluate ...``): evaluate a model; see ``--help`` of each."""
+"""``tpo evaluate mcq|niah-make|niah|table`` (or ``python -m tpo.evaluate ...``): evaluate a model, or tabulate
+several evaluated models; see ``--help`` of each."""
 
 from __future__ import annotations
 
@@ -246,6 +247,15 @@ def _niah(args) -> None:
     print(f"heatmap:     {plot_heatmap(grid, Path(args.out) / 'niah_heatmap.png', f'NIAH — {args.model}')}")
 
 
+def _table(args) -> None:
+    from tpo.evaluate.table import make_table
+
+    text, written = make_table(args.runs, args.names, args.out)
+    print(text, end="")
+    for path in written:
+        print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None, prog: str = "python -m tpo.evaluate") -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +285,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m tpo.evaluate") ->
     niah.add_argument("--data", required=True, help="folder written by niah-make (or its niah.jsonl)")
     _model_args(niah)
     niah.set_defaults(fn=_niah)
+
+    from tpo.evaluate.table import __doc__ as table_doc
+
+    table = commands.add_parser(
+        "table", help="the paper's Table 2 from several evaluated models' summary.json",
+        description=table_doc.split("\n\n", 1)[1].replace("``", "'").replace("::", ":"),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    table.add_argument("runs", nargs="+", metavar="RUN",
+                       help="one row each: a `tpo evaluate mcq --out` folder, or a folder of one per benchmark")
+    table.add_argument("--out", help="folder for table.md, table.csv and table.png (default: print the table only)")
+    table.add_argument("--names",
+                       help="the rows' names, comma-separated, one per RUN (default: the RUN folders' names)")
+    table.set_defaults(fn=_table)
 
     args = parser.parse_args(argv)
     return status_of(lambda: args.fn(args))
