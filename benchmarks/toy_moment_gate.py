@@ -18,7 +18,9 @@ Layouts:
 - ``pairs``: frame k shows objects k and k + 1 together, as one position (their embeddings summed,
   as one pooled visual token holds both); ``pairs2``: the same as two positions;
 - ``handover``: the world ``toy.world`` now draws: ``spans``, with the next object entering in an
-  object's last frame (one position holding both).
+  object's last frame (one position holding both); ``handover4``: the same with each frame as 4
+  positions (colour, shape and two position-noise tokens, as ``spans`` and the real base's 2x2
+  visual tokens per frame).
 
     python benchmarks/toy_moment_gate.py --layout handover --max-short 4 --minutes 13
 
@@ -44,7 +46,7 @@ WORDS = ["<pad>", "<bos>", "<eos>", "<frames>", "<q>", "after", "before", "<opti
 ID = {w: i for i, w in enumerate(WORDS)}
 LAYOUTS = {"spans": dict(objects=8, frames_per_object=4), "frames": dict(objects=32, frames_per_object=1),
            "pairs": dict(objects=8, frames_per_object=1), "pairs2": dict(objects=8, frames_per_object=1),
-           "handover": dict(objects=8, frames_per_object=4)}
+           "handover": dict(objects=8, frames_per_object=4), "handover4": dict(objects=8, frames_per_object=4)}
 PAIR_FRAME = -1  # a "pairs" frame: one position whose embedding is its two objects' (left, right) summed
 
 
@@ -83,6 +85,13 @@ def video_tokens(clip: list, layout: str, rng: random.Random) -> list[tuple[int,
     if layout == "handover":  # an object's 4 frames, the next one entering in its last (toy.world)
         return [(ID[f"L{a[0]}"],) * 1 if f < 3 or b is None else (ID[f"L{a[0]}"], ID[f"R{b[0]}"])
                 for a, b in zip(clip, [*clip[1:], None]) for f in range(4)]
+    if layout == "handover4":  # the same, each frame as 4 positions (colour, shape, 2 position noise), as in spans
+        frames = []
+        for a, b in zip(clip, [*clip[1:], None]):
+            for f in range(4):
+                colour = (ID[f"L{a[0]}"],) if f < 3 or b is None else (ID[f"L{a[0]}"], ID[f"R{b[0]}"])
+                frames += [colour, (ID[a[1]],), (ID[f"x{rng.randrange(3)}"],), (ID[f"y{rng.randrange(3)}"],)]
+        return frames
     if layout.startswith("pairs"):  # frame k shows object k on the left and object k + 1 on the right
         frames = [(ID[f"L{a[0]}"], ID[f"R{b[0]}"]) for a, b in zip(clip, clip[1:])]
         return frames if layout == "pairs" else [(t,) for f in frames for t in f]

@@ -13,11 +13,15 @@ asked after / before) for ``--steps`` steps, then reads by likelihood, as the re
 ``--drawing`` picks how the hand-over frame is drawn (the last ``ENTERING_FRAMES`` video frames of
 each object):
 
-- ``inside``: today's ``toy.world.render``, the next object small inside the current one;
+- ``inside``: the world before 2026-12-08, moving objects, the next one small inside the current one;
 - ``side``: the current object on the left half, the next one on the right half, both at full size
-  (after the model's 2x2 pooling each visual token then shows one object only).
+  (after the model's 2x2 pooling each visual token then shows one object only);
+- ``centred``: ``toy.world.render`` since 2026-12-08, every object still and large in the centre, the
+  next one entering inside it at half the size (each of the 2x2 visual tokens then shows both, as one
+  symbolic position holds both in the hand-over gate).
 
-``--vision-layers`` / ``--vision-width`` size the vision tower (the base has 1 layer, 64 wide), and
+``--vision-layers`` / ``--vision-width`` size the vision tower (the base has 1 layer, 64 wide),
+``--patch 16`` leaves one visual token per frame (the base has 2x2), and
 ``--mix questions`` trains only the after / before rows once the describe-only steps are over (the
 base's mix keeps the descriptions, which carry most tokens). Both replace ``toy.base``'s functions
 for this process only.
@@ -54,11 +58,28 @@ from tpo.evaluate.answers import mcq_prompt  # noqa: E402
 from tpo.evaluate.likelihood import LikelihoodScorer  # noqa: E402
 from tpo.models import get_adapter  # noqa: E402
 from tpo.synthetic.tiny_builders import build_llava_onevision  # noqa: E402
-from tpo.synthetic.world import render_frames, write_video  # noqa: E402
+from tpo.synthetic.world import MOTIONS, render_frames, write_video  # noqa: E402
 
-INSIDE = toy.world.render
 EVAL_SEED = 12345  # held-out clips: not a seed any base or split draws from
 QUESTIONS = 200
+
+
+def centre(event, progress: float, size: int) -> tuple[int, int]:
+    """Where ``render_frames`` draws a moving ``event`` at ``progress`` (0..1) of its path."""
+    dx, dy = MOTIONS[event.motion]
+    return int(size / 2 + dx * (progress - 0.5) * (size / 2)), int(size / 2 + dy * (progress - 0.5) * (size / 2))
+
+
+def render_inside(events, size: int = 64) -> np.ndarray:
+    """``inside``: the world before 2026-12-08, objects a fifth of the frame moving one way, the next
+    one entering small (3/5 the size) inside."""
+    radius = size // 5
+    frames = render_frames(events, FRAMES_PER_EVENT, size, radius=radius)
+    for i, (current, entering) in enumerate(zip(events, events[1:])):
+        for j in range(FRAMES_PER_EVENT - ENTERING_FRAMES, FRAMES_PER_EVENT):
+            cx, cy = centre(current, j / (FRAMES_PER_EVENT - 1), size)
+            draw_shape(frames[i * FRAMES_PER_EVENT + j], entering, cx, cy, radius * 3 // 5)
+    return frames
 
 
 def render_side(events, size: int = 64) -> np.ndarray:
@@ -74,18 +95,25 @@ def render_side(events, size: int = 64) -> np.ndarray:
     return frames
 
 
-DRAWINGS = {"inside": INSIDE, "side": render_side}
+DRAWINGS = {"inside": render_inside, "side": render_side, "centred": toy.world.render}
 
 
-def sized_model(layers: int, width: int):
+def sized_model(layers: int, width: int, patch: int):
+    """The toy base with another vision tower; ``patch`` 16 makes a 32-pixel frame 2x2 patches, so
+    LLaVA-OneVision's 2x2 pooling leaves one visual token per frame (8: 2x2 tokens, the base's)."""
+    from transformers import LlavaOnevisionForConditionalGeneration
+
     def build(cfg: ToyBaseConfig):
         heads = cfg.hidden_size // 32
         text = dict(hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
                     num_hidden_layers=cfg.num_layers, num_attention_heads=heads, num_key_value_heads=heads)
-        torch.manual_seed(cfg.seed)
         vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                       num_attention_heads=max(1, width // 32))
-        return build_llava_onevision(toy_corpus(), text=text, vision=vision)
+        model, processor = build_llava_onevision(toy_corpus(), text=text, vision=vision)
+        model.config.vision_config.patch_size = patch
+        processor.num_image_tokens = (model.config.vision_config.image_size // patch) ** 2
+        torch.manual_seed(cfg.seed)
+        return LlavaOnevisionForConditionalGeneration(model.config), processor
     return build
 
 
@@ -130,17 +158,18 @@ def accuracy(model_dir: Path, rows: list[tuple]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--drawing", choices=sorted(DRAWINGS), default="inside")
+    parser.add_argument("--drawing", choices=sorted(DRAWINGS), default="centred")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--clips", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vision-layers", type=int, default=1)
     parser.add_argument("--vision-width", type=int, default=64)
+    parser.add_argument("--patch", type=int, default=8, help="16: one visual token per frame")
     parser.add_argument("--mix", choices=("all", "questions"), default="all")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    if (args.vision_layers, args.vision_width) != (1, 64):
-        toy.base.build_toy_model = sized_model(args.vision_layers, args.vision_width)
+    if (args.vision_layers, args.vision_width, args.patch) != (1, 64, 8):
+        toy.base.build_toy_model = sized_model(args.vision_layers, args.vision_width, args.patch)
     if args.mix == "questions":
         toy.base.training_pool = questions_only(toy.base.training_pool)
     toy.world.render = DRAWINGS[args.drawing]  # write_clip (training) and held_out (reading) draw with it
@@ -154,7 +183,7 @@ def main() -> None:
         model_dir = train_toy_base(tmp / "base", cfg)
         minutes = (time.time() - start) / 60
         result = {"drawing": args.drawing, "steps": args.steps, "clips": args.clips, "seed": args.seed,
-              "vision": [args.vision_layers, args.vision_width], "mix": args.mix,
+              "vision": [args.vision_layers, args.vision_width, args.patch], "mix": args.mix,
                   "train_minutes": round(minutes, 1),
                   **{kind: round(accuracy(model_dir, r), 1) for kind, r in rows.items()}}
     print(json.dumps(result))

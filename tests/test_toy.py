@@ -306,14 +306,12 @@ def test_reply_form_tells_answers_from_descriptions():
 
 
 def test_the_shipped_base_is_checked_against_its_sums_and_used_for_its_own_recipe(tmp_path, monkeypatch):
-    import dataclasses
-
     import toy.base as base
 
     trained = tmp_path / "trained"
     trained.mkdir()
     cfg = base.ToyBaseConfig(num_clips=4, steps=2)
-    (trained / "toy_base.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    (trained / "toy_base.json").write_text(json.dumps(base.recipe_record(cfg)))
     (trained / "model.safetensors").write_bytes(b"weights")
     monkeypatch.setattr(base, "SHIPPED", tmp_path / "shipped")
     shipped = base.ship(trained)

@@ -49,7 +49,7 @@ from tpo.synthetic.world import Event
 FAMILY = "llava_onevision"
 SHIPPED = Path(__file__).parent / "base_model"  # the committed base (issue 31): one for every seed
 DESCRIBE = "Describe the video."
-_VERSION = "8"  # 8: the hand-over world (issue 31), phases and checkpoints
+_VERSION = "9"  # 8: the hand-over world (issue 31), phases and checkpoints; 9: objects still, large, centred
 
 
 @dataclass(frozen=True)
@@ -207,7 +207,7 @@ def train_toy_base(out: Path, cfg: ToyBaseConfig, checkpoints: Path | None = Non
             store.save(state, step + 1)
     model.eval().save_pretrained(out)
     processor.save_pretrained(out)
-    (out / "toy_base.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "toy_base.json").write_text(json.dumps(recipe_record(cfg), indent=2))
     (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state.log))
     return out
 
@@ -216,9 +216,9 @@ def toy_base_path(cfg: ToyBaseConfig = ToyBaseConfig(), rows: list[dict] | None 
     """The toy base model for ``cfg``: the committed one (``SHIPPED``) if it was trained with ``cfg``,
     else trained on first use and cached. Every share's base of one recipe branches from one common
     run, whose checkpoints are cached beside it (``rows``: see :func:`train_toy_base`)."""
-    if shipped_config() == asdict(cfg):
+    if shipped_config() == recipe_record(cfg):
         return shipped_base()
-    digest = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps(recipe_record(cfg), sort_keys=True).encode()).hexdigest()[:10]
     checkpoints = cache_dir() / f"toy-base-v{_VERSION}-{recipe_name(cfg)}.checkpoints"
     return build_once(cache_dir() / f"toy-base-v{_VERSION}-{digest}",
                       lambda tmp: train_toy_base(tmp, cfg, checkpoints, rows=rows), "config.json")
@@ -232,8 +232,13 @@ def cached_shares(cfg: ToyBaseConfig, shares: list[float]) -> list[Path]:
 
 def recipe_name(cfg: ToyBaseConfig) -> str:
     """A short name of ``cfg`` without its share: every share's base of one recipe has it."""
-    common = {k: v for k, v in asdict(cfg).items() if k != "long_moment_share"}
+    common = {k: v for k, v in recipe_record(cfg).items() if k != "long_moment_share"}
     return hashlib.sha256(json.dumps(common, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def recipe_record(cfg: ToyBaseConfig) -> dict:
+    """``cfg`` and the version of the world and training code it was trained with (``toy_base.json``)."""
+    return {**asdict(cfg), "toy_version": _VERSION}
 
 
 def shipped_config() -> dict | None:

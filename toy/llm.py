@@ -30,13 +30,13 @@ from data_gen.config import PostFilterConfig, QuestionConfig
 from data_gen.postfilter import RULE1
 from data_gen.scripted_server import ScriptedServer, caption_lines, main, one_image, prompt_text, template_values
 from tpo.clean_exit import run_and_exit
-from toy.world import after_question, before_question, name
+from toy.world import ENTERING_RADIUS, after_question, before_question, name
 from tpo.evaluate.answers import extract_choice, mcq_prompt, parse_mcq
 from tpo.synthetic.world import PALETTE, find_object, place
 
 _CAPTION = re.compile(r"The (\w+) (\w+) at the (\w+) (\w+)(?:, with (\w+) entering inside it)?\.")
 TYPES = ("temporal order",)
-_RIM_RADIUS = 9.5  # pixels from an object's centre beyond which only the object itself is drawn (64-pixel frames)
+_RIM_RADIUS = ENTERING_RADIUS + 3.5  # pixels from an object's centre beyond which only the object itself is drawn
 
 
 def caption_image(image: np.ndarray) -> str:

@@ -1,10 +1,12 @@
 """The toy world of the end-to-end reproduction: long clips, moments in them, and questions.
 
 A *long clip* shows all eight colours of the palette once each, in a random order, each object
-moving one way for ``FRAMES_PER_EVENT`` video frames. An object's shape follows from its colour
-(``SHAPE_OF``), so its name ("the red square") is known from its colour alone. In an object's last
-``ENTERING_FRAMES`` video frames the next object *enters*: drawn small inside it, in its own colour
-and shape. Sampled at ``NUM_FRAMES`` = 32 frames, one object (a *moment*) fills 4 of them — the size
+still and large in the frame's centre for ``FRAMES_PER_EVENT`` video frames. An object's shape
+follows from its colour (``SHAPE_OF``), so its name ("the red square") is known from its colour
+alone. In an object's last ``ENTERING_FRAMES`` video frames the next object *enters*: drawn at half
+the size inside it, in its own colour and shape, so that each of the toy model's 2x2 visual tokens
+of that frame shows both (issue 31: with moving objects a quarter this size, the base did not learn
+to read the hand-over, ``benchmarks/toy_vision_gate.py``). Sampled at ``NUM_FRAMES`` = 32 frames, one object (a *moment*) fills 4 of them — the size
 of the paper's relevant window ``S_a`` — and the last of the 4 shows the hand-over. Its ground truth
 is known frame by frame, so multiple-choice questions with known answers can be asked:
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event, random_events, render_frames, write_video
+from tpo.synthetic.world import MOTIONS, PALETTE, SHAPES, Event, random_events, write_video
 
 MOMENT = "moment"
 COLOURS = tuple(PALETTE)
@@ -44,6 +46,8 @@ FRAMES_PER_OBJECT = 4  # sampled frames per object at NUM_FRAMES; short and wind
 WINDOW_OBJECTS = 4  # objects of a window clip (and of the base model's short clips at most)
 ENTERING_FRAMES = 2  # video frames at an object's end that show the next one entering (the last sampled one)
 SHAPE_OF = {c: SHAPES[k % 2] for k, c in enumerate(COLOURS)}
+OBJECT_RADIUS, ENTERING_RADIUS = 25, 12  # half-widths in pixels of a 64-pixel frame
+BACKGROUND = 16  # the grey level of tpo.synthetic.world's frames
 
 
 def name(colour: str) -> str:
@@ -151,23 +155,16 @@ def window_of(held: list[int], num_events: int) -> list[int]:
 
 
 def render(events: list[Event], size: int = 64) -> np.ndarray:
-    """A clip's frames: each object, and in its last ``ENTERING_FRAMES`` the next one small inside it.
-    The shapes are larger than the demo world's (``size // 5``): after the model's 2x2 pooling a
-    small shape's colour is faint, and a from-scratch base then takes several times longer to start
-    reading the video at all."""
-    radius = size // 5
-    frames = render_frames(events, FRAMES_PER_EVENT, size, radius=radius)
-    for i, (current, entering) in enumerate(zip(events, events[1:])):
-        for j in range(FRAMES_PER_EVENT - ENTERING_FRAMES, FRAMES_PER_EVENT):
-            cx, cy = centre(current, j / (FRAMES_PER_EVENT - 1), size)
-            draw_shape(frames[i * FRAMES_PER_EVENT + j], entering, cx, cy, radius * 3 // 5)
+    """A clip's frames: each object centred (``OBJECT_RADIUS``), and in its last ``ENTERING_FRAMES``
+    the next one centred inside it (``ENTERING_RADIUS``)."""
+    frames = np.full((len(events) * FRAMES_PER_EVENT, size, size, 3), BACKGROUND, dtype=np.uint8)
+    for i, event in enumerate(events):
+        for j in range(FRAMES_PER_EVENT):
+            frame = frames[i * FRAMES_PER_EVENT + j]
+            draw_shape(frame, event, size // 2, size // 2, size * OBJECT_RADIUS // 64)
+            if i + 1 < len(events) and j >= FRAMES_PER_EVENT - ENTERING_FRAMES:
+                draw_shape(frame, events[i + 1], size // 2, size // 2, size * ENTERING_RADIUS // 64)
     return frames
-
-
-def centre(event: Event, progress: float, size: int) -> tuple[int, int]:
-    """Where ``tpo.synthetic.world.render_frames`` draws ``event`` at ``progress`` (0..1) of its path."""
-    dx, dy = MOTIONS[event.motion]
-    return int(size / 2 + dx * (progress - 0.5) * (size / 2)), int(size / 2 + dy * (progress - 0.5) * (size / 2))
 
 
 def draw_shape(frame: np.ndarray, event: Event, cx: int, cy: int, radius: int) -> None:
