@@ -332,3 +332,18 @@ def test_the_committed_base_loads_and_is_the_default_recipes():
     assert shipped_config()["hidden_size"] == 192
     model, _ = get_adapter("llava_onevision").load(str(SHIPPED), torch.float32)
     assert sum(p.numel() for p in model.parameters()) > 1_000_000
+
+
+def test_a_work_folder_of_another_toy_world_is_refused_not_reused(tmp_path):
+    from toy.base import TOY_VERSION
+    from toy.reproduction import PipelineRun
+
+    PipelineRun(tmp_path / "fresh")
+    assert (tmp_path / "fresh" / "toy_version").read_text().strip() == TOY_VERSION
+    PipelineRun(tmp_path / "fresh")  # its own version: reused
+    (tmp_path / "old" / "dev-200").mkdir(parents=True)  # made before folders were marked
+    with pytest.raises(SystemExit, match="toy world version before"):
+        PipelineRun(tmp_path / "old")
+    (tmp_path / "fresh" / "toy_version").write_text("8\n")
+    with pytest.raises(SystemExit, match="version 8"):
+        PipelineRun(tmp_path / "fresh")

@@ -49,7 +49,9 @@ from tpo.synthetic.world import Event
 FAMILY = "llava_onevision"
 SHIPPED = Path(__file__).parent / "base_model"  # the committed base (issue 31): one for every seed
 DESCRIBE = "Describe the video."
-_VERSION = "9"  # 8: the hand-over world (issue 31), phases and checkpoints; 9: objects still, large, centred
+# of the world and the base recipe code; 8: the hand-over world (issue 31), phases and checkpoints;
+# 9: objects still, large and centred
+TOY_VERSION = "9"
 
 
 @dataclass(frozen=True)
@@ -219,8 +221,8 @@ def toy_base_path(cfg: ToyBaseConfig = ToyBaseConfig(), rows: list[dict] | None 
     if shipped_config() == recipe_record(cfg):
         return shipped_base()
     digest = hashlib.sha256(json.dumps(recipe_record(cfg), sort_keys=True).encode()).hexdigest()[:10]
-    checkpoints = cache_dir() / f"toy-base-v{_VERSION}-{recipe_name(cfg)}.checkpoints"
-    return build_once(cache_dir() / f"toy-base-v{_VERSION}-{digest}",
+    checkpoints = cache_dir() / f"toy-base-v{TOY_VERSION}-{recipe_name(cfg)}.checkpoints"
+    return build_once(cache_dir() / f"toy-base-v{TOY_VERSION}-{digest}",
                       lambda tmp: train_toy_base(tmp, cfg, checkpoints, rows=rows), "config.json")
 
 
@@ -238,7 +240,7 @@ def recipe_name(cfg: ToyBaseConfig) -> str:
 
 def recipe_record(cfg: ToyBaseConfig) -> dict:
     """``cfg`` and the version of the world and training code it was trained with (``toy_base.json``)."""
-    return {**asdict(cfg), "toy_version": _VERSION}
+    return {**asdict(cfg), "toy_version": TOY_VERSION}
 
 
 def shipped_config() -> dict | None:

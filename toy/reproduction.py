@@ -30,7 +30,7 @@ from pathlib import Path
 
 import data_gen
 
-from toy.base import ToyBaseConfig, toy_base_path
+from toy.base import TOY_VERSION, ToyBaseConfig, toy_base_path
 from toy.niah import write_toy_niah
 from toy.world import FRAMES_PER_OBJECT, NUM_FRAMES, WINDOW_OBJECTS, is_reply, reply, write_toy_split
 
@@ -66,6 +66,18 @@ class PipelineRun:
 
     def __post_init__(self):
         self.out = Path(self.out)
+        self._claim_out()
+
+    def _claim_out(self) -> None:
+        """Everything under ``out`` (splits, data, runs, evaluations) is reused by name, so a folder
+        made in another version of the toy world (``toy_version``) is refused, never read."""
+        marker = self.out / "toy_version"
+        found = marker.read_text().strip() if marker.exists() else None
+        if found != TOY_VERSION and (found or (self.out.is_dir() and any(self.out.iterdir()))):
+            raise SystemExit(f"error: {self.out} holds runs of toy world version {found or 'before 9'}, this is "
+                             f"version {TOY_VERSION}; choose another --out or delete it")
+        self.out.mkdir(parents=True, exist_ok=True)
+        marker.write_text(TOY_VERSION + "\n")
 
     def base_model(self, **overrides) -> Path | str:
         """The base model, one for every seed; ``overrides`` change its ``ToyBaseConfig`` (calibration)."""
