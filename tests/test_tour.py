@@ -47,7 +47,7 @@ def test_the_tour_runs_as_written(tmp_path):
     assert (tour / "pairs" / "preferences.jsonl").read_text().strip()
     assert (tour / "fit" / "lightning_logs" / "version_0" / "export" / "config.json").exists()
     summary = json.loads((tour / "eval" / "summary.json").read_text())
-    assert summary["total"] == 32 and 0.0 <= summary["accuracy"] <= 1.0
+    assert summary["items"] == 32 and 0.0 <= summary["accuracy"] <= 1.0
     assert (tour / "niah-eval" / "niah_heatmap.png").stat().st_size > 1000
     assert (tour / "ablation" / "ablation_mix_ratio.png").stat().st_size > 10_000
     assert (tour / "ablation" / "ablation_mix_ratio.ipynb").exists()
