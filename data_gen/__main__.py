@@ -51,6 +51,10 @@ def _run(args) -> None:
           f"dropped, answer.truncated={cfg.answer.truncated}), "
           f"{counts['pairs']['kept']} kept; dropped by rule: {counts['pairs']['dropped_by_rule'] or 0}")
     print(f"  records:  {counts['records']['written']} {counts['records']['by_manipulation']}")
+    if cfg.sft_llm.enabled:
+        sft = counts["sft_llm"]
+        print(f"  SFT_LLM:  {sft['written']} records in preferences_sft_llm.jsonl ({sft['asked']} asked, "
+              f"{sft['failed']} failed)")
     print(f"  calls:    {run['calls']}")
     print(f"  items:    {run['items']}")
     failures = sum(v.get("transient_failures", 0) for v in run["items"].values())

@@ -104,6 +104,19 @@ class PostFilterConfig:
 
 
 @dataclass
+class SftLlmConfig:
+    """The SFT_LLM baseline's answers (paper §3.2, Table 2): the LLM answers each question of a pair from
+    the captions the question writer saw; written to ``preferences_sft_llm.jsonl`` (data_gen.sft_llm)."""
+
+    enabled: bool = True  # the paper made this baseline on the same videos and questions: on, like the rest
+    model: str = "${questions.model}"  # the paper's question writer, GPT-4o-mini
+    base_url: str | None = "${questions.base_url}"
+    prompt: str = "sft_llm.txt"
+    max_tokens: int = 256  # an answer cut here is marked chosen_truncated (training adds no end token)
+    temperature: float = 0.0
+
+
+@dataclass
 class DataGenConfig:
     videos: str = MISSING  # folder searched recursively for video files
     output_dir: str = MISSING
@@ -115,6 +128,7 @@ class DataGenConfig:
     questions: QuestionConfig = field(default_factory=QuestionConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     postfilter: PostFilterConfig = field(default_factory=PostFilterConfig)
+    sft_llm: SftLlmConfig = field(default_factory=SftLlmConfig)
 
 
 def load_config(path: str | None = None, overrides: list[str] = ()) -> DataGenConfig:
@@ -160,6 +174,8 @@ def _check(cfg) -> None:
 
     if cfg.postfilter.rule1 not in RULE1:
         raise ConfigError(f"postfilter.rule1 must be one of {list(RULE1)}, got {cfg.postfilter.rule1!r}")
+    if cfg.sft_llm.max_tokens < 1:
+        raise ConfigError(f"sft_llm.max_tokens must be >= 1, got {cfg.sft_llm.max_tokens}")
     if cfg.questions.per_segment < 1 or not cfg.questions.types:
         raise ConfigError("questions.per_segment must be >= 1 and questions.types non-empty")
 

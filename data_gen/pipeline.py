@@ -1,4 +1,5 @@
-"""The whole pipeline: index → sample → manipulate → caption → questions → answer → post-filter → write.
+"""The whole pipeline: index → sample → manipulate → caption → questions → answer → post-filter → SFT_LLM
+answers → write.
 
 Each stage is a module of its own; this file only passes items from one to the next, keeps
 the counts and writes the dataset directory. Every model call goes through the result cache
@@ -24,7 +25,8 @@ from data_gen.postfilter import filter_jobs, rule_labels, run_postfilter
 from data_gen.questions import format_captions, question_jobs, run_questions
 from data_gen.runner import StageRunner
 from data_gen.sample import sample_frames
-from data_gen.write import (build_record, category, count_by, package_versions, write_json,
+from data_gen.sft_llm import run_sft_llm, sft_jobs
+from data_gen.write import (build_record, build_sft_record, category, count_by, package_versions, write_json,
                             write_jsonl)
 from tpo.data.decoders import backend_name
 from tpo.data.records import SCHEMA_VERSION
@@ -41,6 +43,7 @@ class Results:
     pairs: list[Pair]  # every question with both answers
     early: dict  # pair id -> (rule, reason) of the pairs dropped before the post-filter (precheck)
     verdicts: dict  # pair id -> the post-filter's verdict
+    sft_answers: dict  # pair id -> the LLM's answer {text, truncated} (SFT_LLM), for every pair asked
 
 
 def precheck(pair: Pair, truncated: str) -> tuple[str, str] | None:
@@ -126,6 +129,7 @@ class Pipeline:
             "questions": {"calls_at_most": len(segments)},
             "answer": {"generations_at_most": 2 * q * len(segments)},
             "postfilter": {"calls_at_most": q * len(segments) if self.cfg.postfilter.enabled else 0},
+            "sft_llm": {"calls_at_most": q * len(segments) if self.cfg.sft_llm.enabled else 0},
         }
         self.cache.close()
         return plan
@@ -147,7 +151,10 @@ class Pipeline:
             self._timed("postfilter", run_postfilter, jobs, cfg.postfilter, cfg.api, self.stats,
                         self._runner("postfilter"))
             verdicts = self._collect("postfilter", jobs)
-            results = Results(usable, segments, questions, answers, pairs, early, verdicts)
+            sft = sft_jobs(pairs, cfg.sft_llm)  # every pair: see data_gen.sft_llm
+            self._timed("sft_llm", run_sft_llm, sft, cfg.sft_llm, cfg.api, self.stats, self._runner("sft_llm"))
+            sft_answers = self._collect("sft_llm", sft)
+            results = Results(usable, segments, questions, answers, pairs, early, verdicts, sft_answers)
             return self._write(results, time.perf_counter() - start)
         finally:
             self.cache.close()
@@ -217,7 +224,12 @@ class Pipeline:
                 (kept if record["filter"]["kept"] else dropped).append(record)
         return kept, dropped
 
-    def _stats(self, results: Results, kept: list[dict], dropped: list[dict]) -> dict:
+    def _sft_records(self, results: Results, kept: list[dict]) -> list[dict]:
+        """The SFT_LLM file: each kept record whose question the LLM answered, with that answer as ``chosen``."""
+        return [build_sft_record(r, results.sft_answers[r["id"]], self.cfg.sft_llm.model)
+                for r in kept if r["id"] in results.sft_answers]
+
+    def _stats(self, results: Results, kept: list[dict], dropped: list[dict], sft: list[dict]) -> dict:
         rules = rule_labels(self.cfg.postfilter.rule1)
         early = [rule for rule, _ in results.early.values()]
         by_rule = count_by([r for r in dropped if r["filter"]["rule"] in rules],
@@ -240,6 +252,9 @@ class Pipeline:
                       "kept": len(kept), "dropped_by_rule": by_rule},
             "records": {"written": len(kept), "by_manipulation": count_by(kept, lambda r: r["manipulation"]),
                         "by_question_type": count_by(kept, lambda r: r["question_type"])},
+            # asked: every pair (kept or not); failed: of those; written: kept pairs with an answer
+            "sft_llm": {"asked": len(self.runners["sft_llm"].outcomes) + len(self.runners["sft_llm"].transient),
+                        "failed": failed["sft_llm"], "written": len(sft)},
         }
 
     def _token_usage(self) -> dict:
@@ -255,11 +270,13 @@ class Pipeline:
     def _write(self, results: Results, seconds: float) -> dict:
         cfg = self.cfg
         kept, dropped = self._records(results)
+        sft = self._sft_records(results, kept)
         write_jsonl(self.out / "preferences.jsonl", kept, "id")
+        write_jsonl(self.out / "preferences_sft_llm.jsonl", sft, "id")
         write_jsonl(self.out / "filtered_out.jsonl", dropped, "id")
         write_jsonl(self.out / "skipped.jsonl", self.skipped, "video")
         write_jsonl(self.out / "failures.jsonl", self.failures, "id")
-        stats = self._stats(results, kept, dropped)
+        stats = self._stats(results, kept, dropped, sft)
         manifest = {
             "schema_version": SCHEMA_VERSION,
             "video_root": str(Path(cfg.videos).resolve()),

@@ -6,6 +6,7 @@ the requested ``model``, with scripts that read the synthetic world of ``tpo.syn
 - ``scripted-captioner``: looks at the JPEG it is sent and names the shape's colour and place;
 - ``scripted-llm``: writes questions from the captions in the prompt (JSON, as asked);
 - ``scripted-judge``: a deterministic post-filter verdict;
+- ``scripted-sft-llm``: answers a question from the captions in the prompt (the SFT_LLM baseline's answers);
 - ``scripted-vlm``: answers a question about the one video it is sent (``video_url``,
   ``data:video/jpeg;base64,<frame>,...`` as vLLM reads it), naming what it sees frame by frame, in
   order; images, or a video of another content type, are refused with a 400;
@@ -13,12 +14,9 @@ the requested ``model``, with scripts that read the synthetic world of ``tpo.syn
   is sent (Qwen3-VL and Qwen3.5's ``<t seconds>``, GLM-4.1V's whole seconds, Gemma 4's ``mm:ss``,
   Qwen2.5-VL's seconds per temporal patch), as JSON.
 
-A video is read as vLLM 0.34 reads a ``data:video/jpeg`` one (:func:`video_io_kwargs`,
-:func:`jpeg_video_metadata`): the server's ``media_io_kwargs`` merged with the request's, the first
-``num_frames`` frames kept, and the metadata made up from them; per-request ``media_io_kwargs`` and
-``mm_processor_kwargs`` are refused unless ``trust_request_mm_kwargs``, and ``honour_media_io_kwargs=False``
-plays a server that ignores the request's. A reply's prompt length counts ``VIDEO_TOKENS_PER_FRAME`` a
-kept frame.
+A video is read as vLLM 0.34 reads a ``data:video/jpeg`` one (:mod:`data_gen.scripted_video`); per-request
+``media_io_kwargs`` and ``mm_processor_kwargs`` are refused unless ``trust_request_mm_kwargs``, and
+``honour_media_io_kwargs=False`` plays a server that ignores the request's.
 
 ``scripts`` adds more models (the toy reproduction serves its toy LLM this way: ``toy.llm.toy_server``).
 
@@ -46,9 +44,9 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
-from transformers.video_utils import VideoMetadata
-
-from data_gen.config import QuestionConfig, prompt_template, template_fields
+from data_gen.config import QuestionConfig, SftLlmConfig, prompt_template, template_fields
+from data_gen.scripted_video import (FRAME_TIMES, UNTRUSTED, VIDEO_TOKENS_PER_FRAME, frame_times,
+                                     jpeg_video_metadata, video_io_kwargs)
 from tpo.clean_exit import run_and_exit
 from tpo.models.served import video_frames
 from tpo.synthetic.world import find_object, place
@@ -126,12 +124,16 @@ def caption_lines(captions: str) -> list[tuple[str, str]]:
     return re.findall(r"^\[([^\]]+)\] (.+)$", captions, re.MULTILINE)
 
 
+def _colours(captions: str) -> list[str]:
+    """The shape's colour in each caption line (``scripted-captioner``'s words), in order."""
+    return [re.search(r"A (\w+) shape", text).group(1) for _, text in caption_lines(captions) if "shape" in text]
+
+
 def write_questions(request: dict) -> str:
     fields = template_values(QuestionConfig.prompt, prompt_text(request))
-    lines = caption_lines(fields["captions"])
     count = int(fields["num_questions"])
     types = [t.strip() for t in fields["question_types"].split(",")]
-    colours = [re.search(r"A (\w+) shape", text).group(1) for _, text in lines if "shape" in text]
+    colours = _colours(fields["captions"])
     first, last = (colours[0], colours[-1]) if colours else ("no", "no")
     candidates = [
         ("temporal order", "What colour is the shape at the start of the video?"),
@@ -143,6 +145,26 @@ def write_questions(request: dict) -> str:
     ]
     picked = [c for c in candidates if c[0] in types][:count] or candidates[:count]
     return json.dumps({"questions": [{"type": t, "question": q} for t, q in picked]})
+
+
+def answer_from_captions(request: dict) -> str:
+    """An answer to the question of an SFT_LLM prompt, read from its captions (``write_questions``' kinds)."""
+    fields = template_values(SftLlmConfig.prompt, prompt_text(request))
+    question, colours = fields["question"], _colours(fields["captions"])
+    places = re.findall(r"shape at the (.+?) of ", fields["captions"])
+    if not colours:
+        return "The video shows no shape."
+    changes = sum(a != b for a, b in zip(colours, colours[1:]))
+    present = re.search(r"Is there an? (\w+) shape", question)
+    if present:
+        return f"{'Yes' if present.group(1) in colours else 'No'}, the shape is {' then '.join(dict.fromkeys(colours))}."
+    if "start" in question or "end" in question:
+        return f"The shape is {colours[0] if 'start' in question else colours[-1]}."
+    if question.startswith("How many"):
+        return f"The shape changes colour {changes} time{'s' * (changes != 1)}."
+    if question.startswith("Where") and places:
+        return f"It moves from the {places[0]} to the {places[-1]}."
+    return f"The shape is {', then '.join(dict.fromkeys(colours))}."
 
 
 def judge(request: dict) -> str:
@@ -174,105 +196,8 @@ def answer(request: dict) -> str:
     return "I see " + ", then ".join(colours) + "."
 
 
-# ---- a video as vLLM 0.34.0 reads it (vllm/multimodal/media/video.py, VideoMediaIO) ----------------------
-
-VLLM_NUM_FRAMES = 32  # VideoMediaIO's default num_frames
-VIDEO_TOKENS_PER_FRAME = 16  # the scripted prompt length of one kept frame
-UNTRUSTED = ("Per-request {} are disabled by default because they can change multimodal preprocessing resource "
-             "usage. Start the server with --trust-request-mm-kwargs only when clients are trusted.")
-
-
-def video_io_kwargs(server: dict, request: dict | None) -> dict:
-    """The settings a request's video is loaded with: ``VideoMediaIO.merge_kwargs`` (the request's win;
-    one of ``fps`` and ``num_frames`` set by the request drops the server's other)."""
-    merged = {**server, **(request or {})}
-    if request and "num_frames" in request and "fps" not in request:
-        merged.pop("fps", None)
-    elif request and "fps" in request and "num_frames" not in request:
-        merged.pop("num_frames", None)
-    return merged
-
-
-def jpeg_video_metadata(sent: int, kwargs: dict) -> tuple[int, dict]:
-    """``(frames kept, metadata)`` of a ``data:video/jpeg`` video of ``sent`` frames loaded with ``kwargs``:
-    ``VideoMediaIO.load_base64``, its checks included."""
-    num_frames = kwargs.get("num_frames", VLLM_NUM_FRAMES)
-    if num_frames == 0:
-        raise ValueError("num_frames must be greater than 0 or -1")
-    kept = min(sent, num_frames) if num_frames > 0 else sent
-    fps = float(kwargs.get("fps", 1))
-    indices = kwargs.get("frames_indices")
-    if indices is None:
-        indices = list(range(kept))
-    elif not (isinstance(indices, list) and all(isinstance(i, int) for i in indices)):
-        raise ValueError("frames_indices must be a list of integers")
-    elif len(indices) != kept:
-        raise ValueError(f"frames_indices length ({len(indices)}) must match number of frames sent ({kept})")
-    total = kwargs.get("total_num_frames", kept)
-    if not isinstance(total, int) or total < 1:
-        raise ValueError("total_num_frames must be a positive integer")
-    if total < kept:
-        raise ValueError(f"total_num_frames ({total}) must be >= number of frames sent ({kept})")
-    duration = kwargs.get("duration")
-    if duration is None:
-        duration = total / fps if fps > 0 else 0.0
-    elif not isinstance(duration, (int, float)) or duration < 0:
-        raise ValueError("duration must be a non-negative number")
-    return kept, {"total_num_frames": total, "fps": fps, "duration": duration, "video_backend": "jpeg_sequence",
-                  "frames_indices": indices, "do_sample_frames": kwargs.get("do_sample_frames", False)}
-
-
-# The times each family's processor computes from a video's metadata when it does not sample frames, as
-# vLLM 0.34.0 computes them (temporal patches of 2 frames).
-
-def qwen3_vl_times(meta: dict) -> list[str]:
-    """qwen3_vl.py ``Qwen3VLProcessingInfo._calculate_timestamps`` (each patch's mean time), written
-    ``<{:.1f} seconds>`` by ``Qwen3VLMultiModalProcessor.get_video_repl``; Qwen3.5 uses the same processor."""
-    indices = list(meta["frames_indices"])
-    if len(indices) % 2:
-        indices.append(indices[-1])
-    seconds = [i / meta["fps"] for i in indices]
-    return [f"{(a + b) / 2:.1f}" for a, b in zip(seconds[::2], seconds[1::2])]
-
-
-def glm4v_times(meta: dict) -> list[str]:
-    """glm4_1v.py ``Glm4vProcessingInfo._get_video_second_idx_glm4v``: repeated indices dropped, the last
-    repeated to an even count, each patch's first frame in whole seconds."""
-    indices = list(dict.fromkeys(meta["frames_indices"]))
-    if len(indices) % 2:
-        indices.append(indices[-1])
-    return [str(int(i / meta["fps"])) for i in indices[::2]]
-
-
-def gemma4_times(meta: dict) -> list[str]:
-    """gemma4_mm.py ``Gemma4MultiModalProcessor._apply_hf_processor_main``: each frame's ``mm:ss``."""
-    fps = meta.get("fps") or 24
-    return [f"{int(s // 60):02d}:{int(s % 60):02d}" for s in (i / fps for i in meta["frames_indices"])]
-
-
-def qwen2_5_vl_times(meta: dict) -> list[float]:
-    """Seconds per temporal patch: transformers' ``Qwen2_5_VLProcessor._process_videos`` (5.22, in vLLM
-    0.34's pinned range) divides the patch's 2 frames by ``VideoMetadata.sampled_fps``."""
-    metadata = VideoMetadata(**{k: v for k, v in meta.items() if k != "do_sample_frames"})
-    return [2 / metadata.sampled_fps]
-
-
-FRAME_TIMES = {"qwen2_5_vl": qwen2_5_vl_times, "qwen3_vl": qwen3_vl_times, "qwen3_5": qwen3_vl_times,
-               "glm4v": glm4v_times, "gemma4": gemma4_times}
-
-
-def frame_times(family: str, request: dict) -> str:
-    videos = request["vllm_videos"]
-    if len(videos) != 1:
-        raise ValueError(f"scripted-times-{family} times one video_url; got {len(videos)}")
-    metadata = videos[0][1]
-    if metadata["do_sample_frames"] or (request.get("mm_processor_kwargs") or {}).get("do_sample_frames"):
-        raise ValueError("the scripted server does not sample frames: send do_sample_frames false")
-    return json.dumps(FRAME_TIMES[family](metadata))
-
-
 SCRIPTS = {"scripted-captioner": caption, "scripted-llm": write_questions, "scripted-judge": judge,
-           "scripted-vlm": answer, **{f"scripted-times-{f}": partial(frame_times, f) for f in FRAME_TIMES}}
+           "scripted-sft-llm": answer_from_captions, "scripted-vlm": answer, **{f"scripted-times-{f}": partial(frame_times, f) for f in FRAME_TIMES}}
 
 
 def _breaks_schema(content: str, response_format: dict) -> str | None:

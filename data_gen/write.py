@@ -3,6 +3,9 @@
 Output files (all replaced atomically, sorted, so identical inputs give identical bytes):
 
 - ``preferences.jsonl``: the kept pairs (:class:`tpo.data.records.PreferenceRecord`, ``docs/record-format.md``);
+- ``preferences_sft_llm.jsonl``: the SFT_LLM baseline's file: each kept record again, its ``chosen`` the LLM's
+  answer from the captions (``chosen_source: "llm"``), for supervised fine-tuning (beta 0); empty when
+  ``sft_llm.enabled=false``;
 - ``filtered_out.jsonl``: pairs the post-filter (or the identical-answer check) dropped, with why;
 - ``skipped.jsonl``: videos left out (unreadable, truncated, too short) with the reason;
 - ``failures.jsonl``: items a model call could not produce, with the stage and the reason;
@@ -22,7 +25,8 @@ from pathlib import Path
 from data_gen.items import Pair
 from tpo.data.records import PreferenceRecord
 
-OUTPUT_FILES = ("preferences.jsonl", "filtered_out.jsonl", "skipped.jsonl", "failures.jsonl")
+OUTPUT_FILES = ("preferences.jsonl", "preferences_sft_llm.jsonl", "filtered_out.jsonl", "skipped.jsonl",
+                "failures.jsonl")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -55,6 +59,16 @@ def build_record(pair: Pair, verdict: dict, provenance: dict) -> dict:
         chosen_frames=list(seg.chosen_frames), rejected_frames=list(seg.rejected_frames),
         question_type=question.type, captions=list(pair.captions), filter=verdict, provenance=provenance,
     ).to_json()
+
+
+def build_sft_record(record: dict, answer: dict, model: str) -> dict:
+    """The SFT_LLM twin of a kept ``record``: same id, video, frames and question; ``chosen`` the LLM's answer
+    (``chosen_truncated`` if it stopped at ``sft_llm.max_tokens``), ``rejected`` the pair's own (with beta 0
+    it trains nothing); ``chosen_source: "llm"`` marks it. No ``filter``: the verdict judged the policy's answer."""
+    fields = {k: v for k, v in record.items() if k not in ("chosen", "chosen_truncated", "filter", "provenance")}
+    return PreferenceRecord.from_json({
+        **fields, "chosen": answer["text"], "chosen_truncated": answer["truncated"], "chosen_source": "llm",
+        "provenance": {**record["provenance"], "sft_llm": model}}).to_json()
 
 
 def category(reason: str) -> str:

@@ -54,4 +54,4 @@ def test_killed_twice_then_resumed_equals_uninterrupted(reference_run, raw_video
     repeated = sum(n - 1 for n in server.served.values())
     print(f"killed at {in_caption} captions and {in_postfilter} verdicts; {repeated} calls repeated")
     assert repeated <= 2 * CONCURRENCY, f"{repeated} paid calls were made twice"
-    assert len(server.served) == 64 + 8 + 16  # every caption, question and judge call, once
+    assert len(server.served) == 64 + 8 + 16 + 16  # every caption, question, judge and SFT_LLM call, once
