@@ -325,9 +325,10 @@ def test_the_shipped_base_is_checked_against_its_sums_and_used_for_its_own_recip
 def test_the_committed_base_loads_and_is_the_default_recipes():
     import torch
 
-    from toy.base import SHIPPED, ToyBaseConfig, shipped_config, toy_base_path
+    from toy.base import SHIPPED, ToyBaseConfig, recipe_record, shipped_config, toy_base_path
     from tpo.models import get_adapter
 
+    assert shipped_config() == recipe_record(ToyBaseConfig())  # else toy_base_path would train one (minutes)
     assert toy_base_path(ToyBaseConfig()) == SHIPPED  # the tests and the reproduction load it, never train it
     assert shipped_config()["hidden_size"] == 192
     model, _ = get_adapter("llava_onevision").load(str(SHIPPED), torch.float32)
