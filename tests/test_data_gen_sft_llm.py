@@ -1,6 +1,7 @@
 """The SFT_LLM baseline's file (paper Table 2): the LLM answers each pair's question from its captions, and the
 kept pairs' answers are written to preferences_sft_llm.jsonl, one record per record of preferences.jsonl."""
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -39,8 +40,10 @@ def test_one_llm_answered_record_per_kept_record(raw_videos, scripted_server, tm
     has a twin whose chosen answer is the LLM's reply to that prompt and whose other fields are the pair's."""
     replies = {}
 
-    def numbered(request):  # a reply that names the prompt it answers
-        replies[prompt_text(request)] = reply = f"Answer {len(replies)}: {answer_from_captions(request)}"
+    def numbered(request):  # a reply that names the prompt it answers (by hash: requests come concurrently)
+        prompt = prompt_text(request)
+        replies[prompt] = reply = f"Answer {hashlib.sha256(prompt.encode()).hexdigest()[:12]}: " \
+                                  f"{answer_from_captions(request)}"
         return reply
 
     scripted_server.scripts["scripted-sft-llm"] = numbered
