@@ -50,14 +50,13 @@ sys.path.insert(0, str(REPO))
 
 import toy.base  # noqa: E402
 import toy.world  # noqa: E402
-from toy.base import FAMILY, ToyBaseConfig, toy_corpus, train_toy_base  # noqa: E402
+from toy.base import FAMILY, ToyBaseConfig, build_toy_model, train_toy_base  # noqa: E402
 from toy.world import (ENTERING_FRAMES, FRAMES_PER_EVENT, draw_shape, long_events, moment_questions,  # noqa: E402
                        reply, shown_frames, window_of)
 from tpo.data.frames import read_clip, uniform_frame_indices  # noqa: E402
 from tpo.evaluate.answers import mcq_prompt  # noqa: E402
 from tpo.evaluate.likelihood import LikelihoodScorer  # noqa: E402
 from tpo.models import get_adapter  # noqa: E402
-from tpo.synthetic.tiny_builders import build_llava_onevision  # noqa: E402
 from tpo.synthetic.world import MOTIONS, render_frames, write_video  # noqa: E402
 
 EVAL_SEED = 12345  # held-out clips: not a seed any base or split draws from
@@ -104,12 +103,9 @@ def sized_model(layers: int, width: int, patch: int):
     from transformers import LlavaOnevisionForConditionalGeneration
 
     def build(cfg: ToyBaseConfig):
-        heads = cfg.hidden_size // 32
-        text = dict(hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size,
-                    num_hidden_layers=cfg.num_layers, num_attention_heads=heads, num_key_value_heads=heads)
         vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
                       num_attention_heads=max(1, width // 32))
-        model, processor = build_llava_onevision(toy_corpus(), text=text, vision=vision)
+        model, processor = build_toy_model(cfg, vision)
         model.config.vision_config.patch_size = patch
         processor.num_image_tokens = (model.config.vision_config.image_size // patch) ** 2
         torch.manual_seed(cfg.seed)

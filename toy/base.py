@@ -82,12 +82,14 @@ def toy_corpus() -> list[str]:
     return text
 
 
-def build_toy_model(cfg: ToyBaseConfig):
+def build_toy_model(cfg: ToyBaseConfig, vision: dict | None = None):
+    """``vision`` overrides the vision tower's config (probes: ``benchmarks/toy_vision_gate.py``)."""
     heads = cfg.hidden_size // 32
     text = dict(hidden_size=cfg.hidden_size, intermediate_size=2 * cfg.hidden_size, num_hidden_layers=cfg.num_layers,
                 num_attention_heads=heads, num_key_value_heads=heads)
     torch.manual_seed(cfg.seed)
-    return build_llava_onevision(toy_corpus(), text=text, vision=dict(hidden_size=64, intermediate_size=128))
+    return build_llava_onevision(toy_corpus(), text=text,
+                                 vision={**dict(hidden_size=64, intermediate_size=128), **(vision or {})})
 
 
 def short_clip_examples(events: list[Event], rng: random.Random) -> list[tuple[str, str]]:
